@@ -1,0 +1,154 @@
+"""Command-line entry points ``xoresnet-train`` and ``xoresnet-eval`` (exit codes: :mod:`xoresnet.errors`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .config import ARCH_PRESETS, BLOCK_PRESETS, MERGES, SELECTIONS, SHORTCUTS, NetworkConfig
+from .errors import run_cli
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    from .data import DATASETS
+
+    p.add_argument("--dataset", choices=sorted(DATASETS), required=required,
+                   help="dataset (digits is bundled; the others read --data-dir)")
+    p.add_argument("--data-dir", help="folder holding FashionMNIST/, cifar-10-batches-py/, cifar-100-python/ "
+                                      "or miniImageNet/ in torchvision's on-disk layout")
+
+
+def network_config_from_args(args: argparse.Namespace) -> NetworkConfig:
+    """The config that ``xoresnet-train``'s architecture and block flags describe."""
+    from .data import DATASETS
+
+    info = DATASETS[args.dataset]
+    block = BLOCK_PRESETS[args.block]
+    block = dataclasses.replace(block, **{k: v for k, v in (("selection", args.selection), ("merge", args.merge),
+                                                            ("shortcut", args.shortcut)) if v is not None})
+    base = NetworkConfig.preset(args.arch, block=block)
+    neuron = dataclasses.replace(base.neuron, **{k: v for k, v in (("du", args.du), ("dv", args.dv), ("vth", args.vth),
+                                                                   ("reset", args.reset)) if v is not None})
+    overrides = dict(input_size=info.input_size, in_channels=info.in_channels, num_classes=info.num_classes,
+                     input_levels=info.input_levels, timesteps=args.timesteps, neuron=neuron)
+    if args.width_factor is not None:
+        overrides["width_factor"] = args.width_factor
+    return base.replace(**overrides)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xoresnet-train",
+        description="Train an XOResNet; evaluates on the held-out split every epoch and writes a resumable "
+                    "checkpoint after each one. Runs on CUDA when present; under torchrun it trains data-parallel.")
+    _add_data_args(p, required=True)
+    a = p.add_argument_group("architecture")
+    a.add_argument("--arch", choices=sorted(ARCH_PRESETS), default="xoresnet18")
+    a.add_argument("--width-factor", type=float, help="scale the stage widths 64/128/256/512")
+    a.add_argument("--block", choices=sorted(BLOCK_PRESETS), default="xor-or",
+                   help="block variant preset (xor-or is the XOR residual block)")
+    a.add_argument("--selection", choices=SELECTIONS, help="override the preset's XOR selection")
+    a.add_argument("--merge", choices=MERGES, help="override the preset's merge")
+    a.add_argument("--shortcut", choices=SHORTCUTS, help="override the preset's non-identity shortcut")
+    a.add_argument("--timesteps", "-T", type=int, default=4)
+    n = p.add_argument_group("neuron")
+    n.add_argument("--du", type=float, help="current decay on the Loihi grid, (k+1)/4096 (default 1: current-free)")
+    n.add_argument("--dv", type=float, help="voltage decay on the Loihi grid, k/4096 (default 0.5)")
+    n.add_argument("--vth", type=float, help="threshold (default 1.0)")
+    n.add_argument("--reset", choices=("hard", "soft"), help="soft reset trains but cannot be deployed")
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-augment", action="store_true", help="no random translation/flips")
+    o = p.add_argument_group("run")
+    o.add_argument("--out", default="runs/model.pt", help="checkpoint path (written after every epoch)")
+    o.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+    o.add_argument("--limit-train", type=int, help="use only the first N training samples")
+    o.add_argument("--limit-test", type=int, help="use only the first N test samples")
+    o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    def main() -> int:
+        from .training import TrainOptions, train
+
+        args = train_parser().parse_args(argv)
+        config = network_config_from_args(args)
+        opts = TrainOptions(
+            dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed, out=args.out,
+            resume=args.resume, limit_train=args.limit_train, limit_test=args.limit_test, device=args.device,
+            augment=not args.no_augment, progress=not args.no_progress,
+        )
+        final = train(config, opts)
+        if final:
+            print(f"wrote {args.out}: test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epochs")
+        return 0
+
+    run_cli("xoresnet-train", main)
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xoresnet-eval",
+                                description="Accuracy and firing rates of a checkpoint on a dataset split.")
+    p.add_argument("checkpoint")
+    _add_data_args(p, required=False)
+    p.add_argument("--split", choices=("train", "test"), default="test")
+    p.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return p
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    def main() -> int:
+        import torch
+
+        from .checkpoint import load_model
+        from .data import load_dataset
+        from .errors import DataError
+        from .training import evaluate
+
+        args = eval_parser().parse_args(argv)
+        model, ckpt = load_model(args.checkpoint)
+        dataset = args.dataset or ckpt.meta.get("dataset")
+        if dataset is None:
+            raise DataError("the checkpoint does not name its dataset: pass --dataset")
+        ds = load_dataset(dataset, args.split, args.data_dir, limit=args.limit)
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        result = evaluate(model.to(device), ds, batch_size=args.batch_size, device=device, stats=True)
+        report = {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,
+                  "timesteps": model.config.timesteps, "float": result}
+        if args.json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+        else:
+            print(format_eval_report(report))
+        return 0
+
+    run_cli("xoresnet-eval", main)
+
+
+def format_eval_report(report: dict) -> str:
+    r = report["float"]
+    lines = [f"{report['checkpoint']} on {report['dataset']}/{report['split']} "
+             f"({r['samples']} samples, T={report['timesteps']})",
+             f"  float model accuracy: {100 * r['accuracy']:.2f}%  (cross-entropy {r['loss']:.4f})",
+             f"  spikes per sample:    {r['spikes']['spikes_per_sample']:.1f}",
+             "  firing rate per layer:"]
+    width = max(len(k) for k in r["spikes"]["layers"])
+    for name, v in r["spikes"]["layers"].items():
+        lines.append(f"    {name:<{width}}  {100 * v['firing_rate']:6.2f}%  {v['spikes_per_sample']:9.1f} spikes/sample")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_main())

@@ -1,0 +1,234 @@
+"""Training and evaluation loops (single process, CUDA when present, or data-parallel under torchrun).
+
+Data parallelism is PyTorch's own DistributedDataParallel: launched by ``torchrun``
+(``WORLD_SIZE`` > 1) it uses NCCL on GPUs and Gloo on CPUs, shards data with
+``DistributedSampler``, and only rank 0 writes checkpoints and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import NetworkConfig
+from .data import IntImageDataset, load_dataset, make_loader
+from .errors import CheckpointError
+from .network import XOResNet, build_network
+from .stats import recording
+
+#: Default augmentation per dataset: random translation by up to ``pad`` pixels, optional flips.
+AUGMENT = {"digits": None, "fashion-mnist": ("translate", 2), "cifar10": ("flip", 4), "cifar100": ("flip", 4),
+           "miniimagenet": ("flip", 8)}
+
+
+@dataclass
+class TrainOptions:
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # "adamw" | "sgd" (momentum 0.9)
+    seed: int = 0
+    out: str = "runs/model.pt"
+    resume: bool = False
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    device: Optional[str] = None
+    augment: bool = True
+    progress: bool = True
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: Optional[str]) -> DistContext:
+    """Initialise torch.distributed from torchrun's environment, or a single-process context."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local)
+        dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+        return DistContext(dist.get_rank(), world, dev)
+    return DistContext(0, 1, torch.device(device or ("cuda" if cuda else "cpu")))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def augment_batch(x: torch.Tensor, kind: Optional[tuple[str, int]], gen: torch.Generator) -> torch.Tensor:
+    """Random translation (zero padding, so pixels stay integers / levels) and optional flips."""
+    if kind is None:
+        return x
+    mode, pad = kind
+    B, _, H, W = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + H, dx[i]:dx[i] + W] for i in range(B)])
+    if mode == "flip":
+        flip = torch.rand(B, generator=gen) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: XOResNet, ds: IntImageDataset, *, batch_size: int = 256, device: torch.device | str = "cpu",
+             stats: bool = False, ctx: Optional[DistContext] = None, progress: bool = False) -> dict[str, Any]:
+    """Accuracy and mean cross-entropy on ``ds``; with ``stats``, firing rates and block counts."""
+    ctx = ctx or DistContext(device=torch.device(device))
+    sampler = None
+    if ctx.world_size > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=False, drop_last=False)
+    loader = make_loader(ds, batch_size, shuffle=False, sampler=sampler)
+    was_training = model.training
+    model.eval()
+    net = model.module if hasattr(model, "module") else model
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # correct, loss sum, count
+    summary = None
+    with recording(net) if stats else contextlib.nullcontext() as rec:
+        for x, y in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            logits = net(x)
+            totals += torch.stack([(logits.argmax(1) == y).sum().double(),
+                                   F.cross_entropy(logits, y, reduction="sum").double(),
+                                   torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
+        if stats:
+            summary = rec.summary()
+    if ctx.world_size > 1:
+        dist.all_reduce(totals)
+    model.train(was_training)
+    correct, loss, n = totals.tolist()
+    out = {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "samples": int(n)}
+    if summary is not None:
+        out["spikes"] = summary
+    return out
+
+
+def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
+    """Train ``config`` on ``opts.dataset``, evaluating on the held-out split every epoch.
+
+    Writes a resumable checkpoint to ``opts.out`` after every epoch (rank 0, atomically) and
+    returns the final metrics. With ``opts.resume`` it continues from the checkpoint at ``out``.
+    """
+    ctx = setup_distributed(opts.device)
+    seed_everything(opts.seed)
+    train_ds = load_dataset(opts.dataset, "train", opts.data_dir, limit=opts.limit_train)
+    test_ds = load_dataset(opts.dataset, "test", opts.data_dir, limit=opts.limit_test)
+    model = build_network(config).to(ctx.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opts.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(opts.epochs, 1))
+    start_epoch, history = 0, []
+    out = Path(opts.out)
+    if opts.resume and out.exists():
+        ckpt = load_checkpoint(out)
+        if ckpt.config != config:
+            raise CheckpointError(f"cannot resume {out}: its network config differs from the requested one")
+        if not ckpt.train_state:
+            raise CheckpointError(f"cannot resume {out}: it holds no training state (a released model?)")
+        model.load_state_dict(ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.train_state["optimizer"])
+        scheduler.load_state_dict(ckpt.train_state["scheduler"])
+        torch.set_rng_state(ckpt.train_state["rng"])
+        start_epoch = int(ckpt.train_state["epoch"])
+        history = list(ckpt.meta.get("history", []))
+    net = model
+    if ctx.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    aug = AUGMENT.get(opts.dataset) if opts.augment else None
+    gen = torch.Generator().manual_seed(opts.seed + 1000 * start_epoch + ctx.rank)
+    started = time.time()
+    for epoch in range(start_epoch, opts.epochs):
+        sampler = None
+        if ctx.world_size > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True, seed=opts.seed)
+            sampler.set_epoch(epoch)
+        loader = make_loader(train_ds, opts.batch_size, shuffle=sampler is None, seed=opts.seed + epoch,
+                             sampler=sampler)
+        net.train()
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=not (opts.progress and ctx.is_main),
+                   leave=False, file=sys.stderr)
+        for x, y in bar:
+            x = augment_batch(x, aug, gen).to(ctx.device)
+            y = y.to(ctx.device)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        scheduler.step()
+        metrics = evaluate(model, test_ds, device=ctx.device, ctx=ctx, batch_size=max(opts.batch_size, 128))
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                  "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
+        history.append(record)
+        if ctx.is_main:
+            print(f"epoch {epoch + 1}/{opts.epochs}  loss {record['train_loss']:.4f}  "
+                  f"train {100 * record['train_accuracy']:.2f}%  test {100 * record['test_accuracy']:.2f}%",
+                  flush=True)
+            meta = training_meta(opts, ctx, train_ds, test_ds, history, time.time() - started)
+            train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+            save_checkpoint(out, model, meta, train_state=train_state)
+    if ctx.world_size > 1:
+        dist.barrier()
+    return history[-1] if history else {}
+
+
+def training_meta(opts: TrainOptions, ctx: DistContext, train_ds, test_ds, history, seconds: float) -> dict[str, Any]:
+    meta = {
+        "dataset": opts.dataset,
+        "train_samples": len(train_ds),
+        "test_samples": len(test_ds),
+        "options": {k: v for k, v in asdict(opts).items() if k != "extra_meta"},
+        "history": history,
+        "test_accuracy": history[-1]["test_accuracy"] if history else None,
+        "world_size": ctx.world_size,
+        "device": str(ctx.device),
+        "seconds": round(seconds, 1),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "torch": torch.__version__,
+        "xoresnet": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta.update(opts.extra_meta)
+    return meta
