@@ -1,0 +1,118 @@
+"""Loihi 2 fixed-point arithmetic, bit-exact with lava-nc 0.10.0's ``fixed_pt`` models.
+
+Pure functions on int64 torch tensors (numpy-free, batched, CPU or CUDA). Sources:
+``loihi2-fixed-point.md`` sections 1-3 and lava's ``proc/lif/models.py``
+(``AbstractPyLifModelFixed``), ``proc/dense/models.py``, ``proc/conv/{models,utils}.py``.
+
+One LIF step (``PyLifModelBitAcc.run_spk``), integer units throughout::
+
+    u = rtz(u * (4096 - (du + 1)) / 4096) + int32(a << 6)   in int32, then ONE wrap into (-2^23, 2^23]
+    h = clip(rtz(v * (4096 - dv) / 4096) + u + bias, -(2^23 - 1), 2^23 - 1)
+    s = h > vth << 6                                         strict
+    v = 0 where s else h                                     u is not reset
+
+``rtz`` rounds toward zero (sign * (|x| >> 12)); ``bias = bias_mant << bias_exp`` (``>>`` for a
+negative exponent, i.e. floor); a synaptic input ``a`` counts ``a << 6`` in ``u``, so ``vth`` and
+weights share one unit ("a-units"); ``v`` is in "v-units" = 64 a-units.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DECAY_SHIFT = 12
+DECAY_UNITY = 1 << DECAY_SHIFT  # 4096
+ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
+UV_HALF = 1 << 23  # u and v are 24-bit
+V_LIMIT = UV_HALF - 1
+
+# Parameter ranges of Loihi 2 (spec sections 1.2, 2.1, 6); checked by calibration, never clipped.
+DU_RANGE = (0, 4095)
+DV_RANGE = (0, 4095)
+VTH_RANGE = (0, (1 << 17) - 1)
+BIAS_MANT_RANGE = (-(1 << 12), (1 << 12) - 1)
+BIAS_EXP_RANGE = (0, 7)
+WEIGHT_RANGE_MIXED = (-256, 254)  # even values only (mixed-sign weights lose their LSB on Dense)
+WEIGHT_RANGE_EXCITATORY = (0, 255)
+WEIGHT_RANGE_INHIBITORY = (-255, 0)
+DELAY_MAX = 62  # netx clamps synaptic delays to 62; Lava's DelayDense checks <= 63
+MESSAGE_BITS_GRADED = 8
+#: |a| must stay below this for ``a << 6`` to fit u's 24 bits (a stricter, per-neuron bound
+#: including current accumulation is checked by calibration).
+A_LIMIT = 1 << (23 - ACT_SHIFT)
+
+
+def wrap_int32(x: torch.Tensor) -> torch.Tensor:
+    """Two's-complement wrap of int64 values to int32, as numpy int32 arithmetic does."""
+    lo, hi = torch.aminmax(x) if x.numel() else (torch.tensor(0), torch.tensor(0))
+    if int(lo) >= -(1 << 31) and int(hi) < (1 << 31):
+        return x  # the common case: nothing to wrap, no modulo pass
+    return ((x + (1 << 31)) % (1 << 32)) - (1 << 31)
+
+
+def wrap24(x: torch.Tensor) -> torch.Tensor:
+    """Signed 24-bit wrap of a Conv output (``utils.signed_clamp(x, 24)``)."""
+    lo, hi = torch.aminmax(x) if x.numel() else (torch.tensor(0), torch.tensor(0))
+    if int(lo) >= -UV_HALF and int(hi) < UV_HALF:
+        return x
+    return ((x + UV_HALF) % (1 << 24)) - UV_HALF
+
+
+def rtz_shift(y: torch.Tensor, shift: int) -> torch.Tensor:
+    """``y / 2**shift`` rounded toward zero (``sign(y) * (|y| >> shift)``), with bit operations."""
+    return (y + ((y >> 63) & ((1 << shift) - 1))) >> shift
+
+
+def decay_rtz(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """``x * keep / 4096`` rounded toward zero (``keep`` = 4096 - effective decay)."""
+    if keep == 0:
+        return torch.zeros_like(x)
+    if keep == DECAY_UNITY:
+        return x
+    return rtz_shift(x * keep, DECAY_SHIFT)
+
+
+def shift_exp(acc: torch.Tensor, exp: int) -> torch.Tensor:
+    """Dense/Sparse weight exponent applied to the summed input: ``<< exp`` or floor ``>> -exp``."""
+    return acc << exp if exp >= 0 else acc >> (-exp)
+
+
+def bias_value(mant: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
+    """Effective per-neuron bias in v-units: ``mant << exp`` (``exp`` >= 0) or ``mant >> -exp``."""
+    return torch.where(exp >= 0, mant << exp.clamp(min=0), mant >> (-exp).clamp(min=0))
+
+
+def lif_step(
+    u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, *, du: int, dv: int, bias: torch.Tensor, vth: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Loihi LIF step. All int64; ``bias`` in v-units (see :func:`bias_value`), ``vth`` mantissa.
+
+    Returns ``(u, h, s, v)``: new current, pre-reset voltage, spikes (bool) and post-reset voltage.
+    """
+    x = wrap_int32(decay_rtz(u, DECAY_UNITY - (du + 1)) + wrap_int32(a << ACT_SHIFT))
+    u = torch.where(x > UV_HALF, x - 2 * UV_HALF, torch.where(x <= -UV_HALF, x + 2 * UV_HALF, x))
+    h = torch.clamp(decay_rtz(v, DECAY_UNITY - dv) + u + bias, -V_LIMIT, V_LIMIT)
+    s = h > (vth << ACT_SHIFT)
+    return u, h, s, torch.where(s, torch.zeros_like(h), h)
+
+
+# ---------------------------------------------------------------------- synapses
+# Sums run as float64 products (exact: partial sums stay far below 2^53) and return int64.
+
+def conv_current(x: torch.Tensor, weight: torch.Tensor, *, stride, padding, groups: int) -> torch.Tensor:
+    """Lava ``Conv`` (fixed_pt): exact integer conv2d of ``x [N, C, H, W]`` with ``weight`` in PyTorch
+    layout (cross-correlation), cast to int32 and wrapped to signed 24 bits. No weight exponent."""
+    y = torch.nn.functional.conv2d(x.to(torch.float64), weight.to(torch.float64), stride=stride, padding=padding,
+                                   groups=groups)
+    return wrap24(wrap_int32(torch.round(y).to(torch.int64)))
+
+
+def dense_current(x: torch.Tensor, weight: torch.Tensor, weight_exp: int) -> torch.Tensor:
+    """Lava ``Dense``/``Sparse``: ``(W @ x) << weight_exp`` (floor ``>>`` when negative) on ``x [N, ...]``."""
+    acc = torch.round(x.flatten(1).to(torch.float64) @ weight.to(torch.float64).T).to(torch.int64)
+    return shift_exp(acc, weight_exp)
+
+
+def identity_current(x: torch.Tensor, weight: torch.Tensor, weight_exp: int) -> torch.Tensor:
+    """A diagonal ``Sparse`` synapse: element-wise ``(w * x) << weight_exp``."""
+    return shift_exp(x.to(torch.int64) * weight.to(torch.int64), weight_exp)

@@ -1,0 +1,248 @@
+"""The Loihi integer graph: the artifact between calibration and deployment.
+
+A graph of LIF **populations** (one Lava ``LIFReset`` process each) joined by integer
+**synapses** (one Lava ``Conv``, ``Dense`` or ``Sparse``/``DelaySparse`` process each), fed by
+an 8-bit graded **input** and read out on the host. Every number is a Loihi register value:
+
+* population: ``du``, ``dv`` (12-bit, effective current decay ``du + 1``), ``vth`` (17-bit
+  mantissa, compared as ``vth << 6``), per-neuron ``bias_mant`` (13-bit) and ``bias_exp`` (0..7);
+  ``kind`` is ``neuron`` (a trained CUBA LIF), ``gate`` (memoryless spike logic: du = dv = 4095,
+  no bias) or ``relay`` (a gate that copies its single input, inserted to delay a branch);
+* synapse: integer ``weight`` (conv: ``[C_out, C_in / groups, kH, kW]`` in PyTorch layout;
+  dense: ``[N_out, N_in]`` over the source flattened in PyTorch ``(C, H, W)`` order; identity:
+  one weight per element, shaped like the population), ``weight_exp`` (dense/identity only: the
+  summed input is shifted by it), ``graded`` (8-bit payloads instead of binary spikes) and
+  ``delay`` (extra steps on top of the one-step synapse hop);
+* readout: synapses with ``dst == "readout"`` produce per-step integer logits on the host, to which
+  ``readout_bias`` is added; the prediction is the argmax of their sum over the timesteps.
+
+Shapes use PyTorch's ``(C, H, W)`` order; the Lava lowering converts to Lava's ``(X, Y, C)``.
+Timing fields (``latency``, ``delay``, ``reset_interval``) are set by
+:func:`deploy.schedule.schedule` and are ignored by zero-delay simulation.
+
+Files: :func:`save_integer_graph` / :func:`load_integer_graph` (HDF5, documented in
+``docs/formats.md``); :meth:`IntegerGraph.validate` checks every value against Loihi's ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import h5py
+import numpy as np
+
+from xoresnet.errors import RangeError, UnsupportedModelError
+
+from . import fixed_point as fx
+
+GRAPH_FORMAT = "xoresnet-loihi-integer-graph"
+GRAPH_VERSION = 1
+INPUT = "input"
+READOUT = "readout"
+POPULATION_KINDS = ("neuron", "gate", "relay")
+SYNAPSE_KINDS = ("conv", "dense", "identity")
+
+
+@dataclass
+class Population:
+    name: str
+    shape: tuple[int, ...]
+    du: int
+    dv: int
+    vth: int
+    bias_mant: np.ndarray  # int, shape ``shape``
+    bias_exp: np.ndarray  # int, shape ``shape``
+    kind: str = "neuron"
+    op: Optional[str] = None  # gates: "or", "and", "iand", "xor", "or_pool"; relays: "relay"
+    block: Optional[str] = None
+    scale: float = 1.0  # a-units per float unit of current (1 for gates and relays)
+    latency: int = 0  # Loihi timing: timestep k of sample n leaves at stream step n*P + k + 1 + latency
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def has_bias(self) -> bool:
+        return bool(np.any(self.bias_mant != 0))
+
+
+@dataclass
+class Synapse:
+    name: str
+    src: str
+    dst: str
+    kind: str
+    weight: np.ndarray
+    weight_exp: int = 0
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    graded: bool = False
+    delay: int = 0
+
+    @property
+    def sign_mode(self) -> str:
+        """``mixed``, ``excitatory`` or ``inhibitory`` (Lava's rule: over the whole matrix)."""
+        if self.weight.size == 0 or self.weight.min() >= 0:
+            return "excitatory"
+        return "inhibitory" if self.weight.max() <= 0 else "mixed"
+
+
+@dataclass
+class IntegerGraph:
+    input_shape: tuple[int, int, int]
+    input_levels: int
+    timesteps: int
+    populations: dict[str, Population]  # topological order
+    synapses: list[Synapse]
+    readout_bias: np.ndarray  # int64 [num_classes]
+    readout_scale: float  # readout integer units per float logit unit
+    reset_interval: int = 0  # P: stream steps per sample (0 until scheduled)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ structure
+    def incoming(self, dst: str) -> list[Synapse]:
+        return [s for s in self.synapses if s.dst == dst]
+
+    def outgoing(self, src: str) -> list[Synapse]:
+        return [s for s in self.synapses if s.src == src]
+
+    @property
+    def readout(self) -> list[Synapse]:
+        return self.incoming(READOUT)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.readout_bias.shape[0])
+
+    @property
+    def scheduled(self) -> bool:
+        return self.reset_interval > 0
+
+    def source_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.input_shape) if name == INPUT else self.populations[name].shape
+
+    def delays(self) -> list[dict[str, Any]]:
+        """The inserted synaptic delays and relay populations (for the artifacts)."""
+        out = [{"synapse": s.name, "src": s.src, "dst": s.dst, "delay": s.delay} for s in self.synapses if s.delay]
+        out += [{"relay": p.name, "latency": p.latency} for p in self.populations.values() if p.kind == "relay"]
+        return out
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`RangeError` naming the first value outside Loihi 2's ranges."""
+        def in_range(what: str, value, lo: int, hi: int) -> None:
+            arr = np.asarray(value)
+            if arr.size and (arr.min() < lo or arr.max() > hi):
+                bad = arr.min() if arr.min() < lo else arr.max()
+                raise RangeError(f"{what} = {int(bad)} is outside Loihi 2's range [{lo}, {hi}]")
+
+        for p in self.populations.values():
+            if p.kind not in POPULATION_KINDS:
+                raise UnsupportedModelError(f"population {p.name}: unknown kind {p.kind!r}")
+            in_range(f"population {p.name}: du", p.du, *fx.DU_RANGE)
+            in_range(f"population {p.name}: dv", p.dv, *fx.DV_RANGE)
+            in_range(f"population {p.name}: vth", p.vth, *fx.VTH_RANGE)
+            in_range(f"population {p.name}: bias_mant", p.bias_mant, *fx.BIAS_MANT_RANGE)
+            in_range(f"population {p.name}: bias_exp", p.bias_exp, *fx.BIAS_EXP_RANGE)
+        for s in self.synapses:
+            if s.kind not in SYNAPSE_KINDS:
+                raise UnsupportedModelError(f"synapse {s.name}: unknown kind {s.kind!r}")
+            for end in (s.src, s.dst):
+                if end not in self.populations and end not in (INPUT, READOUT):
+                    raise UnsupportedModelError(f"synapse {s.name} refers to unknown population {end}")
+            w = s.weight
+            mode = s.sign_mode
+            if mode == "mixed":
+                in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_MIXED)
+                if np.any(w % 2):
+                    raise RangeError(f"synapse {s.name}: mixed-sign weight {int(w[w % 2 != 0].flat[0])} is odd; "
+                                     "Loihi keeps 7 magnitude bits plus sign, so mixed weights must be even")
+            elif mode == "excitatory":
+                in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_EXCITATORY)
+            else:
+                in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_INHIBITORY)
+            if s.kind == "conv" and s.weight_exp != 0:
+                raise RangeError(f"synapse {s.name}: Lava's Conv ignores weight_exp, but it is {s.weight_exp}")
+            in_range(f"synapse {s.name}: weight_exp", s.weight_exp, -7, 7)
+            in_range(f"synapse {s.name}: delay", s.delay, 0, fx.DELAY_MAX)
+            if s.delay and s.kind == "conv":
+                raise RangeError(f"synapse {s.name}: Lava's Conv has no synaptic delay (delay {s.delay})")
+
+    # ------------------------------------------------------------------ summary
+    def describe(self) -> dict[str, Any]:
+        return {
+            "populations": len(self.populations),
+            "neurons": int(sum(p.size for p in self.populations.values())),
+            "synapses": len(self.synapses),
+            "relays": sum(p.kind == "relay" for p in self.populations.values()),
+            "delayed_synapses": sum(1 for s in self.synapses if s.delay),
+            "reset_interval": self.reset_interval,
+            "timesteps": self.timesteps,
+        }
+
+
+# ---------------------------------------------------------------------- HDF5 files
+
+def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
+    """Write ``graph`` as HDF5 (layout in ``docs/formats.md``)."""
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format=GRAPH_FORMAT, version=GRAPH_VERSION, input_shape=np.array(graph.input_shape),
+                       input_levels=graph.input_levels, timesteps=graph.timesteps,
+                       reset_interval=graph.reset_interval, readout_scale=graph.readout_scale,
+                       meta=json.dumps(graph.meta, sort_keys=True), order=json.dumps(list(graph.populations)))
+        f.create_dataset("readout_bias", data=graph.readout_bias.astype(np.int64))
+        pops = f.create_group("populations")
+        for p in graph.populations.values():
+            g = pops.create_group(p.name)
+            g.attrs.update(shape=np.array(p.shape), du=p.du, dv=p.dv, vth=p.vth, kind=p.kind, op=p.op or "",
+                           block=p.block or "", scale=p.scale, latency=p.latency)
+            g.create_dataset("bias_mant", data=p.bias_mant.astype(np.int16), compression="gzip")
+            g.create_dataset("bias_exp", data=p.bias_exp.astype(np.int8), compression="gzip")
+        syns = f.create_group("synapses")
+        for i, s in enumerate(graph.synapses):
+            g = syns.create_group(f"{i:05d}")
+            g.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, weight_exp=s.weight_exp,
+                           stride=np.array(s.stride), padding=np.array(s.padding), groups=s.groups,
+                           graded=s.graded, delay=s.delay)
+            g.create_dataset("weight", data=s.weight.astype(np.int16), compression="gzip")
+
+
+def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise UnsupportedModelError(f"{path} is not a readable integer graph ({e})") from None
+    with f:
+        if f.attrs.get("format") != GRAPH_FORMAT:
+            raise UnsupportedModelError(f"{path} is not an xoresnet integer graph")
+        if int(f.attrs["version"]) > GRAPH_VERSION:
+            raise UnsupportedModelError(f"{path} has integer-graph version {int(f.attrs['version'])}")
+        order = json.loads(f.attrs["order"])
+        populations = {}
+        for name in order:
+            g = f["populations"][name]
+            a = g.attrs
+            populations[name] = Population(
+                name=name, shape=tuple(int(x) for x in a["shape"]), du=int(a["du"]), dv=int(a["dv"]),
+                vth=int(a["vth"]), bias_mant=g["bias_mant"][()].astype(np.int64),
+                bias_exp=g["bias_exp"][()].astype(np.int64), kind=str(a["kind"]), op=str(a["op"]) or None,
+                block=str(a["block"]) or None, scale=float(a["scale"]), latency=int(a["latency"]))
+        synapses = []
+        for key in sorted(f["synapses"]):
+            g = f["synapses"][key]
+            a = g.attrs
+            synapses.append(Synapse(
+                name=str(a["name"]), src=str(a["src"]), dst=str(a["dst"]), kind=str(a["kind"]),
+                weight=g["weight"][()].astype(np.int64), weight_exp=int(a["weight_exp"]),
+                stride=tuple(int(x) for x in a["stride"]), padding=tuple(int(x) for x in a["padding"]),
+                groups=int(a["groups"]), graded=bool(a["graded"]), delay=int(a["delay"])))
+        return IntegerGraph(
+            input_shape=tuple(int(x) for x in f.attrs["input_shape"]), input_levels=int(f.attrs["input_levels"]),
+            timesteps=int(f.attrs["timesteps"]), populations=populations, synapses=synapses,
+            readout_bias=f["readout_bias"][()].astype(np.int64), readout_scale=float(f.attrs["readout_scale"]),
+            reset_interval=int(f.attrs["reset_interval"]), meta=json.loads(f.attrs["meta"]))
