@@ -266,7 +266,29 @@ def _readout(graph: nir.NIRGraph, preds, is_pop) -> tuple[list[FloatSynapse], np
                 x = x.flatten(1) @ torch.as_tensor(np.asarray(node.weight), dtype=torch.float64).T
         return x
 
-    eye = torch.eye(n, dtype=torch.float64).view((n,) + shape)
-    weight = apply(eye).T.numpy()  # [K, N]
+    if _is_global_pool_affine(chain, shape):
+        weight = global_pool_readout(np.asarray(affine.weight, np.float64), shape[1:])
+    else:
+        eye = torch.eye(n, dtype=torch.float64).view((n,) + shape)
+        weight = apply(eye).T.numpy()  # [K, N]
     syns = [FloatSynapse(f"readout:{s}", s, READOUT, "dense", weight.copy()) for s in sources]
     return syns, bias
+
+
+def _is_global_pool_affine(chain: list, shape: tuple[int, ...]) -> bool:
+    """``Affine <- Flatten <- AvgPool2d`` pooling the whole (H, W) of a (C, H, W) source."""
+    return (len(chain) == 3 and isinstance(chain[0], (nir.Affine, nir.Linear)) and isinstance(chain[1], nir.Flatten)
+            and isinstance(chain[2], nir.AvgPool2d) and len(shape) == 3
+            and _pair(chain[2].kernel_size) == tuple(shape[1:]) and _pair(chain[2].stride) == tuple(shape[1:])
+            and _pair(chain[2].padding) == (0, 0))
+
+
+def global_pool_readout(weight, spatial: tuple[int, int]):
+    """``Affine(Flatten(AvgPool over all of H x W))`` as one dense matrix over the ``(C, H, W)``-flattened
+    source: ``W[k, c] / (H * W)`` repeated over the positions. Works on numpy arrays and torch tensors
+    (the same float64 arithmetic in both, so quantization-aware training reproduces it exactly)."""
+    hw = int(spatial[0]) * int(spatial[1])
+    scaled = weight / hw
+    if isinstance(scaled, torch.Tensor):
+        return scaled.repeat_interleave(hw, dim=1)
+    return np.repeat(scaled, hw, axis=1)

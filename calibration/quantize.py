@@ -334,13 +334,18 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
     return Calibration(graph, QuantSpec(chosen, {"calibration_samples": int(pixels.shape[0])}), report)
 
 
+def readout_scale(weight: torch.Tensor) -> float:
+    """Scale putting the largest readout weight at the top of the 8-bit range."""
+    m = float(weight.abs().max()) if weight.numel() else 0.0
+    return (254 if sign_mode(weight) == "mixed" else 255) / m if m > 0 else 1.0
+
+
 def quantize_readout(fg: FloatGraph) -> tuple[list[Synapse], np.ndarray, float]:
     """Readout weights on one scale (8-bit, host-side integer bias)."""
     syns = [s for s in fg.synapses if s.dst == READOUT]
     w_all = torch.cat([torch.as_tensor(s.weight).flatten() for s in syns])
     mode = sign_mode(w_all)
-    m = float(w_all.abs().max())
-    scale = (254 if mode == "mixed" else 255) / m if m > 0 else 1.0
+    scale = readout_scale(w_all)
     out = []
     for s in syns:
         q = round_weight(torch.as_tensor(s.weight) * scale, mode)

@@ -73,6 +73,13 @@ def train_parser() -> argparse.ArgumentParser:
     o.add_argument("--limit-test", type=int, help="use only the first N test samples")
     o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q = p.add_argument_group("quantization-aware training")
+    q.add_argument("--qat", action="store_true",
+                   help="fine-tune the float model --init through the exact Loihi integer forward "
+                        "(architecture flags are taken from --init)")
+    q.add_argument("--init", help="float checkpoint to start quantization-aware training from")
+    q.add_argument("--calib-samples", type=int, default=64,
+                   help="training images used to choose the Loihi scales (default 64)")
     return p
 
 
@@ -81,12 +88,13 @@ def train_main(argv: list[str] | None = None) -> None:
         from .training import TrainOptions, train
 
         args = train_parser().parse_args(argv)
-        config = network_config_from_args(args)
+        config = None if args.qat else network_config_from_args(args)
         opts = TrainOptions(
             dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed, out=args.out,
             resume=args.resume, limit_train=args.limit_train, limit_test=args.limit_test, device=args.device,
-            augment=not args.no_augment, progress=not args.no_progress,
+            augment=not args.no_augment, progress=not args.no_progress, qat=args.qat, init=args.init,
+            calib_samples=args.calib_samples,
         )
         final = train(config, opts)
         if final:
@@ -106,6 +114,10 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--integer", action="store_true",
+                   help="also run the Loihi integer model (calibrated on --calib-samples training images, or the "
+                        "scales a quantization-aware trained checkpoint carries) on the integer reference")
+    p.add_argument("--calib-samples", type=int, default=64, help="training images for calibration (default 64)")
     return p
 
 
@@ -127,7 +139,17 @@ def eval_main(argv: list[str] | None = None) -> None:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         result = evaluate(model.to(device), ds, batch_size=args.batch_size, device=device, stats=True)
         report = {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,
-                  "timesteps": model.config.timesteps, "float": result}
+                  "timesteps": model.config.timesteps, "qat": ckpt.quant is not None, "float": result}
+        if args.integer:
+            from deploy.pipeline import calibrate_checkpoint, calibration_pixels, evaluate_integer
+            from deploy.reference import ReferenceSimulator
+
+            pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
+            calibration = calibrate_checkpoint(model.cpu(), ckpt, pixels)
+            sim = ReferenceSimulator(calibration.graph, device=device)
+            report["integer"] = evaluate_integer(sim, ds, batch_size=args.batch_size)
+            report["integer"]["calibration_samples"] = 0 if ckpt.quant is not None else int(pixels.shape[0])
+            report["integer"]["accuracy_drop_pp"] = 100 * (result["accuracy"] - report["integer"]["accuracy"])
         if args.json:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
@@ -141,9 +163,18 @@ def format_eval_report(report: dict) -> str:
     r = report["float"]
     lines = [f"{report['checkpoint']} on {report['dataset']}/{report['split']} "
              f"({r['samples']} samples, T={report['timesteps']})",
-             f"  float model accuracy: {100 * r['accuracy']:.2f}%  (cross-entropy {r['loss']:.4f})",
-             f"  spikes per sample:    {r['spikes']['spikes_per_sample']:.1f}",
-             "  firing rate per layer:"]
+             f"  float model accuracy: {100 * r['accuracy']:.2f}%  (cross-entropy {r['loss']:.4f})"
+             + ("  [quantization-aware trained: its deployed accuracy is the integer one]" if report["qat"] else "")]
+    if "integer" in report:
+        i = report["integer"]
+        how = ("the scales it was trained with" if report["qat"]
+               else f"calibrated on {i['calibration_samples']} training images")
+        drop = i["accuracy_drop_pp"]
+        lines.append(f"  integer (Loihi) accuracy: {100 * i['accuracy']:.2f}%  "
+                     f"({abs(drop):.2f} pp {'below' if drop >= 0 else 'above'} float; {how})")
+        lines.append(f"  integer spikes per sample: {i['spikes']['neuron_spikes_per_sample']:.1f} in LIF neurons "
+                     f"({i['spikes']['spikes_per_sample']:.1f} with spike-logic gates and relays)")
+    lines += [f"  spikes per sample:    {r['spikes']['spikes_per_sample']:.1f}", "  firing rate per layer:"]
     width = max(len(k) for k in r["spikes"]["layers"])
     for name, v in r["spikes"]["layers"].items():
         lines.append(f"    {name:<{width}}  {100 * v['firing_rate']:6.2f}%  {v['spikes_per_sample']:9.1f} spikes/sample")

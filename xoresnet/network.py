@@ -57,6 +57,7 @@ class XOResNet(nn.Module):
             self.stage_names.append(name)
         self.head = nn.Linear(cin, config.num_classes)
         self.recorder = None
+        self.quant = None  # quantization-aware training: an object with readout_forward(model, features)
         for name, module in self.named_modules():
             if isinstance(module, (CubaLIF, XORResidualBlock)):
                 module.name = name
@@ -77,7 +78,10 @@ class XOResNet(nn.Module):
         """Per-timestep logits ``[T, B, num_classes]``."""
         if self.recorder is not None:
             self.recorder.samples += x.shape[0]
-        return self.head(self.features(x, timesteps).mean(dim=(3, 4)))
+        features = self.features(x, timesteps)
+        if self.quant is not None:
+            return self.quant.readout_forward(self, features)
+        return self.head(features.mean(dim=(3, 4)))
 
     def forward(self, x: torch.Tensor, timesteps: int | None = None) -> torch.Tensor:
         """Logits ``[B, num_classes]``: the head's output averaged over time."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import NetworkConfig
 from .data import IntImageDataset, load_dataset, make_loader
 from .errors import CheckpointError
@@ -51,6 +51,9 @@ class TrainOptions:
     device: Optional[str] = None
     augment: bool = True
     progress: bool = True
+    qat: bool = False  # quantization-aware fine-tuning of the float checkpoint `init`
+    init: Optional[str] = None
+    calib_samples: int = 64
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -135,17 +138,61 @@ def evaluate(model: XOResNet, ds: IntImageDataset, *, batch_size: int = 256, dev
     return out
 
 
-def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
+def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet, dict[str, Any]]:
+    """The float model of ``opts.init``, calibrated on the first ``calib_samples`` training samples and
+    switched to its exact integer forward; returns it with the quantization spec (JSON-able)."""
+    from calibration.qat import enable_qat
+    from calibration.quantize import calibrate_nir
+    from deploy.nir_export import export_nir
+
+    if not opts.init:
+        raise CheckpointError("--qat fine-tunes a trained float model: pass it with --init model.pt")
+    model, ckpt = load_model(opts.init)
+    if ckpt.quant is not None:
+        raise CheckpointError(f"{opts.init} is already quantization-aware trained; start from its float parent")
+    if ckpt.meta.get("dataset") not in (None, opts.dataset):
+        raise CheckpointError(f"{opts.init} was trained on {ckpt.meta['dataset']}, not {opts.dataset}")
+    calibration = calibrate_nir(export_nir(model), train_ds.pixels[: opts.calib_samples])
+    enable_qat(model, calibration.spec)
+    return model, calibration.spec.to_dict()
+
+
+def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]:
     """Train ``config`` on ``opts.dataset``, evaluating on the held-out split every epoch.
 
     Writes a resumable checkpoint to ``opts.out`` after every epoch (rank 0, atomically) and
     returns the final metrics. With ``opts.resume`` it continues from the checkpoint at ``out``.
+    With ``opts.qat`` it fine-tunes the float model ``opts.init`` through the exact Loihi integer
+    forward (:mod:`calibration.qat`); ``config`` is then that model's and may be ``None``.
     """
+    from calibration.qat import enable_qat, project_to_ranges
+    from calibration.quantize import QuantSpec
+
     ctx = setup_distributed(opts.device)
     seed_everything(opts.seed)
     train_ds = load_dataset(opts.dataset, "train", opts.data_dir, limit=opts.limit_train)
     test_ds = load_dataset(opts.dataset, "test", opts.data_dir, limit=opts.limit_test)
-    model = build_network(config).to(ctx.device)
+    out = Path(opts.out)
+    ckpt = load_checkpoint(out) if opts.resume and out.exists() else None
+    quant = None
+    if ckpt is not None:
+        if not ckpt.train_state:
+            raise CheckpointError(f"cannot resume {out}: it holds no training state (a released model?)")
+        if opts.qat != (ckpt.quant is not None):
+            raise CheckpointError(f"cannot resume {out}: it was{'' if ckpt.quant else ' not'} quantization-aware "
+                                  f"trained, but --qat was{'' if opts.qat else ' not'} given")
+        if not opts.qat and ckpt.config != config:
+            raise CheckpointError(f"cannot resume {out}: its network config differs from the requested one")
+        model = build_network(ckpt.config)
+        model.load_state_dict(ckpt.state_dict)
+        quant = ckpt.quant
+        if quant is not None:
+            enable_qat(model, QuantSpec.from_dict(quant))
+    elif opts.qat:
+        model, quant = prepare_qat(opts, train_ds)
+    else:
+        model = build_network(config)
+    model = model.to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     if opts.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
@@ -153,14 +200,7 @@ def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(opts.epochs, 1))
     start_epoch, history = 0, []
-    out = Path(opts.out)
-    if opts.resume and out.exists():
-        ckpt = load_checkpoint(out)
-        if ckpt.config != config:
-            raise CheckpointError(f"cannot resume {out}: its network config differs from the requested one")
-        if not ckpt.train_state:
-            raise CheckpointError(f"cannot resume {out}: it holds no training state (a released model?)")
-        model.load_state_dict(ckpt.state_dict)
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt.train_state["optimizer"])
         scheduler.load_state_dict(ckpt.train_state["scheduler"])
         torch.set_rng_state(ckpt.train_state["rng"])
@@ -192,6 +232,8 @@ def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if quant is not None:
+                project_to_ranges(model)
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
@@ -200,6 +242,8 @@ def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
         metrics = evaluate(model, test_ds, device=ctx.device, ctx=ctx, batch_size=max(opts.batch_size, 128))
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
+        if quant is not None:
+            record["integer"] = True  # the QAT forward is the Loihi integer forward
         history.append(record)
         if ctx.is_main:
             print(f"epoch {epoch + 1}/{opts.epochs}  loss {record['train_loss']:.4f}  "
@@ -208,7 +252,7 @@ def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
             meta = training_meta(opts, ctx, train_ds, test_ds, history, time.time() - started)
             train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
-            save_checkpoint(out, model, meta, train_state=train_state)
+            save_checkpoint(out, model, meta, quant=quant, train_state=train_state)
     if ctx.world_size > 1:
         dist.barrier()
     return history[-1] if history else {}
@@ -217,6 +261,8 @@ def train(config: NetworkConfig, opts: TrainOptions) -> dict[str, Any]:
 def training_meta(opts: TrainOptions, ctx: DistContext, train_ds, test_ds, history, seconds: float) -> dict[str, Any]:
     meta = {
         "dataset": opts.dataset,
+        "qat": opts.qat,
+        "init": opts.init,
         "train_samples": len(train_ds),
         "test_samples": len(test_ds),
         "options": {k: v for k, v in asdict(opts).items() if k != "extra_meta"},
