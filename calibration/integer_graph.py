@@ -141,9 +141,14 @@ class IntegerGraph:
                 bad = arr.min() if arr.min() < lo else arr.max()
                 raise RangeError(f"{what} = {int(bad)} is outside Loihi 2's range [{lo}, {hi}]")
 
+        in_range("input_levels (8-bit graded input)", self.input_levels, 1, (1 << fx.MESSAGE_BITS_GRADED) - 1)
         for p in self.populations.values():
             if p.kind not in POPULATION_KINDS:
                 raise UnsupportedModelError(f"population {p.name}: unknown kind {p.kind!r}")
+            for what, arr in (("bias_mant", p.bias_mant), ("bias_exp", p.bias_exp)):
+                if tuple(np.shape(arr)) != tuple(p.shape):
+                    raise UnsupportedModelError(f"population {p.name}: {what} has shape {np.shape(arr)}, "
+                                                f"not the population's {p.shape}")
             in_range(f"population {p.name}: du", p.du, *fx.DU_RANGE)
             in_range(f"population {p.name}: dv", p.dv, *fx.DV_RANGE)
             in_range(f"population {p.name}: vth", p.vth, *fx.VTH_RANGE)
@@ -166,6 +171,8 @@ class IntegerGraph:
                 in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_EXCITATORY)
             else:
                 in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_INHIBITORY)
+            if s.kind == "conv" and (w.ndim != 4 or min(s.stride) < 1 or s.groups < 1):
+                raise UnsupportedModelError(f"synapse {s.name}: conv weight must be 4-D with stride and groups >= 1")
             if s.kind == "conv" and s.weight_exp != 0:
                 raise RangeError(f"synapse {s.name}: Lava's Conv ignores weight_exp, but it is {s.weight_exp}")
             in_range(f"synapse {s.name}: weight_exp", s.weight_exp, -7, 7)
@@ -188,6 +195,14 @@ class IntegerGraph:
 
 # ---------------------------------------------------------------------- HDF5 files
 
+def _compact(values: np.ndarray) -> np.ndarray:
+    """int16 when every value fits (weights, biases of valid graphs), else int64: never a silent wrap."""
+    values = np.asarray(values, dtype=np.int64)
+    if values.size == 0 or (values.min() >= np.iinfo(np.int16).min and values.max() <= np.iinfo(np.int16).max):
+        return values.astype(np.int16)
+    return values
+
+
 def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
     """Write ``graph`` as HDF5 (layout in ``docs/formats.md``)."""
     with h5py.File(path, "w") as f:
@@ -201,15 +216,15 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
             g = pops.create_group(p.name)
             g.attrs.update(shape=np.array(p.shape), du=p.du, dv=p.dv, vth=p.vth, kind=p.kind, op=p.op or "",
                            block=p.block or "", scale=p.scale, latency=p.latency)
-            g.create_dataset("bias_mant", data=p.bias_mant.astype(np.int16), compression="gzip")
-            g.create_dataset("bias_exp", data=p.bias_exp.astype(np.int8), compression="gzip")
+            g.create_dataset("bias_mant", data=_compact(p.bias_mant), compression="gzip")
+            g.create_dataset("bias_exp", data=_compact(p.bias_exp), compression="gzip")
         syns = f.create_group("synapses")
         for i, s in enumerate(graph.synapses):
             g = syns.create_group(f"{i:05d}")
             g.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, weight_exp=s.weight_exp,
                            stride=np.array(s.stride), padding=np.array(s.padding), groups=s.groups,
                            graded=s.graded, delay=s.delay)
-            g.create_dataset("weight", data=s.weight.astype(np.int16), compression="gzip")
+            g.create_dataset("weight", data=_compact(s.weight), compression="gzip")
 
 
 def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:

@@ -1,8 +1,9 @@
 """Calibration: a float NIR graph plus calibration samples -> a Loihi integer graph.
 
 One scale ``s`` per neuron population (a-units per float unit of current): every synapse into it
-is quantized as ``round(w * s)``, its threshold is ``vth_mant = vth * s`` (an integer by
-construction: ``s = vth_mant / vth``), its bias ``bias * s * 64`` v-units as ``mant << exp``.
+is quantized as ``round(w * s)``, its bias ``bias * s * 64`` v-units as ``mant << exp``, and its
+threshold *is* the integer ``vth_mant``: the search runs over integer mantissas and sets
+``s = vth_mant / vth``, so the threshold carries no rounding error (up to float64 arithmetic).
 ``s`` is bounded by what must fit Loihi 2 (the largest weight, the 17-bit threshold, the 13+3-bit
 bias and the worst-case input current, which must keep ``u`` inside 24 bits for *every* input
 pattern), and chosen among the ``candidates`` largest threshold mantissas under that bound by
@@ -159,6 +160,18 @@ def scale_bounds(pop: FloatPopulation, syns: list[FloatSynapse], levels: int) ->
     return bounds
 
 
+def binding_detail(pop: FloatPopulation, syns: list[FloatSynapse], binding: str) -> str:
+    """The offending value behind a scale bound, for error messages."""
+    if binding == "bias":
+        return f"bias {float(np.abs(pop.bias).max()):.8g} (float units)"
+    if binding == "threshold":
+        return f"vth {pop.vth:.6g}"
+    if binding.startswith("weights of "):
+        syn = next(s for s in syns if s.name == binding[len("weights of "):])
+        return f"largest weight {float(np.abs(syn.weight).max()):.8g} (float units)"
+    return "the worst-case input current is too large"
+
+
 @dataclass
 class QuantizedPopulation:
     population: Population
@@ -288,7 +301,7 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
         else:
             bounds = scale_bounds(pop, syns, levels)
             binding = min(bounds, key=bounds.get)
-            top = int(math.floor(pop.vth * bounds[binding] * (1 - 1e-12)))
+            top = int(math.floor(pop.vth * bounds[binding]))
             if spec is not None:
                 if name not in spec.vth_mant:
                     raise UnsupportedModelError(f"the quantization spec has no entry for population {name}")
@@ -296,7 +309,9 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
             else:
                 tried = [m for m in range(top, top - candidates, -1) if m >= 1]
                 if not tried:
-                    raise RangeError(f"population {name}: no threshold mantissa >= 1 fits (bound: {binding})")
+                    raise RangeError(
+                        f"population {name}: no scale fits Loihi 2: its {binding} limits the threshold mantissa to "
+                        f"{pop.vth * bounds[binding]:.3g} (< 1); {binding_detail(pop, syns, binding)}")
             results, error = [], None
             for mant in tried:
                 try:

@@ -1,0 +1,81 @@
+"""Shared helpers for the deployment tests: small networks that fire like trained ones.
+
+A freshly initialised XOResNet barely fires (zero-initialised last batch norms, running stats
+that do not match the data), so tests that compare spike trains would compare silence. The
+helper :func:`firing_model` sets every batch norm to the statistics of random inputs (one
+forward pass in training mode with momentum 1) and then draws its affine part so that roughly
+10-40 % of the neurons fire, like a trained network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from xoresnet.config import NetworkConfig
+from xoresnet.network import XOResNet, build_network
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS_CANDIDATES = [REPO / "models" / "xoresnet-digits.pt", Path("/tmp/dig_0.005.pt")]
+
+# The tensors here are tiny: intra-op threads only add contention on a shared 2-core machine
+# (a 8x8 conv measured 1 ms on one thread, 48 ms on two under load).
+torch.set_num_threads(1)
+
+
+def random_pixels(n: int, cfg: NetworkConfig, seed: int) -> torch.Tensor:
+    """Integer pixels ``[n, C, H, W]`` in ``0..input_levels`` (int64)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.input_levels + 1, (n, cfg.in_channels, cfg.input_size, cfg.input_size), generator=g)
+
+
+@torch.no_grad()
+def firing_model(cfg: NetworkConfig, seed: int = 0, *, bias_lo: float = -0.2, bias_hi: float = 0.6,
+                 calib_pixels: torch.Tensor | None = None) -> XOResNet:
+    """A model of ``cfg`` in eval mode whose neurons fire at trained-like rates.
+
+    Batch-norm running statistics are those of the batch-norm inputs on random pixels (so the
+    normalised currents are ~N(0, 1)); the scales are drawn in [0.6, 1.4] and the shifts in
+    ``[bias_lo, bias_hi]`` (units of ``vth``), which makes the spikes neither silent nor saturated.
+    """
+    torch.manual_seed(seed)
+    model = build_network(cfg)
+    g = torch.Generator().manual_seed(seed + 1000)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        n = bn.num_features
+        bn.weight.copy_(0.6 + 0.8 * torch.rand(n, generator=g))
+        bn.bias.copy_(bias_lo + (bias_hi - bias_lo) * torch.rand(n, generator=g))
+        bn.momentum = 1.0
+    x = calib_pixels if calib_pixels is not None else random_pixels(16, cfg, seed + 7)
+    model.train()
+    model(x.to(torch.float32) / cfg.input_levels)
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def digits_checkpoint() -> Path | None:
+    for p in DIGITS_CANDIDATES:
+        if p.is_file():
+            return p
+    return None
+
+
+@pytest.fixture(scope="session")
+def digits_model_path() -> Path:
+    path = digits_checkpoint()
+    if path is None:
+        pytest.skip("no trained digits model (models/xoresnet-digits.pt or /tmp/dig_0.005.pt)")
+    return path
+
+
+def small_config(**overrides) -> NetworkConfig:
+    """An 8x8, 1-channel network with two stages of width 4/8 (fast to run)."""
+    base = dict(arch="test", block_type="basic", blocks_per_stage=(2, 1), base_width=4, width_factor=1.0,
+                input_size=8, in_channels=1, num_classes=3, timesteps=2, input_levels=16)
+    base.update(overrides)
+    return NetworkConfig(**base)
+

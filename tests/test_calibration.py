@@ -1,0 +1,472 @@
+"""Calibration: every integer parameter inside Loihi 2's ranges, never a silent clip; hand-made
+violations raise RangeError naming the culprit and its value; QuantSpec and HDF5 round trips."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.float_graph import FloatGraph, FloatPopulation, FloatSynapse, nir_to_float_graph
+from calibration.integer_graph import (INPUT, READOUT, IntegerGraph, Population, Synapse, load_integer_graph,
+                                       save_integer_graph)
+from calibration.quantize import QuantSpec, calibrate, calibrate_nir
+from conftest import firing_model, random_pixels, small_config
+from deploy.nir_export import export_nir
+from deploy.schedule import schedule
+from xoresnet.config import BlockSpec
+from xoresnet.errors import RangeError, UnsupportedModelError
+from xoresnet.neuron import NeuronSpec
+
+CASES = {
+    "xor-or": small_config(),
+    "sew-iand-cuba": small_config(block=BlockSpec("none", "iand", "spike"), neuron=NeuronSpec(du=0.5, dv=0.25)),
+    "mid-xor-if": small_config(block=BlockSpec("mid", "xor", "spike"), neuron=NeuronSpec(du=1.0, dv=0.0, vth=0.75)),
+    "sew-add-bottleneck": small_config(block_type="bottleneck", blocks_per_stage=(2,), base_width=2,
+                                       block=BlockSpec("none", "add", "spike")),
+    "spiking-resnet-84": small_config(input_size=84, in_channels=3, input_levels=255, blocks_per_stage=(1, 1),
+                                      base_width=2, block=BlockSpec("none", "add_current", "add_current")),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def calibrated(request):
+    cfg = CASES[request.param]
+    model = firing_model(cfg, seed=5)
+    graph = export_nir(model)
+    pixels = random_pixels(4, cfg, seed=6)
+    cal = calibrate_nir(graph, pixels)
+    return cfg, nir_to_float_graph(graph), cal, pixels, graph
+
+
+# ---------------------------------------------------------------------- ranges of calibrated graphs
+
+def test_calibrated_graph_is_within_loihi_ranges(calibrated):
+    cfg, fg, cal, _, _ = calibrated
+    g = cal.graph
+    g.validate()
+    for p in g.populations.values():
+        assert 0 <= p.du <= 4095 and 0 <= p.dv <= 4095
+        assert 0 <= p.vth <= 131071
+        assert p.bias_mant.min() >= -4096 and p.bias_mant.max() <= 4095
+        assert p.bias_exp.min() >= 0 and p.bias_exp.max() <= 7
+        assert p.bias_mant.shape == p.shape and p.bias_exp.shape == p.shape
+    for s in g.synapses:
+        w = s.weight
+        assert np.issubdtype(w.dtype, np.integer)
+        if w.min() < 0 < w.max():
+            assert w.min() >= -256 and w.max() <= 254 and not np.any(w % 2), f"{s.name}: mixed weights must be even"
+        elif w.min() >= 0:
+            assert w.max() <= 255
+        else:
+            assert w.min() >= -255
+        if s.kind == "conv":
+            assert s.weight_exp == 0
+        assert 0 <= s.weight_exp <= 7 and s.delay == 0
+
+
+def test_neuron_codes_thresholds_and_scales(calibrated):
+    """du code = du * 4096 - 1, dv code = dv * 4096; gates du = dv = 4095, vth from the NIR threshold;
+    neurons: scale = vth_mant / vth, so vth_mant = vth * scale."""
+    cfg, fg, cal, _, _ = calibrated
+    spec = cfg.neuron
+    du_code = {1.0: 4095, 0.5: 2047}[spec.du]
+    dv_code = {0.5: 2048, 0.25: 1024, 0.0: 0}[spec.dv]
+    for p in cal.graph.populations.values():
+        if p.kind == "gate":
+            assert (p.du, p.dv, p.scale) == (4095, 4095, 1.0) and not p.has_bias
+            assert p.vth == {"xor.and": 1}.get(p.op, 0)
+            continue
+        assert (p.du, p.dv) == (du_code, dv_code), p.name
+        vth = fg.populations[p.name].vth
+        assert vth == spec.vth
+        assert p.scale == p.vth / vth
+        if spec.vth in (1.0, 0.75):  # exact in binary floating point for these thresholds
+            assert vth * p.scale == p.vth
+        assert p.vth >= 1
+        assert cal.spec.vth_mant[p.name] == p.vth
+
+
+def test_no_silent_clipping(calibrated):
+    """Every integer weight is the float weight times the population's scale, rounded (mixed: to even),
+    times 2^weight_exp: |w_int 2^e - w s| <= 2^e. Biases likewise (in v-units, 64 s per float unit)."""
+    _, fg, cal, _, _ = calibrated
+    g = cal.graph
+    fsyn = {s.name: s for s in fg.synapses}
+    for s in g.synapses:
+        if s.dst == READOUT:
+            continue
+        scale = g.populations[s.dst].scale
+        err = np.abs(s.weight * 2.0 ** s.weight_exp - fsyn[s.name].weight * scale)
+        assert err.max() <= 2.0 ** s.weight_exp + 1e-9, s.name
+    for p in g.populations.values():
+        fp = fg.populations[p.name]
+        if p.kind != "neuron":
+            continue
+        eff = p.bias_mant * 2.0 ** p.bias_exp
+        err = np.abs(eff - fp.bias * p.scale * 64)
+        assert np.all(err <= 2.0 ** p.bias_exp / 2 + 1e-6), p.name
+
+
+def test_worst_case_current_fits_u(calibrated):
+    """Recomputed here: the largest |input| any neuron can receive (all positive or all negative
+    weights active, the graded input at input_levels) times 64, accumulated with decay du + 1,
+    stays below 2^23: |a| <= 2^17 (du + 1) / 4096."""
+    cfg, _, cal, _, _ = calibrated
+    g = cal.graph
+    for p in g.populations.values():
+        pos = np.zeros(p.shape)
+        neg = np.zeros(p.shape)
+        for s in g.incoming(p.name):
+            w = s.weight.astype(np.float64) * 2.0 ** s.weight_exp
+            m = g.input_levels if s.graded else 1
+            if s.kind == "conv":
+                pp = np.clip(w, 0, None).reshape(w.shape[0], -1).sum(1) * m
+                nn = np.clip(w, None, 0).reshape(w.shape[0], -1).sum(1) * m
+                pos += pp.reshape(-1, *([1] * (len(p.shape) - 1)))
+                neg += nn.reshape(-1, *([1] * (len(p.shape) - 1)))
+            elif s.kind == "identity":
+                pos += np.clip(w, 0, None) * m
+                neg += np.clip(w, None, 0) * m
+            else:
+                pos += (np.clip(w, 0, None).sum(1) * m).reshape(p.shape)
+                neg += (np.clip(w, None, 0).sum(1) * m).reshape(p.shape)
+        worst = max(pos.max(), -neg.min())
+        assert worst * 64 * 4096 / (p.du + 1) <= 2 ** 23, p.name
+        if p.kind == "gate":
+            assert worst < 64  # no memory left in v
+
+
+# ---------------------------------------------------------------------- hand-made float graphs
+
+def one_population_graph(*, bias=0.0, weight=0.5, levels=16, channels=2, vth=1.0, du=1.0, dv=0.5, kind="conv",
+                         graded=True) -> FloatGraph:
+    """input (1, 4, 4) -> population "p" (channels, 4, 4) -> readout."""
+    shape = (channels, 4, 4)
+    pops = {"p": FloatPopulation("p", shape, "neuron", du=du, dv=dv, vth=vth,
+                                 bias=np.broadcast_to(np.asarray(bias, np.float64), shape).copy())}
+    if kind == "conv":
+        syn = FloatSynapse("c", INPUT, "p", "conv", np.broadcast_to(np.asarray(weight, np.float64),
+                                                                     (channels, 1, 3, 3)).copy(),
+                           padding=(1, 1), graded=graded)
+    else:
+        raise AssertionError(kind)
+    syns = [syn, FloatSynapse("readout:p", "p", READOUT, "dense", np.ones((2, channels * 16)))]
+    return FloatGraph((1, 4, 4), levels, 2, pops, syns, np.zeros(2))
+
+
+PIX = torch.randint(0, 17, (3, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+
+
+def test_bias_mantissa_and_exponent_by_hand():
+    # scale = vth_mant / vth = 100. bias (float units) * 100 * 64 v-units:
+    #   10    -> 64000: 64000/2 = 32000, /4 = 16000, /8 = 8000, /16 = 4000 <= 4095 -> mant 4000, exp 4
+    #  -0.5   -> -3200: fits -> mant -3200, exp 0
+    #   0.01  -> 64 -> mant 64, exp 0
+    #   1.0   -> 6400 -> 3200 -> mant 3200, exp 1
+    #  -0.64  -> -4096 fits exactly (mantissa range -4096..4095) -> mant -4096, exp 0
+    #   0.64  -> 4096 does not -> 2048, exp 1
+    bias = np.zeros((2, 4, 4))
+    bias.flat[:6] = [10.0, -0.5, 0.01, 1.0, -0.64, 0.64]
+    cal = calibrate(one_population_graph(bias=bias, weight=0.01), PIX, None, spec=QuantSpec({"p": 100}))
+    p = cal.graph.populations["p"]
+    assert p.vth == 100 and p.scale == 100.0
+    assert p.bias_mant.flat[:6].tolist() == [4000, -3200, 64, 3200, -4096, 2048]
+    assert p.bias_exp.flat[:6].tolist() == [4, 0, 0, 1, 0, 1]
+    assert np.all(p.bias_mant.flat[6:] == 0)
+    # weights: 0.01 per pixel unit * 100 = 1 (excitatory, kept odd)
+    [c] = cal.graph.incoming("p")
+    assert np.all(c.weight == 1) and c.weight_exp == 0
+
+
+def test_current_bound_picks_the_scale_by_hand():
+    """Graded input (levels 255), a 3x3 kernel of 1.0 per pixel unit, du = 1 (u = a << 6):
+    worst |a| = 9 * 255 * s <= 2^17 = 131072 -> s <= 57.11 -> vth_mant 57 (vth 1).
+    With du = 0.5 (code 2047, effective 2048) the limit halves: s <= 28.55 -> 28."""
+    for du, expected in [(1.0, 57), (0.5, 28)]:
+        cal = calibrate(one_population_graph(weight=1.0, levels=255, du=du), PIX, None)
+        p = cal.graph.populations["p"]
+        assert p.vth == expected
+        entry = cal.report["populations"]["p"]
+        assert entry["binding_limit"] == "current"
+        [c] = cal.graph.incoming("p")
+        assert np.all(c.weight == expected)
+
+
+def test_threshold_bound_keeps_vth_within_17_bits():
+    cal = calibrate(one_population_graph(weight=1e-6, vth=1.0), PIX, None)
+    p = cal.graph.populations["p"]
+    assert cal.report["populations"]["p"]["binding_limit"] == "threshold"
+    assert 131067 <= p.vth <= 131071
+    with pytest.raises(RangeError, match=r"population p: threshold mantissa 131072"):
+        calibrate(one_population_graph(weight=1e-6), PIX, None, spec=QuantSpec({"p": 131072}))
+
+
+def test_huge_bias_with_a_fixed_spec_names_population_and_value():
+    # bias 1e6 float units * scale 1 = 1e6 a-units = 6.4e7 v-units: 6.4e7 / 128 = 500000 > 4095
+    with pytest.raises(RangeError, match=r"population p: bias 1000000 a-units"):
+        calibrate(one_population_graph(bias=1e6), PIX, None, spec=QuantSpec({"p": 1}))
+
+
+def test_huge_bias_in_the_scale_search_names_population_and_value():
+    # bias bound: 4095 * 128 / (64 * 1e6) = 0.00819 -> no vth mantissa >= 1 fits
+    with pytest.raises(RangeError, match=r"population p.*1000000") as info:
+        calibrate(one_population_graph(bias=1e6), PIX, None)
+    assert "bias" in str(info.value)
+
+
+def test_huge_bias_through_nir():
+    """The same, from a PyTorch model whose batch-norm shift is huge: refused, naming the neuron."""
+    cfg = small_config()
+    model = firing_model(cfg, seed=1)
+    with torch.no_grad():
+        model.layer1[0].convs[0].bn.bias[0] = 1e6
+    with pytest.raises(RangeError, match=r"layer1\.0\.neurons\.0"):
+        calibrate_nir(export_nir(model), random_pixels(2, cfg, 0))
+
+
+def test_weight_that_cannot_fit_with_a_fixed_spec():
+    # conv: 300 per pixel unit * scale 1 = 300 > 255 (excitatory; conv has no exponent)
+    with pytest.raises(RangeError, match=r"synapse c into p: a weight quantizes to 300.*\[0, 255\]"):
+        calibrate(one_population_graph(weight=300.0), PIX, None, spec=QuantSpec({"p": 1}))
+    # mixed signs: +-200 * 2 = +-400 outside [-256, 254]
+    w = np.ones((2, 1, 3, 3)) * 200.0
+    w[1] *= -1
+    with pytest.raises(RangeError, match=r"synapse c into p: a weight quantizes to 400.*mixed range \[-256, 254\]"):
+        calibrate(one_population_graph(weight=w), PIX, None, spec=QuantSpec({"p": 2}))
+
+
+def test_identity_weight_uses_the_exponent_then_refuses():
+    """Identity synapse: weight 1000 * scale 1: 1000 / 2^2 = 250 fits -> (250, exp 2). 40000: even
+    with exponent 7 (40000 / 128 = 312.5 -> 312) it does not fit -> RangeError with the value."""
+    def graph(w):
+        shape = (1, 2, 2)
+        pops = {"a": FloatPopulation("a", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape)),
+                "b": FloatPopulation("b", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape))}
+        syns = [FloatSynapse("c", INPUT, "a", "conv", np.ones((1, 1, 1, 1)), graded=True),
+                FloatSynapse("a->b", "a", "b", "identity", np.full(shape, float(w))),
+                FloatSynapse("readout:b", "b", READOUT, "dense", np.ones((2, 4)))]
+        return FloatGraph((1, 2, 2), 1, 2, pops, syns, np.zeros(2))
+
+    pix = torch.ones((1, 1, 2, 2), dtype=torch.int64)
+    cal = calibrate(graph(1000), pix, None, spec=QuantSpec({"a": 1, "b": 1}))
+    [s] = cal.graph.incoming("b")
+    assert np.all(s.weight == 250) and s.weight_exp == 2
+    with pytest.raises(RangeError, match=r"synapse a->b into b: a weight quantizes to 312.*exponent 7"):
+        calibrate(graph(40000), pix, None, spec=QuantSpec({"a": 1, "b": 1}))
+
+
+def test_worst_case_current_overflow_with_a_fixed_spec():
+    """vth_mant 200 -> weights 1.0 * 200 = 200 (fit 8 bits), but 9 of them times pixel 255:
+    9 * 200 * 255 = 459000 a-units > 2^17 = 131072 -> u could wrap: refused, not clipped."""
+    with pytest.raises(RangeError, match=r"population p: a worst-case input current of 459000 .*limit 131072"):
+        calibrate(one_population_graph(weight=1.0, levels=255), PIX, None, spec=QuantSpec({"p": 200}))
+    # du = 0.5 halves the limit (u accumulates up to a * 64 * 4096 / 2048): vth_mant 30 -> 9*30*255 = 68850 > 65536
+    with pytest.raises(RangeError, match=r"population p: a worst-case input current of 68850 .*limit 65536"):
+        calibrate(one_population_graph(weight=1.0, levels=255, du=0.5), PIX, None, spec=QuantSpec({"p": 30}))
+    # 28 fits: 9 * 28 * 255 = 64260 <= 65536
+    calibrate(one_population_graph(weight=1.0, levels=255, du=0.5), PIX, None, spec=QuantSpec({"p": 28}))
+
+
+def test_gate_with_large_or_fractional_weights_is_refused():
+    def graph(w):
+        shape = (1, 2, 2)
+        pops = {"a": FloatPopulation("a", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape)),
+                "g": FloatPopulation("g", shape, "gate", vth=0.5, op="or")}
+        syns = [FloatSynapse("c", INPUT, "a", "conv", np.ones((1, 1, 1, 1)), graded=True),
+                FloatSynapse("a->g", "a", "g", "identity", np.full(shape, float(w))),
+                FloatSynapse("readout:g", "g", READOUT, "dense", np.ones((2, 4)))]
+        return FloatGraph((1, 2, 2), 1, 2, pops, syns, np.zeros(2))
+
+    pix = torch.ones((1, 1, 2, 2), dtype=torch.int64)
+    g = calibrate(graph(63), pix, None).graph.populations["g"]  # |sum| 63 < 64: still memoryless
+    assert g.vth == 0
+    with pytest.raises(RangeError, match=r"gate g: input sums up to 64"):
+        calibrate(graph(64), pix, None)
+    with pytest.raises(UnsupportedModelError, match=r"gate g: input weights must be integers"):
+        calibrate(graph(0.5), pix, None)
+
+
+# ---------------------------------------------------------------------- hand-made integer graphs
+
+def tiny_integer_graph(**changes) -> IntegerGraph:
+    shape = (2, 3, 3)
+    z = np.zeros(shape, np.int64)
+    p = Population("p", shape, du=4095, dv=2048, vth=10, bias_mant=z.copy(), bias_exp=z.copy())
+    q = Population("q", shape, du=0, dv=0, vth=5, bias_mant=z.copy(), bias_exp=z.copy())
+    syns = [Synapse("in->p", INPUT, "p", "conv", np.full((2, 1, 3, 3), 4, np.int64), padding=(1, 1), graded=True),
+            Synapse("p->q", "p", "q", "dense", np.tile(np.array([[2, -4]]), (18, 9))),
+            Synapse("p->q.id", "p", "q", "identity", np.ones(shape, np.int64)),
+            Synapse("readout:q", "q", READOUT, "dense", np.ones((2, 18), np.int64))]
+    g = IntegerGraph((1, 3, 3), 16, 3, {"p": p, "q": q}, syns, np.array([1, -2]), 2.5, meta={"k": [1, 2]})
+    for path, value in changes.items():
+        obj_name, attr = path.rsplit(".", 1)
+        obj = g.populations[obj_name] if obj_name in g.populations else next(s for s in g.synapses
+                                                                              if s.name == obj_name)
+        setattr(obj, attr, value)
+    return g
+
+
+def test_tiny_integer_graph_is_valid():
+    tiny_integer_graph().validate()
+
+
+@pytest.mark.parametrize("change,pattern", [
+    ({"p->q.weight": np.tile(np.array([[3, -4]]), (18, 9))}, r"synapse p->q: mixed-sign weight 3 is odd"),
+    ({"p->q.weight": np.tile(np.array([[2, -258]]), (18, 9))}, r"synapse p->q: weight = -258 .*\[-256, 254\]"),
+    ({"p->q.weight": np.tile(np.array([[256, -4]]), (18, 9))}, r"synapse p->q: weight = 256 .*\[-256, 254\]"),
+    ({"p->q.id.weight": np.full((2, 3, 3), 256)}, r"synapse p->q\.id: weight = 256 .*\[0, 255\]"),
+    ({"p->q.id.weight": np.full((2, 3, 3), -256)}, r"synapse p->q\.id: weight = -256 .*\[-255, 0\]"),
+    ({"p->q.delay": 70}, r"synapse p->q: delay = 70 .*\[0, 62\]"),
+    ({"p->q.delay": 63}, r"synapse p->q: delay = 63"),
+    ({"p->q.weight_exp": 8}, r"synapse p->q: weight_exp = 8"),
+    ({"in->p.weight_exp": 1}, r"synapse in->p: .*Conv ignores weight_exp"),
+    ({"in->p.delay": 1}, r"synapse in->p: .*no synaptic delay"),
+    ({"p.du": 5000}, r"population p: du = 5000 .*\[0, 4095\]"),
+    ({"q.dv": -1}, r"population q: dv = -1"),
+    ({"q.vth": 131072}, r"population q: vth = 131072 .*\[0, 131071\]"),
+    ({"p.bias_mant": np.full((2, 3, 3), 4096)}, r"population p: bias_mant = 4096"),
+    ({"p.bias_mant": np.full((2, 3, 3), -4097)}, r"population p: bias_mant = -4097"),
+    ({"p.bias_exp": np.full((2, 3, 3), 8)}, r"population p: bias_exp = 8"),
+], ids=lambda v: "-".join(f"{k}={np.asarray(x).flat[0]}" for k, x in v.items()) if isinstance(v, dict) else None)
+def test_validate_names_the_culprit_and_value(change, pattern):
+    g = tiny_integer_graph(**change)
+    with pytest.raises(RangeError, match=pattern):
+        g.validate()
+
+
+def test_validate_accepts_the_range_edges():
+    tiny_integer_graph(**{"p->q.weight": np.tile(np.array([[254, -256]]), (18, 9)), "p->q.delay": 62,
+                          "p->q.id.weight": np.full((2, 3, 3), 255), "q.vth": 131071,
+                          "p.bias_mant": np.full((2, 3, 3), -4096), "p.bias_exp": np.full((2, 3, 3), 7)}).validate()
+
+
+# ---------------------------------------------------------------------- QuantSpec and HDF5 round trips
+
+def assert_same_integer_graph(a: IntegerGraph, b: IntegerGraph, *, check_meta=True):
+    assert tuple(a.input_shape) == tuple(b.input_shape)
+    assert (a.input_levels, a.timesteps, a.reset_interval) == (b.input_levels, b.timesteps, b.reset_interval)
+    assert a.readout_scale == b.readout_scale
+    assert np.array_equal(a.readout_bias, b.readout_bias)
+    assert list(a.populations) == list(b.populations)
+    for name, p in a.populations.items():
+        q = b.populations[name]
+        for f in ("name", "shape", "du", "dv", "vth", "kind", "op", "block", "scale", "latency"):
+            assert getattr(p, f) == getattr(q, f), (name, f)
+        assert np.array_equal(p.bias_mant, q.bias_mant) and np.array_equal(p.bias_exp, q.bias_exp)
+    assert [s.name for s in a.synapses] == [s.name for s in b.synapses]
+    for s, t in zip(a.synapses, b.synapses):
+        for f in ("src", "dst", "kind", "weight_exp", "stride", "padding", "groups", "graded", "delay"):
+            assert getattr(s, f) == getattr(t, f), (s.name, f)
+        assert s.weight.shape == t.weight.shape and np.array_equal(s.weight, t.weight), s.name
+    if check_meta:
+        assert a.meta == b.meta
+
+
+def test_quant_spec_round_trip_reproduces_the_integer_graph(calibrated):
+    _, _, cal, pixels, graph = calibrated
+    d = json.loads(json.dumps(cal.spec.to_dict()))
+    spec = QuantSpec.from_dict(d)
+    assert spec.vth_mant == cal.spec.vth_mant and spec.meta == cal.spec.meta
+    assert set(spec.vth_mant) == {n for n, p in cal.graph.populations.items() if p.kind == "neuron"}
+    again = calibrate_nir(graph, pixels, spec=spec)
+    assert_same_integer_graph(cal.graph, again.graph, check_meta=False)
+    # without calibration samples too (the spec alone fixes every number)
+    alone = calibrate_nir(graph, pixels[:0], spec=spec)
+    assert_same_integer_graph(cal.graph, alone.graph, check_meta=False)
+
+
+def test_quant_spec_is_really_used_and_checked(calibrated):
+    _, _, cal, pixels, graph = calibrated
+    name = next(n for n, p in cal.graph.populations.items() if p.kind == "neuron" and p.vth > 2)
+    changed = dict(cal.spec.vth_mant)
+    changed[name] -= 1
+    g2 = calibrate_nir(graph, pixels[:1], spec=QuantSpec(changed)).graph
+    assert g2.populations[name].vth == cal.graph.populations[name].vth - 1
+    missing = dict(cal.spec.vth_mant)
+    del missing[name]
+    with pytest.raises(UnsupportedModelError, match=name.replace(".", r"\.")):
+        calibrate_nir(graph, pixels[:1], spec=QuantSpec(missing))
+    with pytest.raises(UnsupportedModelError, match="version"):
+        QuantSpec.from_dict({"version": 99, "vth_mant": {}})
+
+
+def test_hdf5_round_trip_preserves_everything(calibrated, tmp_path):
+    _, _, cal, _, _ = calibrated
+    for g in (cal.graph, schedule(cal.graph)):
+        path = tmp_path / "g.h5"
+        save_integer_graph(g, path)
+        back = load_integer_graph(path)
+        assert_same_integer_graph(g, back)
+        back.validate()
+
+
+def test_hdf5_round_trip_of_a_hand_graph_with_delays_and_relays(tmp_path):
+    g = tiny_integer_graph(**{"p->q.delay": 5, "q.latency": 7, "p.bias_mant": np.arange(18).reshape(2, 3, 3) - 9,
+                              "p.bias_exp": np.arange(18).reshape(2, 3, 3) % 8})
+    g.populations["q"].kind, g.populations["q"].op, g.populations["q"].block = "relay", "relay", "blk"
+    g.reset_interval = 8
+    save_integer_graph(g, tmp_path / "h.h5")
+    back = load_integer_graph(tmp_path / "h.h5")
+    assert_same_integer_graph(g, back)
+    assert back.populations["p"].op is None and back.populations["p"].block is None
+    assert back.meta == {"k": [1, 2]}
+
+
+def test_hdf5_never_silently_changes_an_out_of_range_value(tmp_path):
+    """Saving an invalid graph must either be refused or keep the values (so validate() still sees them)."""
+    g = tiny_integer_graph(**{"p->q.id.weight": np.full((2, 3, 3), 65536 + 7), "p.bias_exp": np.full((2, 3, 3), 259)})
+    try:
+        save_integer_graph(g, tmp_path / "bad.h5")
+    except RangeError:
+        return
+    back = load_integer_graph(tmp_path / "bad.h5")
+    assert np.all(back.populations["p"].bias_exp == 259)
+    assert np.all(next(s for s in back.synapses if s.name == "p->q.id").weight == 65536 + 7)
+
+
+def test_validate_refuses_unknown_kinds_and_dangling_synapses():
+    g = tiny_integer_graph(**{"q.kind": "compartment"})
+    with pytest.raises(UnsupportedModelError, match="population q: unknown kind 'compartment'"):
+        g.validate()
+    g = tiny_integer_graph(**{"p->q.kind": "sparse_conv"})
+    with pytest.raises(UnsupportedModelError, match="synapse p->q: unknown kind"):
+        g.validate()
+    g = tiny_integer_graph(**{"p->q.src": "nowhere"})
+    with pytest.raises(UnsupportedModelError, match="synapse p->q refers to unknown population nowhere"):
+        g.validate()
+
+
+def test_calibration_of_the_nir_file_equals_calibration_in_memory(tmp_path):
+    """Writing the NIR graph to a file and reading it back changes nothing downstream (node order may
+    differ after the round trip; populations stay in a topological order)."""
+    from deploy.nir_export import read_nir, write_nir
+    cfg = small_config(block=BlockSpec("prev_input", "xor", "spike"), neuron=NeuronSpec(du=3000 / 4096, dv=700 / 4096))
+    graph = export_nir(firing_model(cfg, seed=9))
+    write_nir(graph, tmp_path / "m.nir")
+    pixels = random_pixels(4, cfg, seed=3)
+    a = calibrate_nir(graph, pixels)
+    b = calibrate_nir(read_nir(tmp_path / "m.nir"), pixels)
+    assert a.spec.vth_mant == b.spec.vth_mant
+    b.graph.populations = {n: b.graph.populations[n] for n in a.graph.populations}
+    order = {s.name: i for i, s in enumerate(a.graph.synapses)}
+    b.graph.synapses.sort(key=lambda s: order[s.name])
+    assert_same_integer_graph(a.graph, b.graph, check_meta=False)
+
+
+def test_loading_something_else_is_refused(tmp_path):
+    bad = tmp_path / "not.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(UnsupportedModelError):
+        load_integer_graph(bad)
+    import h5py
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "something-else"
+    with pytest.raises(UnsupportedModelError, match="not an xoresnet integer graph"):
+        load_integer_graph(tmp_path / "other.h5")
+    g = tiny_integer_graph()
+    save_integer_graph(g, tmp_path / "v.h5")
+    with h5py.File(tmp_path / "v.h5", "a") as f:
+        f.attrs["version"] = 99
+    with pytest.raises(UnsupportedModelError, match="version 99"):
+        load_integer_graph(tmp_path / "v.h5")
