@@ -1,0 +1,42 @@
+"""``xoresnet-report DIR``: re-render ``DIR/report.html`` from ``DIR/report.json``.
+
+The JSON is validated first (schema ``xoresnet-report`` version 1); a missing, corrupt or invalid
+file is a one-line error with exit code 3 (:class:`hw_targets.report.ReportError`), usage errors
+exit with 2 (argparse), success with 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from xoresnet.errors import run_cli
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xoresnet-report",
+        description="Re-render DIR/report.html from DIR/report.json (validated against the report schema; "
+                    "see docs/report-schema.md).")
+    p.add_argument("dir", metavar="DIR", help="folder holding report.json")
+    p.add_argument("-o", "--output", help="write the page here instead of DIR/report.html")
+    return p
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import REPORT_HTML, ReportError, _atomic_write, load_report, render_html
+
+    d = Path(args.dir)
+    if not d.is_dir():
+        raise ReportError(f"{d} is not a directory")
+    report = load_report(d)
+    out = Path(args.output) if args.output else d / REPORT_HTML
+    _atomic_write(out, render_html(report))
+    print(f"wrote {out}")
+    return 0
+
+
+def report_main(argv: Optional[list[str]] = None) -> None:
+    args = report_parser().parse_args(argv)
+    run_cli("xoresnet-report", lambda: _report(args))

@@ -1,0 +1,51 @@
+"""Lava's CPU simulator (``Loihi2SimCfg(select_tag="fixed_pt")``, lava-nc 0.10.0): no hardware.
+
+The simulator computes what Loihi 2 computes, so the fixed-point rules (weight bits, delays,
+power-of-two reset interval, graded payload) are the Loihi 2 ones and are enforced; the capacity
+limits (cores, neurons and synaptic memory per core, axons, chips) do not bind a CPU simulation and
+are checked as *non-enforced*: exceeding them is a warning ("would not fit Loihi 2"), not an error.
+Energy figures are the Loihi 2 estimates (what the simulated network would cost on the chip).
+
+:meth:`LavaSimTarget.dispatch` raises :class:`~hw_targets.base.NoHardwareError`;
+:meth:`LavaSimTarget.simulate` runs the graph in Lava (``deploy.lava_run.run_lava``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from .base import HwTarget, NoHardwareError
+from .loihi2 import LIMITS as LOIHI2_LIMITS
+from .loihi2 import SYSTEMS
+
+#: Loihi 2 limits a CPU simulation is not bound by (reported as warnings only).
+CAPACITY_LIMITS = ("cores_per_chip", "neurons_per_core", "synmem_bits_per_core", "core_memory_bits",
+                   "neuron_groups_per_core", "axons_in_per_core", "axons_out_per_core")
+
+LIMITS = {k: (replace(v, enforced=False) if k in CAPACITY_LIMITS else v) for k, v in LOIHI2_LIMITS.items()}
+
+
+class LavaSimTarget(HwTarget):
+    def dispatch_status(self) -> tuple[bool, str]:
+        return False, "lava-sim is Lava's CPU simulator: there is no hardware to dispatch to (use target loihi2)"
+
+    def dispatch(self, export_dir, pixels=None, **kwargs) -> Any:
+        raise NoHardwareError("target lava-sim is Lava's CPU simulator and has no hardware to dispatch to; "
+                              "dispatch with --target loihi2 (needs lava-loihi) or simulate with lava-sim")
+
+    def simulate(self, graph, pixels, *, timeout: float = 600.0, **kwargs):
+        """Run ``graph`` in Lava's fixed-point CPU simulator (:func:`deploy.lava_run.run_lava`)."""
+        from deploy.lava_run import run_lava
+
+        return run_lava(graph, pixels, timeout=timeout, **kwargs)
+
+
+LAVA_SIM = LavaSimTarget(
+    name="lava-sim",
+    description="Lava CPU simulator, Loihi2SimCfg(select_tag='fixed_pt') (lava-nc 0.10.0); no hardware",
+    limits=LIMITS,
+    systems=SYSTEMS,
+    has_hardware=False,
+    notes=("Capacity limits are reported for Loihi 2 but do not bind the CPU simulator (warnings only).",),
+)

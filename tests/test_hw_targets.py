@@ -1,0 +1,393 @@
+"""hw_targets: targets and dispatch, design rules and packing, statistics, energy, reports, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
+from deploy.reference import ZeroDelayResult
+from hw_targets import TARGETS, get_target
+from hw_targets.base import NoHardwareError, UnknownTargetError
+from hw_targets.energy import EnergyTable, ann_macs, estimate_energy
+from hw_targets.loihi2 import missing_loihi2_modules
+from hw_targets.report import (ReportError, load_report, report_problems, validate_report, write_report)
+from hw_targets.resources import check_design_rules, require_design_rules, synapse_connectivity
+from hw_targets.stats import StatsAccumulator
+from xoresnet.errors import DesignRuleError, DispatchUnavailableError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- hand-made graphs
+
+def pop(name: str, shape: tuple[int, ...], kind: str = "neuron", **kw) -> Population:
+    z = np.zeros(shape, np.int64)
+    return Population(name, tuple(shape), du=4095, dv=0, vth=10, bias_mant=z, bias_exp=z.copy(), kind=kind, **kw)
+
+
+def make_graph(pops: list[Population], syns: list[Synapse], *, input_shape=(1, 4, 4), T: int = 2, K: int = 2,
+               P: int = 2, levels: int = 16) -> IntegerGraph:
+    return IntegerGraph(tuple(input_shape), levels, T, {p.name: p for p in pops}, syns, np.zeros(K, np.int64), 1.0,
+                        reset_interval=P)
+
+
+def dense(name: str, src: str, dst: str, w, **kw) -> Synapse:
+    return Synapse(name, src, dst, "dense", np.asarray(w, np.int64), **kw)
+
+
+def identity(name: str, src: str, dst: str, shape, value: int = 1, **kw) -> Synapse:
+    return Synapse(name, src, dst, "identity", np.full(shape, value, np.int64), **kw)
+
+
+def two_layer_graph(**syn_kw) -> IntegerGraph:
+    """input (1,4,4) -> a (16,) dense -> b (16,) identity (with ``syn_kw``) -> readout."""
+    return make_graph(
+        [pop("a", (16,)), pop("b", (16,))],
+        [dense("in->a", INPUT, "a", np.eye(16, dtype=np.int64) * 2, graded=True),
+         identity("a->b", "a", "b", (16,), **syn_kw),
+         dense("readout:b", "b", READOUT, np.ones((2, 16)))])
+
+
+# ---------------------------------------------------------------------- targets, dispatch
+
+def test_registry_and_unknown_target():
+    assert get_target().name == "loihi2"
+    assert set(TARGETS) >= {"loihi2", "lava-sim"}
+    with pytest.raises(UnknownTargetError) as e:
+        get_target("tpu9000")
+    assert e.value.exit_code == 2 and "tpu9000" in str(e.value) and "\n" not in str(e.value)
+    try:  # onnx is written elsewhere: either registered by its module or a clear "not available yet"
+        assert get_target("onnx").name == "onnx"
+    except UnknownTargetError as e:
+        assert "onnx" in str(e)
+
+
+def test_every_limit_has_source_and_estimate_flag():
+    for t in TARGETS.values():
+        for name, lim in t.limits.items():
+            assert lim.name == name and lim.source and isinstance(lim.estimate, bool)
+    lim = get_target("loihi2").limits
+    assert lim["cores_per_chip"].value == 128 and lim["delay_max"].value == 62 and lim["weight_bits"].value == 8
+    assert lim["axons_in_per_core"].estimate and not lim["delay_max"].estimate
+    assert [s.chips for s in get_target("loihi2").systems] == [1, 8, 1152]
+
+
+def test_loihi2_dispatch_unavailable_names_missing_modules(tmp_path):
+    missing = missing_loihi2_modules()
+    if not missing:
+        pytest.skip("lava-loihi is installed here")
+    with pytest.raises(DispatchUnavailableError) as e:
+        get_target("loihi2").dispatch(tmp_path)
+    msg = str(e.value)
+    assert e.value.exit_code == 7 and "\n" not in msg
+    assert "lava.magma.core.model.nc.model" in msg and "nxcore" in msg
+    assert "lava-loihi" in msg and "INRC" in msg
+    ok, note = get_target("loihi2").dispatch_status()
+    assert not ok and "lava-loihi" in note
+
+
+def test_lava_sim_has_no_hardware(tmp_path):
+    with pytest.raises(NoHardwareError) as e:
+        get_target("lava-sim").dispatch(tmp_path)
+    assert isinstance(e.value, DispatchUnavailableError) and e.value.exit_code == 7
+    assert "no hardware" in str(e.value) and "lava-sim" in str(e.value)
+
+
+# ---------------------------------------------------------------------- connectivity
+
+def conv(name, src, dst, w, stride=(1, 1), padding=(1, 1), groups=1) -> Synapse:
+    return Synapse(name, src, dst, "conv", np.asarray(w, np.int64), stride=stride, padding=padding, groups=groups)
+
+
+def test_conv_synapse_count_by_hand():
+    # 3x3, padding 1, stride 1 on 4x4, 1 -> 1 channel: per axis 3*4 - 2 = 10 (source, target) pairs,
+    # so 10 * 10 = 100 = 16 * 9 - 44 border losses; corners have 4 inputs, edges 6, inside 9.
+    g = make_graph([pop("a", (1, 4, 4)), pop("b", (1, 4, 4))], [conv("c", "a", "b", np.ones((1, 1, 3, 3)))])
+    c = synapse_connectivity(g, g.synapses[0])
+    assert c.count == 100 == 16 * 9 - 44
+    fan_in = c.fan_in.reshape(4, 4)
+    assert fan_in[0, 0] == 4 and fan_in[0, 1] == 6 and fan_in[1, 1] == 9
+    assert np.array_equal(c.fan_out, c.fan_in)  # symmetric kernel and padding
+    # a zero center tap removes one synapse per output neuron
+    w = np.ones((1, 1, 3, 3))
+    w[0, 0, 1, 1] = 0
+    assert synapse_connectivity(g, conv("c", "a", "b", w)).count == 100 - 16
+    # stride 2: outputs (0,0): 2x2 taps, (0,1) and (1,0): 2x3, (1,1): 3x3 -> 4 + 6 + 6 + 9 = 25
+    g2 = make_graph([pop("a", (1, 4, 4)), pop("b", (1, 2, 2))],
+                    [conv("c", "a", "b", np.ones((1, 1, 3, 3)), stride=(2, 2))])
+    c2 = synapse_connectivity(g2, g2.synapses[0])
+    assert c2.count == 25 and c2.fan_out.sum() == 25 and c2.fan_out.shape == (16,)
+    assert c2.fan_out.reshape(4, 4)[3, 3] == 1  # only output (1,1) reaches the last input
+    # no padding: 2x2 outputs x 9; groups=2 on 2 channels: twice the single-channel count
+    g3 = make_graph([pop("a", (1, 4, 4)), pop("b", (1, 2, 2))],
+                    [conv("c", "a", "b", np.ones((1, 1, 3, 3)), padding=(0, 0))])
+    assert synapse_connectivity(g3, g3.synapses[0]).count == 36
+    g4 = make_graph([pop("a", (2, 4, 4)), pop("b", (2, 4, 4))], [conv("c", "a", "b", np.ones((2, 1, 3, 3)), groups=2)])
+    assert synapse_connectivity(g4, g4.synapses[0]).count == 200
+
+
+# ---------------------------------------------------------------------- design rules
+
+def _raises_drc(graph, *words, **kw):
+    r = check_design_rules(graph, **kw)
+    assert not r.passed
+    with pytest.raises(DesignRuleError) as e:
+        require_design_rules(r)
+    msg = str(e.value)
+    assert e.value.exit_code == 4 and "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return r
+
+
+def test_drc_delay_70():
+    _raises_drc(two_layer_graph(delay=70), "layer b", "delay_max", "70", "62")
+
+
+def test_drc_weight_bits_and_odd_mixed_weight():
+    g = two_layer_graph(value=300)  # excitatory 300 needs 9 bits
+    r = _raises_drc(g, "layer b", "weight bits", "9", "weight_bits")
+    assert r.layer("b").weight_bits == 9
+    w = np.ones(16, np.int64) * 4
+    w[0], w[1] = -6, 3  # mixed sign with an odd value
+    g = two_layer_graph()
+    g.synapses[1].weight = w
+    _raises_drc(g, "layer b", "odd")
+
+
+def test_drc_fan_in_over_limit_and_near_limit_warning():
+    n = 5000
+    g = make_graph([pop("a", (n,)), pop("b", (1,))], [dense("a->b", "a", "b", np.ones((1, n)))])
+    r = _raises_drc(g, "layer b", "fan-in", "5000", "axons_in_per_core")
+    assert r.layer("b").fan_in_max == 5000
+    # the CPU simulator is not bound by it: a warning only
+    r = check_design_rules(g, "lava-sim")
+    assert r.passed and any(w.limit == "axons_in_per_core" and "would not fit" in w.message for w in r.warnings)
+    # 3500 = 85 % of 4096: a warning, not an error
+    g = make_graph([pop("a", (3500,)), pop("b", (1,))], [dense("a->b", "a", "b", np.ones((1, 3500)))])
+    r = require_design_rules(check_design_rules(g))
+    assert any(w.layer == "b" and w.limit == "axons_in_per_core" and "85%" in w.message for w in r.warnings)
+    r = require_design_rules(check_design_rules(two_layer_graph(delay=55)))
+    assert any(w.limit == "delay_max" and "b" in w.layer for w in r.warnings)
+
+
+def test_drc_conv_delay_and_reset_interval():
+    g = make_graph([pop("a", (1, 4, 4)), pop("b", (1, 4, 4))], [conv("c", "a", "b", np.ones((1, 1, 3, 3)) * 2)])
+    g.synapses[0].delay = 3
+    _raises_drc(g, "layer b", "conv")
+    g = two_layer_graph()
+    g.reset_interval = 6
+    _raises_drc(g, "reset interval 6", "power of two")
+    g.reset_interval = 0
+    r = check_design_rules(g)
+    assert r.passed and any("not scheduled" in w.message for w in r.warnings)
+
+
+def test_drc_population_too_large_for_system():
+    n = 129 * 4096  # 129 cores: more than one chip
+    g = make_graph([pop("big", (n,))], [])
+    _raises_drc(g, "layer big", "129 cores", "Oheo Gulch", system="oheo-gulch")
+    r = require_design_rules(check_design_rules(g, system="kapoho-point"))
+    assert r.layer("big").cores == 129 and r.packing.chips == 2
+    with pytest.raises(UnknownTargetError):
+        check_design_rules(g, system="pohoiki")
+
+
+# ---------------------------------------------------------------------- packing
+
+def test_packing_splits_and_shares_cores():
+    g = make_graph([pop("big", (3 * 4096 - 300,)), pop("s1", (100,)), pop("s2", (100,))], [])
+    r = check_design_rules(g)
+    assert r.layer("big").cores == 3 and r.layer("big").fragments == 3
+    # the two small populations share a core (with the big one's remainder): 3 cores in all
+    assert r.packing.num_cores == 3 and r.packing.chips == 1
+    shared = [c for c in r.packing.cores if "s1" in c.layers]
+    assert len(shared) == 1 and "s2" in shared[0].layers
+
+
+def test_packing_synaptic_memory_split():
+    # 100 neurons x 4000 dense 8-bit synapses: 32000 bits each, 24 per 768000-bit core -> 5 cores
+    g = make_graph([pop("a", (4000,)), pop("b", (100,))], [dense("a->b", "a", "b", np.full((100, 4000), 255))])
+    r = require_design_rules(check_design_rules(g))
+    b = r.layer("b")
+    assert b.synapses == 400_000 and b.synmem_bits == 400_000 * 8 and b.cores == 5
+    assert r.synapses[0].index_bits == 0 and r.synapses[0].weight_bits == 8
+
+
+def test_packing_200_cores_two_chips():
+    g = make_graph([pop("big", (200 * 4096,))], [])
+    r = check_design_rules(g)
+    assert r.packing.num_cores == 200 and r.packing.chips == 2
+    assert r.systems_fit() == ["Kapoho Point", "Hala Point"]
+    fits = {s["key"]: s["fits"] for s in r.packing.systems}
+    assert fits == {"oheo-gulch": False, "kapoho-point": True, "hala-point": True}
+    assert r.passed  # no system asked: it fits the largest
+
+
+# ---------------------------------------------------------------------- statistics and energy
+
+def hand_network():
+    """input (1,2,2) -> a (2,) -> b (1,) -> readout (2); T = 2, one sample with known spikes."""
+    g = make_graph([pop("a", (2,)), pop("b", (1,))],
+                   [dense("in->a", INPUT, "a", [[2, 0, 4, 6], [0, 0, 0, 8]], graded=True),
+                    dense("a->b", "a", "b", [[2, 4]]),
+                    dense("readout:b", "b", READOUT, [[2], [4]])],
+                   input_shape=(1, 2, 2))
+    spikes = {"a": torch.tensor([[[1, 0]], [[1, 1]]], dtype=torch.bool),  # [T, B, 2]: 3 spikes
+              "b": torch.tensor([[[1]], [[0]]], dtype=torch.bool)}  # 1 spike
+    result = ZeroDelayResult(spikes, torch.zeros((2, 1, 2), dtype=torch.int64))
+    pixels = torch.tensor([[[[1, 0], [3, 0]]]])
+    return g, result, pixels
+
+
+def test_statistics_and_energy_by_hand():
+    g, result, pixels = hand_network()
+    acc = StatsAccumulator(g)
+    acc.update(result, pixels, labels=torch.tensor([0]))
+    s = acc.summary(float_accuracy=1.0)
+    tot = s["totals"]
+    # synops: a's neuron 0 fires twice, neuron 1 once, one synapse each into b -> 3; b fires once, 2 readout
+    # synapses -> 2; graded input: pixels 0 and 2 are nonzero, fan-out 1 + 1, sent T = 2 times -> 4
+    assert tot["synops_per_sample"]["mean"] == 5 and tot["graded_input_ops_per_sample"]["mean"] == 4
+    assert tot["spikes_per_sample"]["mean"] == 4 and tot["input_spikes_per_sample"] == 4
+    assert tot["neuron_updates_per_sample"] == 6 and tot["active_neuron_updates_per_sample"] == 4
+    assert s["layers"][0]["firing_rate"] == 3 / 4 and s["accuracy"]["integer"] == 1.0
+    assert s["synops_per_synapse"] == {"in->a": 4.0, "a->b": 3.0, "readout:b": 2.0}
+    e = estimate_energy(s, g)
+    # Loihi: 5 synops + 4 graded ops at 23.6 pJ, 4 active x 81 + 2 inactive x 52, 8 messages x 1.7 pJ
+    expected = 5 * 23.6 + 4 * 23.6 + 4 * 81 + 2 * 52 + 8 * 1.7
+    assert expected == pytest.approx(654.0)
+    assert e["loihi"]["total_pj"] == pytest.approx(expected)
+    assert e["loihi"]["breakdown_pj"]["neuron_updates_inactive"] == pytest.approx(104.0)
+    # ANN: dense in->a 2x4 + a->b 2x1 + readout 2x1 = 12 MACs x 4.6 pJ
+    assert ann_macs(g)["total"] == 12 and e["ann"]["total_pj"] == pytest.approx(12 * 4.6)
+    # SNN-AC: 5 synops x 0.9 pJ + first layer 8 MACs x 4.6 pJ
+    assert e["snn_ac"]["total_pj"] == pytest.approx(5 * 0.9 + 8 * 4.6)
+    assert any("0 hops" in a for a in e["assumptions"])
+    # a user table overrides single figures
+    t = EnergyTable.from_dict({"synop": 10, "hops_per_spike": 1})
+    e2 = estimate_energy(s, g, t)
+    assert e2["loihi"]["breakdown_pj"]["synaptic_ops"] == pytest.approx(50.0)
+    assert e2["loihi"]["breakdown_pj"]["spike_messages"] == pytest.approx(8 * (1.7 + 3.0))
+    assert EnergyTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    with pytest.raises(ValueError):
+        EnergyTable.from_dict({"synapse_op": 1})
+
+
+# ---------------------------------------------------------------------- a real report
+
+@pytest.fixture(scope="module")
+def digits_report(digits_model_path, tmp_path_factory):
+    from calibration.quantize import calibrate_nir
+    from deploy.nir_export import export_nir
+    from deploy.schedule import schedule
+    from hw_targets.report import make_report
+    from xoresnet.checkpoint import load_model
+    from xoresnet.data import load_dataset
+
+    model, ckpt = load_model(digits_model_path)
+    train = load_dataset("digits", "train", limit=16)
+    test = load_dataset("digits", "test", limit=40)
+    graph = schedule(calibrate_nir(export_nir(model), train.pixels[:16], candidates=1).graph)
+    parity = {"passed": True, "samples": 4, "summary": "bit-exact (test fixture)"}
+    report = make_report(graph, test.pixels, test.labels, float_accuracy=0.99, checkpoint=ckpt,
+                         dataset={"name": "digits", "split": "test"}, parity=parity, batch_size=40)
+    out = tmp_path_factory.mktemp("report")
+    write_report(out, report)
+    return report, out
+
+
+def test_real_report_validates(digits_report):
+    report, out = digits_report
+    assert validate_report(report) is report and report_problems(report) == []
+    assert load_report(out) == json.loads((out / "report.json").read_text())
+    assert report["drc"]["passed"] and "Oheo Gulch" in report["drc"]["systems_fit"]
+    assert report["latency"]["latency_steps"] == report["latency"]["timesteps"] + report["latency"]["readout_latency"]
+    blocks = {b["name"]: b for b in report["statistics"]["blocks"]}
+    assert set(blocks) == {"layer1.0", "layer1.1", "layer2.0", "layer2.1"}
+    b = blocks["layer1.1"]
+    assert b["selection"] and b["xor_removed"] is not None
+    assert b["or_saturation"] == pytest.approx(b["merge_absorbed"] / b["output_spikes"])
+    html = (out / "report.html").read_text()
+    assert "PARITY PASSED" in html and html.count("data:image/png;base64,") == 4
+    assert not any(s in html for s in ("<script", "<link", "src='http", 'src="http', "url("))  # self-contained
+    # required keys and types
+    for path in (("drc",), ("statistics", "totals", "synops_per_sample"), ("energy", "assumptions"), ("parity",)):
+        bad = copy.deepcopy(report)
+        d = bad
+        for k in path[:-1]:
+            d = d[k]
+        if path == ("parity",):
+            d["parity"] = {"passed": "yes", "samples": 4, "summary": "x"}
+            assert any("report.parity.passed: expected a boolean" in p for p in report_problems(bad))
+            continue
+        del d[path[-1]]
+        assert any(".".join(path) in p and "missing" in p for p in report_problems(bad)), path
+    bad = copy.deepcopy(report)
+    bad["drc"]["layers"][2]["neurons"] = "1024"
+    with pytest.raises(ReportError, match=r"report\.drc\.layers\[2\]\.neurons: expected an integer"):
+        validate_report(bad)
+    bad = copy.deepcopy(report)
+    bad["version"] = 2
+    assert any("version" in p for p in report_problems(bad))
+
+
+def test_report_cli_rerenders_and_rejects_corrupt(digits_report, tmp_path, capsys):
+    from hw_targets.cli import report_main
+
+    report, _ = digits_report
+    d = tmp_path / "ok"
+    d.mkdir()
+    (d / "report.json").write_text(json.dumps(report))
+    with pytest.raises(SystemExit) as e:
+        report_main([str(d)])
+    assert e.value.code == 0 and (d / "report.html").read_text().startswith("<!DOCTYPE html>")
+    # invalid content: one line, exit code 3
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    broken = copy.deepcopy(report)
+    del broken["energy"]
+    (bad / "report.json").write_text(json.dumps(broken))
+    with pytest.raises(SystemExit) as e:
+        report_main([str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 3 and err.count("\n") == 0 and "report.energy: required key is missing" in err
+    # corrupt JSON through the installed console script
+    (bad / "report.json").write_text('{"schema": "xoresnet-report", "version": 1,')
+    exe = REPO / ".venv" / "bin" / "xoresnet-report"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c",
+                                           "from hw_targets.cli import report_main; report_main()"]
+    p = subprocess.run(cmd + [str(bad)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("xoresnet-report: error:")
+    assert "not valid JSON" in p.stderr
+    p = subprocess.run(cmd + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and "is not a directory" in p.stderr
+
+
+def test_parity_section_accepts_report_objects():
+    from hw_targets.report import parity_section
+
+    class FakeParity:  # the duck type of deploy.parity.ParityReport
+        passed, samples = False, 3
+
+        def summary(self):
+            return "parity FAILED: first divergence at sample 0"
+
+        def to_dict(self):
+            return {"passed": self.passed, "samples": self.samples, "first_divergence": {"sample": 0}}
+
+    d = parity_section(FakeParity())
+    assert d["passed"] is False and d["samples"] == 3 and d["summary"].startswith("parity FAILED")
+    assert d["first_divergence"] == {"sample": 0}
+    assert parity_section(None) is None
+    with pytest.raises(ValueError):
+        parity_section({"passed": True})
