@@ -31,7 +31,7 @@ from xoresnet.neuron import CubaLIF, Current, SpikeFn
 
 from . import fixed_point as fx
 from .float_graph import global_pool_readout
-from .quantize import QuantSpec, quantize_bias, readout_scale, round_weight, sign_mode, weight_range
+from .quantize import QuantSpec, quantize_bias, quantize_weight, readout_scale, round_weight, sign_mode, weight_range
 
 
 def _ste(exact: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
@@ -132,6 +132,18 @@ class QuantSynapse:
 
 
 @dataclass
+class QuantSpikeCurrent:
+    """Integer weight of a spike-as-current synapse (weight 1 times the target's scale, ``w << exp``)."""
+
+    scale: float
+
+    def spike_current_forward(self, module, s: torch.Tensor) -> Current:
+        w, exp = quantize_weight(torch.full((1,), self.scale, dtype=torch.float64), allow_exp=True,
+                                 what="spike-current synapse")
+        return Current(s * float(int(w.item()) << exp))
+
+
+@dataclass
 class QuantReadout:
     """The 8-bit readout (global pool + linear folded into one dense matrix) with its integer bias."""
 
@@ -173,6 +185,10 @@ def enable_qat(model: XOResNet, spec: QuantSpec) -> XOResNet:
     levels = model.config.input_levels
     for name, (cb, neuron) in synapse_targets(model).items():
         cb.quant = QuantSynapse(neuron.quant.scale(neuron), graded_levels=levels if cb is model.stem.cb else None)
+    for stage in model.stages():
+        for blk in stage:
+            if blk.shortcut_current is not None:
+                blk.shortcut_current.quant = QuantSpikeCurrent(blk.neurons[-1].quant.scale(blk.neurons[-1]))
     model.quant = QuantReadout()
     return model
 

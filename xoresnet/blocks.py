@@ -75,6 +75,22 @@ class ConvBN(nn.Module):
         return Current((z * scale.view(1, -1, 1, 1)).unflatten(0, (T, B)), shift)
 
 
+class SpikeCurrent(nn.Module):
+    """A synapse carrying spikes as a current of weight 1 (Spiking ResNet's identity shortcut).
+
+    ``quant``: set by quantization-aware training (the weight becomes an integer ``w << exp``).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.quant = None
+
+    def forward(self, s: torch.Tensor) -> Current:
+        if self.quant is not None:
+            return self.quant.spike_current_forward(self, s)
+        return Current(s)
+
+
 class XORResidualBlock(nn.Module):
     """One XOR residual block (BasicBlock or Bottleneck) with every switch of :class:`BlockSpec`.
 
@@ -104,6 +120,7 @@ class XORResidualBlock(nn.Module):
         self.neurons = nn.ModuleList(CubaLIF(neuron) for _ in shapes)
         self.shortcut: Optional[ConvBN] = None
         self.shortcut_neuron: Optional[CubaLIF] = None
+        self.shortcut_current: Optional[SpikeCurrent] = SpikeCurrent() if spec.merge == "add_current" else None
         if not self.identity:
             self.shortcut = ConvBN(cin, cout, 1, stride)
             if spec.shortcut == "spike":
@@ -137,7 +154,7 @@ class XORResidualBlock(nn.Module):
         if shortcut is None:
             O = last(u_a + u_s)
         elif self.spec.merge == "add_current":
-            O = last(u_a + Current(shortcut))
+            O = last(u_a + self.shortcut_current(shortcut))
         else:
             A = last(u_a)
             O = SPIKE_OPS[self.spec.merge](A, shortcut)

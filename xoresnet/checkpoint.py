@@ -118,11 +118,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"global:?\s+([\w.]+)", str(e), flags=re.IGNORECASE)
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"{path} was refused: it is not plain tensors and JSON but carries a pickled Python object{what} "
-            "that could run code when loaded"
-        ) from None
+        if found:
+            raise CheckpointError(
+                f"{path} was refused: it carries a pickled Python object ({found.group(1)}) that could run code when "
+                "loaded; xoresnet checkpoints hold only tensors and JSON"
+            ) from None
+        opcode = re.search(r"Unsupported operand \d+", str(e))
+        raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint (the weights-only loader refused it"
+                              + (f": {opcode.group(0)})" if opcode else ")")) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
         first = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise CheckpointError(f"{path} is corrupt or truncated ({type(e).__name__}: {first[:120]})") from None
