@@ -36,7 +36,7 @@ import numpy as np
 
 from xoresnet.errors import RangeError, UnsupportedModelError
 
-from . import fixed_point as fx
+from . import ranges
 
 GRAPH_FORMAT = "xoresnet-loihi-integer-graph"
 GRAPH_VERSION = 1
@@ -141,7 +141,7 @@ class IntegerGraph:
                 bad = arr.min() if arr.min() < lo else arr.max()
                 raise RangeError(f"{what} = {int(bad)} is outside Loihi 2's range [{lo}, {hi}]")
 
-        in_range("input_levels (8-bit graded input)", self.input_levels, 1, (1 << fx.MESSAGE_BITS_GRADED) - 1)
+        in_range("input_levels (8-bit graded input)", self.input_levels, 1, (1 << ranges.MESSAGE_BITS_GRADED) - 1)
         for p in self.populations.values():
             if p.kind not in POPULATION_KINDS:
                 raise UnsupportedModelError(f"population {p.name}: unknown kind {p.kind!r}")
@@ -149,11 +149,11 @@ class IntegerGraph:
                 if tuple(np.shape(arr)) != tuple(p.shape):
                     raise UnsupportedModelError(f"population {p.name}: {what} has shape {np.shape(arr)}, "
                                                 f"not the population's {p.shape}")
-            in_range(f"population {p.name}: du", p.du, *fx.DU_RANGE)
-            in_range(f"population {p.name}: dv", p.dv, *fx.DV_RANGE)
-            in_range(f"population {p.name}: vth", p.vth, *fx.VTH_RANGE)
-            in_range(f"population {p.name}: bias_mant", p.bias_mant, *fx.BIAS_MANT_RANGE)
-            in_range(f"population {p.name}: bias_exp", p.bias_exp, *fx.BIAS_EXP_RANGE)
+            in_range(f"population {p.name}: du", p.du, *ranges.DU_RANGE)
+            in_range(f"population {p.name}: dv", p.dv, *ranges.DV_RANGE)
+            in_range(f"population {p.name}: vth", p.vth, *ranges.VTH_RANGE)
+            in_range(f"population {p.name}: bias_mant", p.bias_mant, *ranges.BIAS_MANT_RANGE)
+            in_range(f"population {p.name}: bias_exp", p.bias_exp, *ranges.BIAS_EXP_RANGE)
         for s in self.synapses:
             if s.kind not in SYNAPSE_KINDS:
                 raise UnsupportedModelError(f"synapse {s.name}: unknown kind {s.kind!r}")
@@ -163,20 +163,20 @@ class IntegerGraph:
             w = s.weight
             mode = s.sign_mode
             if mode == "mixed":
-                in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_MIXED)
+                in_range(f"synapse {s.name}: weight", w, *ranges.WEIGHT_RANGE_MIXED)
                 if np.any(w % 2):
                     raise RangeError(f"synapse {s.name}: mixed-sign weight {int(w[w % 2 != 0].flat[0])} is odd; "
                                      "Loihi keeps 7 magnitude bits plus sign, so mixed weights must be even")
             elif mode == "excitatory":
-                in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_EXCITATORY)
+                in_range(f"synapse {s.name}: weight", w, *ranges.WEIGHT_RANGE_EXCITATORY)
             else:
-                in_range(f"synapse {s.name}: weight", w, *fx.WEIGHT_RANGE_INHIBITORY)
+                in_range(f"synapse {s.name}: weight", w, *ranges.WEIGHT_RANGE_INHIBITORY)
             if s.kind == "conv" and (w.ndim != 4 or min(s.stride) < 1 or s.groups < 1):
                 raise UnsupportedModelError(f"synapse {s.name}: conv weight must be 4-D with stride and groups >= 1")
             if s.kind == "conv" and s.weight_exp != 0:
                 raise RangeError(f"synapse {s.name}: Lava's Conv ignores weight_exp, but it is {s.weight_exp}")
             in_range(f"synapse {s.name}: weight_exp", s.weight_exp, -7, 7)
-            in_range(f"synapse {s.name}: delay", s.delay, 0, fx.DELAY_MAX)
+            in_range(f"synapse {s.name}: delay", s.delay, 0, ranges.DELAY_MAX)
             if s.delay and s.kind == "conv":
                 raise RangeError(f"synapse {s.name}: Lava's Conv has no synaptic delay (delay {s.delay})")
 

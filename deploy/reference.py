@@ -109,7 +109,8 @@ class ReferenceSimulator:
         if syn.kind == "conv":
             return fx.conv_current(x, w, stride=syn.stride, padding=syn.padding, groups=syn.groups)
         if syn.kind == "dense":
-            return fx.dense_current(x, w, syn.weight_exp)
+            out = fx.dense_current(x, w, syn.weight_exp)
+            return out if syn.dst == READOUT else out.view((out.shape[0],) + self.graph.populations[syn.dst].shape)
         return fx.identity_current(x, w, syn.weight_exp)
 
     def _input(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,368 @@
+"""Run the Lava simulation of an integer graph safely: in a child process, with a timeout, and
+without leaking processes or shared memory.
+
+Why a child process: Lava hangs instead of raising on some errors (an exception inside a
+model's ``run_spk`` deadlocks the runtime; spec section 4.4), and a killed Lava leaks its
+shared-memory channel buffers. :func:`run_lava` therefore runs the simulation in
+``python -m deploy.lava_worker`` (:mod:`deploy.lava_worker`) started with
+``start_new_session=True``: the child and everything it forks (Lava's actor processes, the
+``SharedMemoryManager`` server, the watchdog monitors and ``multiprocessing``'s resource
+trackers, none of which calls ``setsid``) share one session and process group whose id is the
+child's pid, and a Ctrl-C on the terminal does not reach them directly.
+
+How lava-nc 0.10.0 allocates shared memory (read in ``lava/magma/runtime/message_infrastructure/
+{multiprocessing,shared_memory_manager}.py`` and ``lava/magma/compiler/channels/pypychannel.py``):
+every channel (``PyPyChannel``) gets one buffer from
+``multiprocessing.managers.SharedMemoryManager.SharedMemory(size)``, which creates a POSIX segment
+``/dev/shm/psm_<8 hex>`` *in the calling process* (the runtime, i.e. our child) and asks the
+manager server process to unlink it at ``shutdown()``. Python 3.11 also registers every segment
+with the ``multiprocessing`` resource tracker (a helper process that ignores SIGINT/SIGTERM and
+unlinks what is still registered when its last client dies). The channel semaphores are
+``multiprocessing.Semaphore`` under the ``fork`` start method, which unlinks its ``sem.*`` name at
+creation, so they never leak; the manager's sockets live in ``$TMPDIR/pymp-*``, which we point
+into our temporary directory. A normal run (``runtime.stop()``) unlinks everything; a killed run
+leaves the segments behind if the manager and the trackers die with it.
+
+Cleanup policy (never touches other users' segments):
+
+1. Before starting, snapshot the names in ``/dev/shm``.
+2. The child logs the name of every segment it creates, right after creating it
+   (``deploy.lava_worker.record_shared_memory``).
+3. To stop a child (timeout, Ctrl-C, or stragglers after it exited), freeze its session with
+   SIGSTOP, collect the ``/dev/shm`` files its processes have open or mapped (``/proc/PID/fd``,
+   ``/proc/PID/maps``; this covers a segment created but not yet logged), then SIGTERM (+SIGCONT),
+   a short grace, and SIGKILL, until no live process of the session is left.
+4. Remove the segments that are in (logged | held by the session) and were *not* in the snapshot.
+   A segment is only removed if our child created it or its processes held it; entries that
+   existed before the run, or that other programs create meanwhile, are left alone (a snapshot
+   diff alone would delete a concurrent Lava run's segments).
+
+The temporary directory (graph, pixels, results, logs, ``$TMPDIR``) is removed in every case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from calibration.integer_graph import IntegerGraph, save_integer_graph
+from deploy import lava_worker
+from deploy.reference import readout_latency_of, stream_steps
+from xoresnet.errors import LavaRunError
+
+SHM_DIR = Path("/dev/shm")
+#: Steps per ``run()`` call in the child (the extractors' channel depth).
+DEFAULT_CHUNK = 64
+#: Seconds between SIGTERM and SIGKILL when stopping the child's session.
+KILL_GRACE = 1.0
+#: Seconds a finished child's helper processes get to exit on their own.
+EXIT_GRACE = 3.0
+
+
+@dataclass
+class LavaRunResult:
+    """One Lava run over a single stream of ``samples`` samples.
+
+    ``spikes[p]``: bool ``[S, *shape]`` (PyTorch layout) for stream steps 1..S;
+    ``readout``: int64 ``[S, K]``, the summed readout synapse outputs per step (no bias);
+    ``seconds``: wall time of the child process (start to exit, including Lava's startup);
+    ``cleanup``: ``session`` (the child's pid = session id), ``processes_killed`` (processes of
+    the session still alive when it was stopped; after a normal exit, helpers that lingered),
+    ``segments_created``/``segments_logged`` (the shared-memory segments the child created) and
+    ``segments_removed`` (those we had to unlink; empty when Lava cleaned up itself);
+    ``phases``: seconds spent in the child per phase (``load``:
+    imports and graph reading, ``build``: process objects, ``start``: compile, channels and one
+    forked actor per Lava process, ``run``: the steps, ``stop``: runtime shutdown).
+    """
+
+    spikes: dict[str, np.ndarray]
+    readout: np.ndarray
+    steps: int
+    seconds: float
+    samples: int
+    reset_interval: int
+    timesteps: int
+    readout_latency: int
+    readout_bias: np.ndarray
+    cleanup: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    pixels: Optional[np.ndarray] = None  # the input stream [N, C, H, W] (for divergence reports)
+
+    def step_index(self, sample: int, timestep: int, latency: int) -> int:
+        """0-based step index where ``timestep`` of ``sample`` leaves a population (as StreamResult)."""
+        return sample * self.reset_interval + timestep + latency
+
+    def logits(self, sample: int) -> np.ndarray:
+        """Per-timestep logits of ``sample`` ``[T, K]`` (readout bias included)."""
+        start = self.step_index(sample, 0, self.readout_latency)
+        return self.readout[start:start + self.timesteps] + self.readout_bias
+
+    def predictions(self) -> np.ndarray:
+        """``[N]``: the argmax of each sample's summed logits (``StreamResult.predictions()[0]``)."""
+        return np.array([int(np.argmax(self.logits(n).sum(0))) for n in range(self.samples)], dtype=np.int64)
+
+
+# ---------------------------------------------------------------------- processes and segments
+
+def _shm_names() -> set[str]:
+    try:
+        return set(os.listdir(SHM_DIR))
+    except OSError:
+        return set()
+
+
+def _proc_stat(pid: int) -> Optional[tuple[str, int, int]]:
+    """``(state, pgid, sid)`` of ``pid`` or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[2]), int(fields[3])
+
+
+def session_members(sid: int, *, include_zombies: bool = False) -> list[int]:
+    """Pids of the processes in session ``sid`` (zombies excluded: they hold no resources)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        st = _proc_stat(int(entry))
+        if st and st[2] == sid and (include_zombies or st[0] not in ("Z", "X")):
+            out.append(int(entry))
+    return out
+
+
+def _held_segments(pids: list[int]) -> set[str]:
+    """``/dev/shm`` entries that ``pids`` have open or mapped."""
+    names: set[str] = set()
+    prefix = str(SHM_DIR) + "/"
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(prefix):
+                    names.add(target[len(prefix):].split(" ")[0])
+        except OSError:
+            pass
+        try:
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                path = line.split(maxsplit=5)[5] if len(line.split(maxsplit=5)) == 6 else ""
+                if path.startswith(prefix):
+                    names.add(path[len(prefix):].split(" ")[0])
+        except OSError:
+            pass
+    return {n for n in names if n and "/" not in n}
+
+
+def _signal_session(sid: int, sig: int) -> None:
+    try:
+        os.killpg(sid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in session_members(sid):  # in case a member changed its process group
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_session(sid: int, *, grace: Optional[float] = None) -> tuple[int, set[str]]:
+    """Stop every process of session ``sid``: SIGSTOP, note the segments they hold, SIGTERM
+    (+SIGCONT), ``grace`` seconds (default :data:`KILL_GRACE`), SIGKILL until none is left alive.
+    ``grace <= 0`` skips SIGTERM. Returns (processes found, segments held)."""
+    members = session_members(sid)
+    if not members:
+        return 0, set()
+    _signal_session(sid, signal.SIGSTOP)
+    held = _held_segments(session_members(sid))
+    grace = KILL_GRACE if grace is None else grace
+    if grace > 0:
+        _signal_session(sid, signal.SIGTERM)
+        _signal_session(sid, signal.SIGCONT)
+        deadline = time.monotonic() + grace
+        while session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10.0
+    while session_members(sid) and time.monotonic() < deadline:
+        _signal_session(sid, signal.SIGKILL)
+        time.sleep(0.05)
+    return len(members), held
+
+
+def _remove_segments(candidates: set[str], before: set[str]) -> list[str]:
+    removed = []
+    for name in sorted(candidates - before):
+        try:
+            os.unlink(SHM_DIR / name)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+    return removed
+
+
+# ---------------------------------------------------------------------- the run
+
+def _last_error_line(work: Path) -> str:
+    try:
+        text = (work / lava_worker.ERROR).read_text().strip()
+        if text:
+            return text.splitlines()[-1]
+    except OSError:
+        pass
+    try:
+        lines = [ln.strip() for ln in (work / "stderr.log").read_text(errors="replace").splitlines()]
+    except OSError:
+        return "no error output"
+    lines = [ln for ln in lines if ln and "resource_tracker" not in ln and not ln.startswith("warnings.warn")]
+    return lines[-1] if lines else "no error output"
+
+
+def _report_progress(work: Path, shown: list, start: float) -> None:
+    try:
+        done, total = (int(x) for x in (work / lava_worker.PROGRESS).read_text().split())
+    except (OSError, ValueError):
+        return
+    if shown and shown[-1] == done:
+        return
+    shown.append(done)
+    end = "\n" if done >= total or not sys.stderr.isatty() else "\r"
+    print(f"lava: step {done}/{total} ({time.monotonic() - start:.1f} s)", end=end, file=sys.stderr, flush=True)
+
+
+def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb: Optional[dict] = None,
+             progress: bool = False, chunk: int = DEFAULT_CHUNK, validate: bool = True) -> LavaRunResult:
+    """Simulate ``graph`` in Lava (``Loihi2SimCfg(select_tag="fixed_pt")``) on one stream of
+    ``pixels [N, C, H, W]`` (integers), in a child process, for ``stream_steps(graph, N)`` steps.
+
+    ``timeout``: wall-clock seconds for the whole child (Lava's startup included); on expiry the
+    child's session is killed and :class:`LavaRunError` raised. ``perturb``: fault injection
+    (``{"synapse", "index", "delta"}``, see :func:`deploy.lava_graph.build_lava_network`).
+    ``validate``: check the graph against Loihi's ranges first (an out-of-range delay would make
+    Lava hang rather than fail); only tests turn it off.
+    """
+    if not graph.scheduled:
+        raise ValueError("run_lava needs a scheduled graph (deploy.schedule.schedule)")
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != tuple(graph.input_shape):
+        raise ValueError(f"pixels must be [N, {', '.join(map(str, graph.input_shape))}], got {list(pixels.shape)}")
+    if pixels.shape[0] < 1:
+        raise ValueError("pixels must hold at least one sample")
+    if not np.issubdtype(pixels.dtype, np.integer):
+        if not np.all(pixels == np.round(pixels)):
+            raise ValueError("pixels must be integers (0..input_levels)")
+    pixels = pixels.astype(np.int64)
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise ValueError(f"pixels must be in 0..255 (8-bit graded spikes), got {pixels.min()}..{pixels.max()}")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    if validate:
+        graph.validate()
+    if perturb is not None and perturb.get("synapse") not in {s.name for s in graph.synapses}:
+        raise ValueError(f"perturb: no synapse named {perturb.get('synapse')!r}")
+    N = int(pixels.shape[0])
+    S = stream_steps(graph, N)
+
+    work = Path(tempfile.mkdtemp(prefix="xoresnet-lava-"))
+    child: Optional[subprocess.Popen] = None
+    before = _shm_names()
+    cleanup: dict[str, Any] = {"session": None, "workdir": str(work), "processes_killed": 0, "segments_created": 0,
+                               "segments_logged": [], "segments_removed": []}
+    try:
+        save_integer_graph(graph, work / "graph.h5")
+        np.save(work / "pixels.npy", pixels)
+        (work / "job.json").write_text(json.dumps({"steps": S, "chunk": int(max(1, chunk)), "perturb": perturb,
+                                                   "parent_pid": os.getpid()}))
+        (work / "tmp").mkdir()
+        env = dict(os.environ)
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["TMPDIR"] = str(work / "tmp")  # multiprocessing's pymp-* socket dirs land here
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        start = time.monotonic()
+        with open(work / "stdout.log", "wb") as out_f, open(work / "stderr.log", "wb") as err_f:
+            child = subprocess.Popen([sys.executable, "-m", "deploy.lava_worker", str(work)], cwd=work, env=env,
+                                     stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f, start_new_session=True)
+        cleanup["session"] = child.pid
+        shown: list[int] = []
+        try:
+            while True:
+                try:
+                    rc = child.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if progress:
+                    _report_progress(work, shown, start)
+                if time.monotonic() - start > timeout:
+                    raise TimeoutError
+        except TimeoutError:
+            killed, held = stop_session(child.pid)
+            child.wait()
+            cleanup.update(_cleanup_segments(work, held, before), processes_killed=killed)
+            err = LavaRunError(
+                f"the Lava simulation did not finish within {timeout:g} s (Lava hangs instead of raising on some "
+                f"errors); it was stopped and cleaned up. Increase the timeout for long streams "
+                f"({S} steps for {N} samples).")
+            err.cleanup = cleanup
+            raise err from None
+        seconds = time.monotonic() - start
+        # The child is gone; its helpers (resource trackers, the manager) exit on their own shortly.
+        deadline = time.monotonic() + EXIT_GRACE
+        while session_members(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed, held = stop_session(child.pid)
+        cleanup.update(_cleanup_segments(work, held, before), processes_killed=killed)
+        if progress:
+            _report_progress(work, shown, start)
+        if rc != 0:
+            err = LavaRunError(f"the Lava simulation failed (exit code {rc}): {_last_error_line(work)}")
+            err.cleanup = cleanup
+            raise err
+        try:
+            with np.load(work / lava_worker.RESULT) as z:
+                names = json.loads(str(z["names"]))
+                spikes = {name: z[f"spike_{i}"] for i, name in enumerate(names)}
+                readout = z["readout"].astype(np.int64)
+                phases = json.loads(str(z["phases"])) if "phases" in z else {}
+        except (OSError, KeyError, ValueError) as e:
+            raise LavaRunError(f"the Lava simulation exited without a readable result ({e})") from None
+    except BaseException:
+        # Ctrl-C (KeyboardInterrupt) or any other failure in the parent: the child must not outlive us.
+        if child is not None and (child.poll() is None or session_members(child.pid)):
+            killed, held = stop_session(child.pid)
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            cleanup.update(_cleanup_segments(work, held, before), processes_killed=killed)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return LavaRunResult(spikes=spikes, readout=readout, steps=S, seconds=seconds, samples=N,
+                         reset_interval=graph.reset_interval, timesteps=graph.timesteps,
+                         readout_latency=readout_latency_of(graph),
+                         readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
+                         phases=phases, pixels=pixels)
+
+
+def _cleanup_segments(work: Path, held: set[str], before: set[str]) -> dict[str, Any]:
+    logged = set(lava_worker.logged_segments(work / lava_worker.SHM_LOG))
+    removed = _remove_segments(logged | held, before)
+    return {"segments_created": len(logged), "segments_logged": sorted(logged), "segments_removed": removed}
