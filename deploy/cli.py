@@ -334,7 +334,9 @@ def print_summary(s: dict, out: Path) -> None:
         print(line + ("  [QAT checkpoint]" if s["qat"] else ""))
         print(f"Loihi 2: {s['cores']} neuro-cores on {s['chips']} chip(s), latency {s['latency_steps']} timesteps"
               + (f", ~{s['energy_uj']:.2f} uJ/inference (Loihi-1-calibrated estimate)" if s["energy_uj"] else ""))
-    print(f"artifacts: {out}/ (manifest.json is the parity certificate; report.html the report) [{s['seconds']} s]")
+    what = ("manifest.json and onnx_check.json" if s["target"] == "onnx"
+            else "manifest.json is the parity certificate; report.html the report")
+    print(f"artifacts: {out}/ ({what}) [{s['seconds']} s]")
 
 
 def export_main(argv: Optional[list[str]] = None) -> None:

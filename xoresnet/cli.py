@@ -140,16 +140,26 @@ def eval_main(argv: list[str] | None = None) -> None:
         result = evaluate(model.to(device), ds, batch_size=args.batch_size, device=device, stats=True)
         report = {"checkpoint": str(args.checkpoint), "dataset": dataset, "split": args.split,
                   "timesteps": model.config.timesteps, "qat": ckpt.quant is not None, "float": result}
+        parent = ckpt.meta.get("float_parent")
+        if parent and parent.get("test_accuracy") is not None and args.split == "test" and args.limit is None:
+            report["float_parent"] = parent
         if args.integer:
-            from deploy.pipeline import calibrate_checkpoint, calibration_pixels, evaluate_integer
-            from deploy.reference import ReferenceSimulator
+            from deploy.pipeline import calibrate_checkpoint, calibration_pixels
+            from hw_targets.stats import collect_statistics
 
             pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
             calibration = calibrate_checkpoint(model.cpu(), ckpt, pixels)
-            sim = ReferenceSimulator(calibration.graph, device=device)
-            report["integer"] = evaluate_integer(sim, ds, batch_size=args.batch_size)
-            report["integer"]["calibration_samples"] = 0 if ckpt.quant is not None else int(pixels.shape[0])
-            report["integer"]["accuracy_drop_pp"] = 100 * (result["accuracy"] - report["integer"]["accuracy"])
+            stats, _ = collect_statistics(calibration.graph, ds.pixels, ds.labels, float_accuracy=result["accuracy"],
+                                          batch_size=args.batch_size, device=str(device))
+            layers = stats["layers"]
+            report["integer"] = {
+                "accuracy": stats["accuracy"]["integer"], "samples": stats["samples"],
+                "accuracy_drop_pp": 100 * (result["accuracy"] - stats["accuracy"]["integer"]),
+                "calibration_samples": 0 if ckpt.quant is not None else int(pixels.shape[0]),
+                "spikes_per_sample": stats["totals"]["spikes_per_sample"]["mean"],
+                "neuron_spikes_per_sample": sum(l["spikes_per_sample"]["mean"] for l in layers if l["kind"] == "neuron"),
+                "layers": {l["name"]: {"kind": l["kind"], "firing_rate": l["firing_rate"]} for l in layers},
+            }
         if args.json:
             print(json.dumps(report, indent=2, sort_keys=True))
         else:
@@ -172,8 +182,13 @@ def format_eval_report(report: dict) -> str:
         drop = i["accuracy_drop_pp"]
         lines.append(f"  integer (Loihi) accuracy: {100 * i['accuracy']:.2f}%  "
                      f"({abs(drop):.2f} pp {'below' if drop >= 0 else 'above'} float; {how})")
-        lines.append(f"  integer spikes per sample: {i['spikes']['neuron_spikes_per_sample']:.1f} in LIF neurons "
-                     f"({i['spikes']['spikes_per_sample']:.1f} with spike-logic gates and relays)")
+        if "float_parent" in report:
+            parent = report["float_parent"]
+            d = 100 * (parent["test_accuracy"] - i["accuracy"])
+            lines.append(f"  vs the float model it was fine-tuned from ({parent['path']}, "
+                         f"{100 * parent['test_accuracy']:.2f}%): {abs(d):.2f} pp {'below' if d >= 0 else 'above'}")
+        lines.append(f"  integer spikes per sample: {i['neuron_spikes_per_sample']:.1f} in LIF neurons "
+                     f"({i['spikes_per_sample']:.1f} with spike-logic gates)")
     lines += [f"  spikes per sample:    {r['spikes']['spikes_per_sample']:.1f}", "  firing rate per layer:"]
     width = max(len(k) for k in r["spikes"]["layers"])
     for name, v in r["spikes"]["layers"].items():

@@ -217,6 +217,64 @@ def cuba_lif_sequence(
     return _CubaLIFSequence.apply(x, bias_b, du, dv, float(vth), float(alpha), bool(soft_reset))
 
 
+def cuba_lif_step(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    du: float | torch.Tensor,
+    dv: float | torch.Tensor,
+    vth: float,
+    *,
+    soft_reset: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One timestep of the float CUBA LIF from an explicit state (forward only, ONNX-traceable).
+
+    The functional core of the stateful neuron (one step of :func:`cuba_lif_sequence`)::
+
+        u_new = u * (1 - du) + x                  (u_new = x when du is the Python float 1.0)
+        h     = (u_new + bias) + v * (1 - dv)     pre-reset membrane
+        s     = h > vth                           strict, 0/1 in x's dtype
+        v_new = 0 where s else h                  hard reset (u is not reset)
+        v_new = h - vth * s                       soft reset
+
+    Shapes: ``x``, ``u``, ``v`` are one step, ``[B, C, H, W]`` (or ``[B, N]``; any shape with the
+    batch first and the channel second); ``bias`` is ``[C]`` broadcast over batch and space (as in
+    :func:`cuba_lif_sequence`), or ``None``. ``du``, ``dv``: Python floats or 0-dim tensors; ``vth``
+    a float. Returns ``(s, u_new, v_new)``, each of ``x``'s shape; the pre-reset membrane is
+    ``v_new`` where ``s == 0`` (and ``v_new + vth`` where ``s == 1`` with the soft reset).
+
+    No Python branching on tensor values (comparisons and :func:`torch.where` only), so it traces
+    into ONNX; the one branch is on ``du == 1`` given as a Python float (then ``u`` is ignored and
+    ``u_new`` is ``x``). A tensor ``du == 1`` gives the same values (``x + u * 0 == x`` for finite ``u``).
+    The operations (``addcmul`` for the leaks included) are those of :func:`cuba_lif_sequence` in
+    the same order, so stepping this ``T`` times from zeros reproduces it (bit for bit on CPU).
+    No surrogate gradient: use :func:`cuba_lif_sequence` (or :class:`CubaLIF`) to train.
+    """
+
+    def leak(d: float | torch.Tensor) -> torch.Tensor:
+        if isinstance(d, torch.Tensor):
+            return (1 - d).to(x.dtype)
+        return x.new_full((), 1.0 - float(d))  # a constant when traced
+
+    if isinstance(du, (int, float)) and float(du) == 1.0:
+        u_new = x
+    else:
+        u_new = torch.addcmul(x, u, leak(du))  # x + u * (1 - du)
+    if bias is None:
+        base = u_new
+    else:
+        base = u_new + (bias.reshape((-1,) + (1,) * (x.dim() - 2)) if x.dim() > 2 else bias)
+    h = torch.addcmul(base, v, leak(dv))  # (u_new + bias) + v * (1 - dv)
+    spiked = h > vth
+    s = spiked.to(x.dtype)
+    if soft_reset:
+        v_new = h - s * vth
+    else:
+        v_new = torch.where(spiked, 0.0, h)
+    return s, u_new, v_new
+
+
 @dataclass(frozen=True)
 class NeuronSpec:
     """Per-layer neuron hyperparameters (JSON-able through :mod:`xoresnet.config`)."""

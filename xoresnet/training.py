@@ -154,6 +154,8 @@ def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet
         raise CheckpointError(f"{opts.init} was trained on {ckpt.meta['dataset']}, not {opts.dataset}")
     calibration = calibrate_nir(export_nir(model), train_ds.pixels[: opts.calib_samples])
     enable_qat(model, calibration.spec)
+    opts.extra_meta["float_parent"] = {"path": str(opts.init), "sha256": ckpt.sha256,
+                                       "test_accuracy": ckpt.meta.get("test_accuracy")}
     return model, calibration.spec.to_dict()
 
 
