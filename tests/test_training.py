@@ -120,3 +120,17 @@ def test_cli_bad_checkpoint_is_one_line_and_nonzero(tmp_path):
     r = subprocess.run([exe, str(bad), "--dataset", "digits"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 3
     assert r.stderr.count("\n") == 1 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_parallel_training_under_torchrun(tmp_path):
+    """torchrun with 2 processes (Gloo on CPU; NCCL on GPUs): DDP trains, rank 0 alone writes and prints."""
+    out = tmp_path / "ddp.pt"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "xoresnet.cli", "--dataset", "digits",
+                        "--arch", "xoresnet-digits", "--width-factor", "0.125", "--timesteps", "2", "--epochs", "1",
+                        "--limit-train", "128", "--limit-test", "64", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("wrote ") == 1
+    meta = load_checkpoint(out).meta
+    assert meta["world_size"] == 2 and meta["history"][0]["epoch"] == 1

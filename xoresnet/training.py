@@ -241,6 +241,10 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
             correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         scheduler.step()
+        if ctx.world_size > 1:  # report the training figures of all ranks, not rank 0's shard
+            sums = torch.tensor([seen, loss_sum, correct], dtype=torch.float64, device=ctx.device)
+            dist.all_reduce(sums)
+            seen, loss_sum, correct = int(sums[0]), float(sums[1]), int(sums[2])
         metrics = evaluate(model, test_ds, device=ctx.device, ctx=ctx, batch_size=max(opts.batch_size, 128))
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
@@ -257,7 +261,8 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
             save_checkpoint(out, model, meta, quant=quant, train_state=train_state)
     if ctx.world_size > 1:
         dist.barrier()
-    return history[-1] if history else {}
+        dist.destroy_process_group()
+    return history[-1] if history and ctx.is_main else {}
 
 
 def training_meta(opts: TrainOptions, ctx: DistContext, train_ds, test_ds, history, seconds: float) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""The ResNet presets on Lava: XOResNet-18 parity on 2 samples; XOResNet-34/50/101 lower to Lava processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from calibration.integer_graph import save_integer_graph
+from calibration.quantize import calibrate_nir
+from conftest import REPO, firing_model, random_pixels
+from deploy.lava_graph import describe_lava_network
+from deploy.lava_run import run_lava
+from deploy.nir_export import export_nir
+from deploy.parity import check_parity
+from deploy.reference import ReferenceSimulator
+from deploy.schedule import schedule
+from xoresnet.config import NetworkConfig
+
+pytestmark = pytest.mark.lava
+
+
+def resnet_graph(arch: str, width: float, samples: int = 4):
+    cfg = NetworkConfig.preset(arch, width_factor=width, input_size=32, in_channels=3, num_classes=10, timesteps=4)
+    model = firing_model(cfg, seed=0)
+    pixels = random_pixels(samples, cfg, 0)
+    return schedule(calibrate_nir(export_nir(model), pixels, candidates=1).graph), pixels
+
+
+def test_xoresnet18_parity_on_two_samples():
+    graph, pixels = resnet_graph("xoresnet18", 0.125)
+    reference = ReferenceSimulator(graph).run_stream(pixels[:2].unsqueeze(0))
+    lava = run_lava(graph, pixels[:2].numpy(), timeout=600)
+    report = check_parity(graph, reference, lava)
+    assert report.passed, report.summary()
+    assert report.samples == 2 and report.neuron_steps_compared > 4_000_000
+    assert sum(int(s.sum()) for s in lava.spikes.values()) > 10_000  # the network is not silent
+
+
+@pytest.mark.parametrize("arch", ["xoresnet34", "xoresnet50", "xoresnet101"])
+def test_deep_resnets_lower_to_lava_processes(arch, tmp_path):
+    """Instantiate (not run) every Lava process and connection of the deep presets, in a child process."""
+    graph, _ = resnet_graph(arch, 0.0625, samples=2)
+    path = tmp_path / "g.h5"
+    save_integer_graph(graph, path)
+    expected = describe_lava_network(graph)
+    code = textwrap.dedent(f"""
+        import json, numpy as np
+        from calibration.integer_graph import load_integer_graph
+        from deploy.lava_graph import build_lava_network
+        g = load_integer_graph({str(path)!r})
+        net = build_lava_network(g, np.zeros((1,) + tuple(g.input_shape), dtype=np.int64))
+        print(json.dumps({{"processes": len(net.processes()), "neurons": len(net.neurons), "synapses": len(net.synapses)}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    built = json.loads(r.stdout.strip().splitlines()[-1])
+    assert built["neurons"] == len(graph.populations)
+    assert built["synapses"] == len(graph.synapses)
+    assert built["processes"] == expected["counts"]["processes"]
