@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/xoresnet-eval models/xoresnet-digits.pt --dataset digits
+	$(BIN)/xoresnet-export models/xoresnet-digits-qat.pt --target loihi2 --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

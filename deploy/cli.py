@@ -302,6 +302,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, eval_pixels, eval_lab
         "eval_samples": len(eval_pixels), "energy_uj": energy["loihi"]["total_pj"] / 1e6,
         "cores": drc.packing.num_cores, "chips": drc.packing.chips,
         "latency_steps": stats["latency"]["latency_steps"], "qat": ckpt.quant is not None,
+        "float_parent": ckpt.meta.get("float_parent"), "report": "report.html",
     }
 
 
@@ -327,15 +328,20 @@ def print_summary(s: dict, out: Path) -> None:
     else:
         print(f"verdict: {s['parity']}")
         fa, ia = s["float_accuracy"], s["integer_accuracy"]
-        line = f"accuracy on {s['eval_samples']} test images: float {100 * fa:.2f}%"
-        if ia is not None:
-            drop = 100 * (fa - ia)
-            line += f", Loihi integer {100 * ia:.2f}% ({abs(drop):.2f} pp {'below' if drop >= 0 else 'above'} float)"
-        print(line + ("  [QAT checkpoint]" if s["qat"] else ""))
+        parent = s.get("float_parent") or {}
+        if s["qat"] and parent.get("test_accuracy") is not None and s["eval_samples"] == parent.get("test_samples",
+                                                                                                  s["eval_samples"]):
+            fa, what = parent["test_accuracy"], f"the float model it was fine-tuned from ({parent['path']})"
+        else:
+            what = "the float model"
+        drop = 100 * (fa - ia)
+        print(f"accuracy on {s['eval_samples']} test images: Loihi integer {100 * ia:.2f}%, {what} {100 * fa:.2f}% "
+              f"({abs(drop):.2f} pp {'below' if drop >= 0 else 'above'})")
         print(f"Loihi 2: {s['cores']} neuro-cores on {s['chips']} chip(s), latency {s['latency_steps']} timesteps"
               + (f", ~{s['energy_uj']:.2f} uJ/inference (Loihi-1-calibrated estimate)" if s["energy_uj"] else ""))
-    what = ("manifest.json and onnx_check.json" if s["target"] == "onnx"
-            else "manifest.json is the parity certificate; report.html the report")
+    if s["target"] != "onnx":
+        print(f"report: {out / s['report']}")
+    what = "manifest.json, onnx_check.json" if s["target"] == "onnx" else "manifest.json is the parity certificate"
     print(f"artifacts: {out}/ ({what}) [{s['seconds']} s]")
 
 

@@ -11,6 +11,11 @@ spike ADD; OR/AND/IAND/XOR become memoryless threshold nodes with integer weight
     XOR(a, b)  = Threshold(0.5)(a + b + Scale(-2)(AND(a, b)))
     OR-pool    = Threshold(0.5)(SumPool2d(2x2)(s))  (spike max-pooling of the 84x84 stem)
 
+The XOR *selection* ``S_l XOR S_{l-1}`` of a network whose blocks merge by OR is emitted as
+``IAND(S_{l-1}, S_l)``: there ``S_l = A_{l-1} OR S_{l-1}`` contains ``S_{l-1}`` at every step, so
+both are exactly equal and the IAND needs one threshold layer instead of two (one population and
+one Loihi timestep less per selecting block). Its metadata records ``selection: xor``.
+
 Discrete time: the graph carries ``metadata["dt"] = 1`` and our semantics are forward Euler with
 that step (see :mod:`deploy.nir_interpreter`). Neurons, with ``du``/``dv``/``bias`` as in
 :mod:`xoresnet.neuron`:
@@ -145,10 +150,10 @@ class _GraphBuilder:
             )
         return self.add(name, node, shape, inputs)
 
-    def gate(self, name: str, op: str, a: Signal, b: Signal, block: str) -> Signal:
+    def gate(self, name: str, op: str, a: Signal, b: Signal, block: str, **note: str) -> Signal:
         """Spike logic ``op`` on binary signals ``a`` (backbone side) and ``b`` as threshold nodes."""
         shape = self.shapes[a[0]]
-        meta = dict(block=block, op=op)
+        meta = dict(block=block, op=op, **note)
         if op == "or":
             return [self.add(name, nir.Threshold(np.full(shape, 0.5, np.float32),
                                                  metadata=node_meta("gate", **meta)), shape, a + b)]
@@ -192,7 +197,13 @@ class _GraphBuilder:
 
     def block(self, name: str, blk: XORResidualBlock, S: Signal, P: Optional[Signal]) -> Signal:
         in_shape = self.shapes[S[0]]
-        M = self.gate(f"{name}.sel", "xor", S, P, name) if blk.use_prev and P is not None else S
+        M = S
+        if blk.use_prev and P is not None:
+            if blk.spec.merge == "or":
+                # S = A_prev OR P contains P, so S XOR P = (NOT P) AND S: one gate layer instead of two
+                M = self.gate(f"{name}.sel", "iand", P, S, name, selection="xor", lowered="iand since S contains P")
+            else:
+                M = self.gate(f"{name}.sel", "xor", S, P, name, selection="xor")
         h = M
         n = len(blk.convs)
         for i in range(n - 1):

@@ -273,13 +273,23 @@ def test_calibrated_gates_have_the_integer_construction_and_truth_table(spec):
             assert p.vth == 0 and sorted(w.values()) == [-1, 1]
             neg = next(k for k in srcs if w[k] == -1)
             pos = next(k for k in srcs if w[k] == 1)
-            assert neg.endswith(f"neurons.{len(model.layer1[0].convs) - 1}")  # NOT applies to the backbone A
             expected = (1 - s[neg]) & s[pos]
+            if p.name.endswith(".sel"):
+                # the XOR selection of an OR-merging network, lowered to IAND: S contains P, so they agree
+                assert bool(((s[pos] | s[neg]) == s[pos]).all()), "S must contain P"
+                assert torch.equal(expected, s[pos] ^ s[neg])
+            else:
+                assert neg.endswith(f"neurons.{len(model.layer1[0].convs) - 1}")  # NOT applies to the backbone A
         else:
             raise AssertionError(p.op)
         assert torch.equal(z.spikes[p.name].long(), expected), p.name
         assert 0 < float(z.spikes[p.name].float().mean()) < 1, f"{p.name} never toggles: a weak test"
-    expected_ops = {"xor", "xor.and"} if spec.selection != "none" or spec.merge == "xor" else set()
+    selection_ops = {"iand"} if spec.merge == "or" else {"xor", "xor.and"}  # IAND when S contains P
+    expected_ops = set()
+    if spec.selection == "prev_input":
+        expected_ops |= selection_ops
+    if spec.selection == "mid" or spec.merge == "xor":
+        expected_ops |= {"xor", "xor.and"}
     expected_ops |= {spec.merge} if spec.merge in ("or", "iand") else set()
     assert seen_ops == expected_ops
 

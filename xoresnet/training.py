@@ -155,7 +155,8 @@ def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet
     calibration = calibrate_nir(export_nir(model), train_ds.pixels[: opts.calib_samples])
     enable_qat(model, calibration.spec)
     opts.extra_meta["float_parent"] = {"path": str(opts.init), "sha256": ckpt.sha256,
-                                       "test_accuracy": ckpt.meta.get("test_accuracy")}
+                                       "test_accuracy": ckpt.meta.get("test_accuracy"),
+                                       "test_samples": ckpt.meta.get("test_samples")}
     return model, calibration.spec.to_dict()
 
 
