@@ -58,7 +58,7 @@ import numpy as np
 
 from calibration.integer_graph import IntegerGraph, save_integer_graph
 from deploy import lava_worker
-from deploy.reference import readout_latency_of, stream_steps
+from deploy.reference import StreamWindows, readout_latency_of, stream_steps
 from xoresnet.errors import LavaRunError
 
 SHM_DIR = Path("/dev/shm")
@@ -71,7 +71,7 @@ EXIT_GRACE = 3.0
 
 
 @dataclass
-class LavaRunResult:
+class LavaRunResult(StreamWindows):
     """One Lava run over a single stream of ``samples`` samples.
 
     ``spikes[p]``: bool ``[S, *shape]`` (PyTorch layout) for stream steps 1..S;
@@ -98,15 +98,6 @@ class LavaRunResult:
     cleanup: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     pixels: Optional[np.ndarray] = None  # the input stream [N, C, H, W] (for divergence reports)
-
-    def step_index(self, sample: int, timestep: int, latency: int) -> int:
-        """0-based step index where ``timestep`` of ``sample`` leaves a population (as StreamResult)."""
-        return sample * self.reset_interval + timestep + latency
-
-    def logits(self, sample: int) -> np.ndarray:
-        """Per-timestep logits of ``sample`` ``[T, K]`` (readout bias included)."""
-        start = self.step_index(sample, 0, self.readout_latency)
-        return self.readout[start:start + self.timesteps] + self.readout_bias
 
     def predictions(self) -> np.ndarray:
         """``[N]``: the argmax of each sample's summed logits (``StreamResult.predictions()[0]``)."""

@@ -52,8 +52,23 @@ class ZeroDelayResult:
         return self.logits.sum(0).argmax(-1)
 
 
+class StreamWindows:
+    """Where a sample's timesteps sit in a stream (Loihi timing); shared by the reference's and Lava's
+    results. Needs ``reset_interval``, ``timesteps``, ``readout_latency``, ``readout`` (steps first)
+    and ``readout_bias``."""
+
+    def step_index(self, sample: int, timestep: int, latency: int) -> int:
+        """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
+        return sample * self.reset_interval + timestep + latency
+
+    def logits(self, sample: int):
+        """Per-timestep logits of ``sample``, ``[T, ..., K]`` (readout bias included)."""
+        start = self.step_index(sample, 0, self.readout_latency)
+        return self.readout[start:start + self.timesteps] + self.readout_bias
+
+
 @dataclass
-class StreamResult:
+class StreamResult(StreamWindows):
     """Loihi timing. ``spikes[p]``: bool ``[S, B, *shape]`` for stream steps 1..S;
     ``readout``: int64 ``[S, B, K]``, the readout synapses' output at each step (no bias)."""
 
@@ -67,19 +82,10 @@ class StreamResult:
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def step_index(self, sample: int, timestep: int, latency: int) -> int:
-        """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
-        return sample * self.reset_interval + timestep + latency
-
     def window(self, population: str, latency: int, sample: int) -> torch.Tensor:
         """Spikes of ``sample``'s ``T`` timesteps, aligned to zero-delay timing: ``[T, B, *shape]``."""
         start = self.step_index(sample, 0, latency)
         return self.spikes[population][start:start + self.timesteps]
-
-    def logits(self, sample: int) -> torch.Tensor:
-        """Per-timestep logits of ``sample`` ``[T, B, K]`` (readout bias included)."""
-        start = self.step_index(sample, 0, self.readout_latency)
-        return self.readout[start:start + self.timesteps] + self.readout_bias
 
     def predictions(self) -> torch.Tensor:
         """``[B, N]``: the argmax of each sample's summed logits."""

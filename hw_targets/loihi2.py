@@ -278,12 +278,12 @@ def _run_on_loihi2(graph, pixels, steps: Optional[int]) -> dict[str, Any]:  # pr
             net.root.stop()
         except Exception:  # noqa: BLE001 - stopping a failed runtime
             pass
+    from deploy.lava_run import LavaRunResult
     from deploy.reference import readout_latency_of
 
-    P, T, lat = graph.reset_interval, graph.timesteps, readout_latency_of(graph)
-    bias = np.asarray(graph.readout_bias, dtype=np.int64)
-    logits = np.stack([(readout[n * P + lat:n * P + lat + T] + bias).sum(0) for n in range(pixels.shape[0])])
-    return {"spikes": spikes, "readout": readout, "predictions": logits.argmax(-1), "steps": S}
+    result = LavaRunResult(spikes, readout, S, 0.0, int(pixels.shape[0]), graph.reset_interval, graph.timesteps,
+                           readout_latency_of(graph), np.asarray(graph.readout_bias, dtype=np.int64), pixels=pixels)
+    return {"spikes": spikes, "readout": readout, "predictions": result.predictions(), "steps": S}
 
 
 LOIHI2 = Loihi2Target(
