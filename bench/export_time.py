@@ -1,0 +1,454 @@
+"""Export time (checkpoint -> artifacts, no simulation) of XOResNet-18/34/50/101, per stage, with peak memory.
+
+    .venv/bin/python bench/export_time.py                     # width 1.0, 32x32, T=4, 64 calibration images
+    .venv/bin/python bench/export_time.py --archs xoresnet18 --width 0.25 --calib-samples 16   # quicker
+    .venv/bin/python bench/export_time.py --json              # machine-readable result on stdout
+
+"Export" is what ``xoresnet-export`` (:mod:`deploy.cli`) does to produce the artifacts, with the
+simulations left out. The stages, timed one by one with the library functions the CLI calls:
+
+1. ``load``: :func:`xoresnet.checkpoint.load_model` (weights-only load, validation, sha256, model);
+2. ``nir_export``: :func:`deploy.nir_export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
+3. ``calibrate``: :func:`deploy.pipeline.calibrate_checkpoint` on ``--calib-samples`` images
+   (which exports the NIR graph a second time, runs the float64 NIR interpreter on the images and
+   searches 4 threshold candidates per population); ``schedule``: :func:`deploy.schedule.schedule`;
+4. ``graph_write``: :func:`calibration.integer_graph.save_integer_graph` (``integer_graph.h5``)
+   + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
+   ``lava_graph.json``;
+5. ``connectivity``: :func:`hw_targets.resources.connectivity`; ``design_rules``:
+   :func:`hw_targets.resources.check_design_rules` + ``require_design_rules`` (core packing), target
+   ``loihi2``.
+
+Left out (simulations): the float evaluation and the NIR-interpreter check over the evaluation
+images (CLI stage 2), the integer-reference statistics run (5), the Lava parity run (6) and the
+report/manifest writing (7), which needs their results.
+
+Setup (not timed): a checkpoint per architecture is built from ``tests/conftest.firing_model``
+(untrained, trained-like firing) and saved with :func:`xoresnet.checkpoint.save_checkpoint` in a
+temporary folder, in its own subprocess. Calibration images: ``random_pixels`` (there is no
+32x32x3 dataset on this machine; the CLI would take the first N training images).
+
+Memory: every (architecture, round) runs in a **fresh subprocess**, which reports
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak RSS of that process, KiB on Linux) after the
+imports (baseline) and after every stage, so the stage that sets the peak is visible; tracemalloc
+is not used (it does not see torch's allocations). The calibration keeps the float64 spikes and
+membranes of every neuron population for all calibration images: ``--mem-budget-gib`` caps the
+estimated size of that trace (``(2 x neurons + gate neurons) x T x N x 8`` bytes, from the NIR
+graph), and an architecture whose 64-image trace would exceed it is calibrated on the largest
+power-of-two N that fits; the output says so (no extrapolation). ``--stage-timeout`` stops a
+worker; its finished stages are still reported and the unfinished one is named.
+
+Timing: ``--repeats`` rounds over the architectures (interleaved); medians (min/max shown).
+``--skip design_rules`` leaves out the packing (it grows much faster than the network: see
+docs/performance.md); the output marks skipped stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+
+ARCHS = ("xoresnet18", "xoresnet34", "xoresnet50", "xoresnet101")
+STAGES = ("load", "nir_export", "nir_write", "calibrate", "schedule", "graph_write", "lava_describe", "connectivity",
+          "design_rules")
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_now_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# ---------------------------------------------------------------------- subprocess: build a checkpoint
+
+def make_checkpoint(args) -> int:
+    """Save a firing_model checkpoint; print its neuron counts (for the memory estimate)."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    import nir
+
+    from deploy.nir_export import export_nir
+    from deploy.nir_interpreter import NEURON_TYPES
+    from xoresnet.checkpoint import save_checkpoint
+
+    t0 = time.perf_counter()
+    firing_model, _ = benchlib.import_test_helpers()
+    cfg = benchlib.random_config(args.arch, args.width, args.input_size, args.timesteps)
+    model = firing_model(cfg, args.seed)
+    save_checkpoint(args.make_checkpoint, model, {"dataset": None, "note": "bench/export_time.py firing_model"})
+    g = export_nir(model)
+    neurons = sum(int(n.v_threshold.size) for n in g.nodes.values() if isinstance(n, NEURON_TYPES))
+    gates = sum(int(n.threshold.size) for n in g.nodes.values() if isinstance(n, nir.Threshold))
+    emit({"checkpoint": args.make_checkpoint, "bytes": os.path.getsize(args.make_checkpoint),
+          "parameters": sum(p.numel() for p in model.parameters()), "neurons": neurons, "gate_neurons": gates,
+          "seconds": time.perf_counter() - t0})
+    return 0
+
+
+# ---------------------------------------------------------------------- subprocess: the export stages
+
+def worker(args) -> int:
+    """Run the export stages on ``--worker CKPT`` into ``--out``; one JSON line per stage."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from calibration.integer_graph import save_integer_graph
+    from deploy.lava_graph import describe_lava_network
+    from deploy.nir_export import export_nir, write_nir
+    from deploy.pipeline import calibrate_checkpoint
+    from deploy.schedule import schedule
+    from hw_targets import get_target
+    from hw_targets.resources import check_design_rules, connectivity, require_design_rules
+    from xoresnet.checkpoint import load_model
+
+    _, random_pixels = benchlib.import_test_helpers()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = get_target("loihi2")
+    emit({"stage": "baseline", "seconds": 0.0, "rss_peak_mib": rss_peak_mib(), "rss_mib": rss_now_mib(),
+          "torch_threads": torch.get_num_threads()})
+    state: dict = {}
+
+    def jdump(obj, name):
+        from deploy.cli import _json_default
+
+        (out / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    def s_load():
+        state["model"], state["ckpt"] = load_model(args.worker)
+        cfg = state["model"].config
+        state["pixels"] = random_pixels(args.calib_samples, cfg, args.seed + 1)  # ~free; the CLI reads a dataset
+
+    def s_nir_export():
+        state["nir"] = export_nir(state["model"])
+
+    def s_nir_write():
+        write_nir(state["nir"], out / "model.nir")
+
+    def s_calibrate():
+        state["cal"] = calibrate_checkpoint(state["model"], state["ckpt"], state["pixels"])
+
+    def s_schedule():
+        state["graph"] = schedule(state["cal"].graph)
+
+    def s_graph_write():
+        save_integer_graph(state["graph"], out / "integer_graph.h5")
+        jdump({"spec": state["cal"].spec.to_dict(), "report": state["cal"].report}, "calibration.json")
+
+    def s_lava_describe():
+        state["lava"] = describe_lava_network(state["graph"])
+        jdump(state["lava"], "lava_graph.json")
+
+    def s_connectivity():
+        state["conns"] = connectivity(state["graph"])
+
+    def s_design_rules():
+        state["drc"] = require_design_rules(check_design_rules(state["graph"], target, conns=state["conns"]))
+
+    funcs = {"load": s_load, "nir_export": s_nir_export, "nir_write": s_nir_write, "calibrate": s_calibrate,
+             "schedule": s_schedule, "graph_write": s_graph_write, "lava_describe": s_lava_describe,
+             "connectivity": s_connectivity, "design_rules": s_design_rules}
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    skip = {x for x in (args.skip or "").split(",") if x}
+    for name in STAGES:
+        if name in skip:
+            continue
+        emit({"stage_started": name})
+        t0 = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        funcs[name]()
+        if profiler is not None:
+            profiler.disable()
+        emit({"stage": name, "seconds": time.perf_counter() - t0, "rss_peak_mib": rss_peak_mib(),
+              "rss_mib": rss_now_mib()})
+    g, lava, drc = state["graph"], state["lava"]["counts"], state.get("drc")
+    emit({"done": True, "files_mib": {p.name: p.stat().st_size / 2**20 for p in sorted(out.iterdir())},
+          "calib_samples": int(state["pixels"].shape[0]), "populations": len(g.populations),
+          "synapses": len(g.synapses), "neurons": lava["neurons"], "lava_processes": lava["processes"],
+          "cores": drc.packing.num_cores if drc else None, "chips": drc.packing.chips if drc else None,
+          "skipped": sorted(skip)})
+    if profiler is not None:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(args.profile_top)
+        emit({"profile_tottime": buf.getvalue()})
+    return 0
+
+
+# ---------------------------------------------------------------------- parent
+
+def run_json_lines(cmd: list[str], timeout: float, on_line=None) -> tuple[list[dict], str, bool, int]:
+    """Run ``cmd``; return (its JSON lines, stderr tail, timed out, return code). Lines are read as
+    they come (``on_line(obj)`` is called for each), so a stopped worker still reports its stages."""
+    import selectors
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=benchlib.REPO)
+    lines, err = [], []
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    open_streams = 2
+    while open_streams:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            proc.kill()
+            break
+        for key, _ in sel.select(timeout=min(left, 1.0)):
+            line = key.fileobj.readline()
+            if not line:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            if key.fileobj is proc.stdout:
+                try:
+                    lines.append(json.loads(line))
+                    if on_line is not None:
+                        on_line(lines[-1])
+                except json.JSONDecodeError:
+                    err.append(line)
+            else:
+                err.append(line)
+    rc = proc.wait()
+    return lines, "".join(err[-20:]), timed_out, rc
+
+
+def calib_samples_for(info: dict, args) -> tuple[int, float]:
+    """Largest power-of-two N <= --calib-samples whose estimated calibration trace fits the budget."""
+    per_image = (2 * info["neurons"] + info["gate_neurons"]) * args.timesteps * 8
+    n = args.calib_samples
+    budget = args.mem_budget_gib * 2**30
+    while n > 1 and per_image * n > budget:
+        n = 1 << ((n - 1).bit_length() - 1) if n & (n - 1) else n // 2
+    return n, per_image * n / 2**30
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architecture presets")
+    p.add_argument("--width", type=float, default=1.0, help="width factor")
+    p.add_argument("--input-size", type=int, default=32, help="input height = width")
+    p.add_argument("--timesteps", type=int, default=4, help="T")
+    p.add_argument("--calib-samples", type=int, default=64, help="calibration images (the CLI's default is 64)")
+    p.add_argument("--mem-budget-gib", type=float, default=8.0,
+                   help="cap on the estimated calibration trace; larger models get fewer calibration images")
+    p.add_argument("--repeats", type=int, default=1, help="rounds over the architectures (interleaved)")
+    p.add_argument("--stage-timeout", type=float, default=3600.0, help="wall-clock limit of one worker (s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the calibration images")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the workers (default: torch's)")
+    p.add_argument("--profile", action="store_true", help="cProfile the stages in the first round (slows them)")
+    p.add_argument("--profile-top", type=int, default=25, help="functions listed per profile")
+    p.add_argument("--skip", default="", help="comma-separated stages not to run (only design_rules and/or "
+                                                 "connectivity,design_rules make sense: nothing depends on them)")
+    p.add_argument("--keep", help="keep the checkpoints and artifacts in this folder (default: a temporary one)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    # internal: the subprocesses
+    p.add_argument("--make-checkpoint", help=argparse.SUPPRESS)
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.make_checkpoint:
+        return make_checkpoint(args)
+    if args.worker:
+        return worker(args)
+
+    machine = benchlib.machine_info()
+    if args.threads is not None:
+        machine["torch_threads"] = args.threads
+    log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
+    log(benchlib.machine_line(machine) + " [torch threads of the workers]")
+    log(f"load at start: {machine['uptime_start']}")
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="xoresnet-bench-export-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    me = [sys.executable, str(Path(__file__).resolve())]
+    bad = {x for x in args.skip.split(",") if x} - {"connectivity", "design_rules"}
+    if bad or ("connectivity" in args.skip.split(",") and "design_rules" not in args.skip.split(",")):
+        raise SystemExit(f"--skip: only design_rules or connectivity,design_rules can be skipped (got {args.skip!r})")
+    common = ["--skip", args.skip, "--width", str(args.width), "--input-size", str(args.input_size),
+              "--timesteps", str(args.timesteps), "--seed", str(args.seed)]
+    common += ["--threads", str(args.threads)] if args.threads is not None else []
+    info: dict[str, dict] = {}
+    try:
+        for arch in archs:
+            ckpt = tmp / f"{arch}-w{args.width:g}.pt"
+            lines, err, to, rc = run_json_lines(me + ["--make-checkpoint", str(ckpt), "--arch", arch] + common,
+                                                args.stage_timeout)
+            if rc != 0 or not lines:
+                raise SystemExit(f"building the {arch} checkpoint failed (rc {rc}): {err}")
+            info[arch] = dict(lines[-1], path=str(ckpt))
+            n, est = calib_samples_for(info[arch], args)
+            info[arch].update(calib_samples=n, trace_estimate_gib=est)
+            log(f"setup {arch} width {args.width:g}: {info[arch]['parameters']:,} parameters, "
+                f"{info[arch]['neurons']:,} neurons + {info[arch]['gate_neurons']:,} gate neurons per timestep; "
+                f"checkpoint {info[arch]['bytes'] / 2**20:.1f} MiB in {info[arch]['seconds']:.1f} s (untimed); "
+                f"calibration on {n} images (estimated trace {est:.2f} GiB"
+                + (f"; {args.calib_samples} would need {est * args.calib_samples / n:.1f} GiB > budget "
+                   f"{args.mem_budget_gib:g} GiB)" if n < args.calib_samples else ")"))
+        runs: dict[str, list[dict]] = {a: [] for a in archs}
+        profiles: dict[str, str] = {}
+        for r in range(args.repeats):
+            for arch in archs:
+                out = tmp / f"{arch}-out-{r}"
+                cmd = me + ["--worker", info[arch]["path"], "--out", str(out), "--calib-samples",
+                            str(info[arch]["calib_samples"])] + common + (["--profile"] if args.profile and r == 0
+                                                                          else [])
+                t0 = time.perf_counter()
+
+                def live(d, arch=arch):
+                    if "stage" in d and d["stage"] != "baseline":
+                        log(f"    {arch}: {d['stage']} {d['seconds']:.2f} s, peak RSS {d['rss_peak_mib']:.0f} MiB "
+                            f"({time.strftime('%H:%M:%S')}, load {benchlib.load_average()[0]:.2f})")
+
+                lines, err, to, rc = run_json_lines(cmd, args.stage_timeout, live)
+                wall = time.perf_counter() - t0
+                stages = {d["stage"]: d for d in lines if "stage" in d}
+                started = [d["stage_started"] for d in lines if "stage_started" in d]
+                done = next((d for d in lines if d.get("done")), None)
+                unfinished = next((s for s in started if s not in stages), None)
+                rec = {"round": r, "stages": stages, "done": done, "timed_out": to, "rc": rc,
+                       "unfinished_stage": unfinished, "subprocess_wall_s": wall, "profiled": args.profile and r == 0,
+                       "stderr_tail": err if rc else ""}
+                runs[arch].append(rec)
+                prof = next((d["profile_tottime"] for d in lines if "profile_tottime" in d), None)
+                if prof:
+                    profiles[arch] = prof
+                status = ("ok" if done else f"STOPPED in stage {unfinished} after {wall:.0f} s"
+                          + (" (timeout)" if to else f" (rc {rc})"))
+                log(f"round {r + 1}/{args.repeats} {arch}: {status}; "
+                    + ", ".join(f"{k} {v['seconds']:.2f}" for k, v in stages.items() if k != "baseline")
+                    + (f"; peak RSS {max(v['rss_peak_mib'] for v in stages.values()):.0f} MiB" if stages else "")
+                    + (" [profiled]" if rec["profiled"] else ""))
+                if rc and not to:
+                    log(err)
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    machine = benchlib.finish_machine_info(machine)
+    results = {}
+    for arch in archs:
+        ok = [x for x in runs[arch] if x["done"] and not x["profiled"]] or \
+             [x for x in runs[arch] if x["done"]]
+        use = ok or runs[arch]
+        per_stage = {}
+        for s in STAGES:
+            vals = [x["stages"][s]["seconds"] for x in use if s in x["stages"]]
+            per_stage[s] = benchlib.summary(vals)
+        totals = [sum(x["stages"][s]["seconds"] for s in STAGES if s in x["stages"]) for x in use]
+        peak = [max(v["rss_peak_mib"] for v in x["stages"].values()) for x in use if x["stages"]]
+        base = [x["stages"]["baseline"]["rss_peak_mib"] for x in use if "baseline" in x["stages"]]
+        # which stage raised the peak RSS the most (median over rounds of the per-stage increase)
+        raise_by = {}
+        for s in STAGES:
+            incs = []
+            for x in use:
+                seq = ["baseline"] + [t for t in STAGES if t in x["stages"]]
+                if s in x["stages"]:
+                    prev = seq[seq.index(s) - 1]
+                    incs.append(x["stages"][s]["rss_peak_mib"] - x["stages"][prev]["rss_peak_mib"])
+            raise_by[s] = benchlib.summary(incs)["median"] if incs else None
+        last = use[-1]
+        complete = bool(ok)
+        results[arch] = {
+            "width": args.width, "parameters": info[arch]["parameters"], "neurons_per_timestep": info[arch]["neurons"],
+            "gate_neurons_per_timestep": info[arch]["gate_neurons"], "checkpoint_mib": info[arch]["bytes"] / 2**20,
+            "calib_samples": info[arch]["calib_samples"], "calib_samples_requested": args.calib_samples,
+            "calibration_trace_estimate_gib": info[arch]["trace_estimate_gib"],
+            "complete": complete, "rounds_used": len(use), "skipped_stages": [x for x in args.skip.split(",") if x],
+            "unfinished_stage": None if complete else last["unfinished_stage"],
+            "stage_seconds": per_stage, "total_seconds": benchlib.summary(totals),
+            "calibrate_seconds_per_image": (per_stage["calibrate"]["median"] / info[arch]["calib_samples"]
+                                            if per_stage["calibrate"]["n"] else None),
+            "peak_rss_mib": benchlib.summary(peak), "baseline_rss_mib": benchlib.summary(base),
+            "peak_rss_increase_mib_by_stage": raise_by,
+            "graph": ({k: last["done"][k] for k in ("populations", "synapses", "neurons", "lava_processes", "cores",
+                                                    "chips")} if last["done"] else None),
+            "files_mib": last["done"]["files_mib"] if last["done"] else None,
+            "rounds": runs[arch],
+        }
+    result = {"machine": machine,
+              "config": {"archs": archs, "width": args.width, "input_size": args.input_size,
+                         "timesteps": args.timesteps, "calib_samples": args.calib_samples,
+                         "mem_budget_gib": args.mem_budget_gib, "repeats": args.repeats, "seed": args.seed,
+                         "skip": args.skip, "stage_timeout_s": args.stage_timeout,
+                         "memory_measure": "ru_maxrss of a fresh subprocess per (architecture, round)"},
+              "results": results, "profiles": profiles}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return result
+    print(f"load at end:   {machine['uptime_end']}")
+    print(f"\nexport stages (s, median of {args.repeats} round(s)); peak RSS = ru_maxrss of a fresh process per model")
+    cols = ("load", "nir_export", "nir_write", "calibrate", "schedule", "graph_write", "lava_describe", "connectivity",
+            "design_rules")
+    short = ("load", "nir", "nir_w", "calib", "sched", "h5_w", "lava_d", "conn", "drc")
+    print(f"{'model':14s} {'N':>3s} " + " ".join(f"{c:>7s}" for c in short) + f" {'total':>8s} {'peak':>9s} {'base':>6s}")
+    for arch, r in results.items():
+        st = r["stage_seconds"]
+        cells = [f"{st[c]['median']:7.2f}" if st[c]["n"] else (f"{'skip':>7s}" if c in r["skipped_stages"] else
+                                                                f"{'-':>7s}") for c in cols]
+        print(f"{arch:14s} {r['calib_samples']:3d} " + " ".join(cells)
+              + f" {r['total_seconds']['median']:8.1f} {r['peak_rss_mib']['median']:6.0f}MiB"
+              + f" {r['baseline_rss_mib']['median']:6.0f}"
+              + ("" if r["complete"] else f"  INCOMPLETE: stopped in {r['unfinished_stage']}"))
+    for arch, r in results.items():
+        inc = r["peak_rss_increase_mib_by_stage"]
+        top = max((k for k in inc if inc[k] is not None), key=lambda k: inc[k], default=None)
+        g = r["graph"] or {}
+        print(f"{arch}: total {benchlib.fmt_s(r['total_seconds'])}; calibration {r['calib_samples']} images"
+              + (f" (of {r['calib_samples_requested']} requested: estimated trace "
+                 f"{r['calibration_trace_estimate_gib'] * r['calib_samples_requested'] / r['calib_samples']:.1f} GiB"
+                 f" > {args.mem_budget_gib:g} GiB budget)" if r["calib_samples"] < r["calib_samples_requested"] else "")
+              + f"; peak RSS raised most by {top} (+{inc[top]:.0f} MiB)" if top else "")
+        if g:
+            cores = f"{g['cores']} cores on {g['chips']} chip(s)" if g["cores"] is not None else "no packing (skipped)"
+            print(f"    graph: {g['populations']} populations, {g['synapses']} synapses, {g['neurons']:,} neurons, "
+                  f"{g['lava_processes']} Lava processes, {cores}; files "
+                  + ", ".join(f"{k} {v:.1f} MiB" for k, v in r["files_mib"].items()))
+    for arch, prof in profiles.items():
+        print(f"\nprofile of {arch} (first round, all stages, by own time):\n{prof}")
+    return result
+
+
+if __name__ == "__main__":
+    rv = main()
+    sys.exit(rv if isinstance(rv, int) else 0)
