@@ -16,8 +16,9 @@ simulations left out. The stages, timed one by one with the library functions th
    + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
    ``lava_graph.json``;
 5. ``connectivity``: :func:`hw_targets.resources.connectivity`; ``design_rules``:
-   :func:`hw_targets.resources.check_design_rules` + ``require_design_rules`` (core packing), target
-   ``loihi2``.
+   :func:`hw_targets.resources.check_design_rules` (rules and core packing), target ``loihi2``. A
+   network that violates a rule is timed all the same (the CLI would stop there with exit 4); the
+   output gives the number of violations and the first.
 
 Left out (simulations): the float evaluation and the NIR-interpreter check over the evaluation
 images (CLI stage 2), the integer-reference statistics run (5), the Lava parity run (6) and the
@@ -39,8 +40,7 @@ power-of-two N that fits; the output says so (no extrapolation). ``--stage-timeo
 worker; its finished stages are still reported and the unfinished one is named.
 
 Timing: ``--repeats`` rounds over the architectures (interleaved); medians (min/max shown).
-``--skip design_rules`` leaves out the packing (it grows much faster than the network: see
-docs/performance.md); the output marks skipped stages.
+``--skip design_rules`` leaves out the rules and the packing; the output marks skipped stages.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def worker(args) -> int:
     from deploy.pipeline import calibrate_checkpoint
     from deploy.schedule import schedule
     from hw_targets import get_target
-    from hw_targets.resources import check_design_rules, connectivity, require_design_rules
+    from hw_targets.resources import check_design_rules, connectivity
     from xoresnet.checkpoint import load_model
 
     _, random_pixels = benchlib.import_test_helpers()
@@ -169,7 +169,7 @@ def worker(args) -> int:
         state["conns"] = connectivity(state["graph"])
 
     def s_design_rules():
-        state["drc"] = require_design_rules(check_design_rules(state["graph"], target, conns=state["conns"]))
+        state["drc"] = check_design_rules(state["graph"], target, conns=state["conns"])
 
     funcs = {"load": s_load, "nir_export": s_nir_export, "nir_write": s_nir_write, "calibrate": s_calibrate,
              "schedule": s_schedule, "graph_write": s_graph_write, "lava_describe": s_lava_describe,
@@ -197,6 +197,8 @@ def worker(args) -> int:
           "calib_samples": int(state["pixels"].shape[0]), "populations": len(g.populations),
           "synapses": len(g.synapses), "neurons": lava["neurons"], "lava_processes": lava["processes"],
           "cores": drc.packing.num_cores if drc else None, "chips": drc.packing.chips if drc else None,
+          "violations": len(drc.violations) if drc else None,
+          "first_violation": drc.violations[0].message if drc and drc.violations else None,
           "skipped": sorted(skip)})
     if profiler is not None:
         import io
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_rss_mib": benchlib.summary(peak), "baseline_rss_mib": benchlib.summary(base),
             "peak_rss_increase_mib_by_stage": raise_by,
             "graph": ({k: last["done"][k] for k in ("populations", "synapses", "neurons", "lava_processes", "cores",
-                                                    "chips")} if last["done"] else None),
+                                                    "chips", "violations", "first_violation")} if last["done"] else None),
             "files_mib": last["done"]["files_mib"] if last["done"] else None,
             "rounds": runs[arch],
         }
@@ -441,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
               + f"; peak RSS raised most by {top} (+{inc[top]:.0f} MiB)" if top else "")
         if g:
             cores = f"{g['cores']} cores on {g['chips']} chip(s)" if g["cores"] is not None else "no packing (skipped)"
+            if g.get("violations"):
+                cores += f", {g['violations']} design-rule violations (first: {g['first_violation']})"
             print(f"    graph: {g['populations']} populations, {g['synapses']} synapses, {g['neurons']:,} neurons, "
                   f"{g['lava_processes']} Lava processes, {cores}; files "
                   + ", ".join(f"{k} {v:.1f} MiB" for k, v in r["files_mib"].items()))

@@ -22,11 +22,12 @@ A neuron's synaptic memory is the sum over its incoming synapses; it lives on th
 
 **Packing** (:func:`pack`): every population (and the readout, as a ``K``-neuron accumulator
 population: the host reads the readout synapses' output, and on Loihi 2 those dendritic sums need
-neurons on a core - an estimate) is cut into contiguous fragments in PyTorch ``(C, H, W)`` flatten
-order, greedily, each as large as the per-core budgets allow: ``neurons_per_core`` neurons, the
-synaptic memory budget, the core memory (synapses + 64 bits of state per neuron), and
+neurons on a core - an estimate) is cut into fragments, contiguous in its packing order
+(:func:`packing_order`: position by position, all channels of a position together, for spatial
+populations), greedily, each as large as the per-core budgets allow: ``neurons_per_core`` neurons,
+the synaptic memory budget, the core memory (synapses + 64 bits of state per neuron), and
 ``axons_in_per_core`` input axons (distinct (source neuron, synapse process) routes into the
-fragment; a fragment over it is halved until it fits). Fragments are then placed on cores
+fragment; over it, the longest prefix that fits is taken). Fragments are then placed on cores
 first-fit-decreasing (largest first): a fragment joins an existing core only if every budget of
 that core still holds, with at most ``neuron_groups_per_core`` fragments per core, so populations
 share a core only when both fit. Cores go to chips in order, ``cores_per_chip`` per chip. Output
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Optional
 
 import numpy as np
@@ -79,6 +81,7 @@ class SynapseConn:
     dst_shape: tuple[int, ...]
     fan_in: np.ndarray  # int64 [dst_size]: nonzero synapses into each destination neuron
     fan_out: np.ndarray  # int64 [src_size]: nonzero synapses out of each source neuron
+    _all_taps: Optional[tuple[np.ndarray, ...]] = field(default=None, repr=False, compare=False)
 
     @property
     def src_size(self) -> int:
@@ -96,16 +99,59 @@ class SynapseConn:
     def fully_connected(self) -> bool:
         return self.count == self.src_size * self.dst_size
 
-    def sources_of(self, dst_mask: np.ndarray) -> np.ndarray:
-        """bool ``[src_size]``: the source neurons with a synapse into a destination in ``dst_mask``."""
+    def sources_of(self, dst: np.ndarray) -> np.ndarray:
+        """int64, sorted: flat indices of the source neurons with a synapse into a destination in
+        ``dst`` (int64 flat PyTorch indices). Costs the destinations' receptive fields, not the layer."""
         s = self.syn
-        nz = s.weight != 0
+        nz = self.nonzero
         if s.kind == "identity":
-            return dst_mask & nz.reshape(-1)
+            return np.sort(dst[nz.reshape(-1)[dst]])
         if s.kind == "dense":
-            return nz[dst_mask].any(0) if dst_mask.any() else np.zeros(self.src_size, bool)
-        m = torch.as_tensor(dst_mask.reshape((1,) + self.dst_shape), dtype=torch.float64)
-        return _conv_t(m, s, self.src_shape).reshape(-1).numpy() > 0
+            return np.flatnonzero(nz.reshape(nz.shape[0], -1)[dst].any(0)).astype(np.int64)
+        C_out, Ho, Wo = self.dst_shape
+        channel, position = np.divmod(dst, Ho * Wo)
+        positions, counts = np.unique(position, return_counts=True)
+        full = counts == C_out  # positions with every output channel in dst share one set of taps
+        parts = [self._conv_sources_at(self.conv_taps(channel[position == p]), p[None]) for p in positions[~full]]
+        if full.any():
+            parts.append(self._conv_sources_at(self.conv_taps(None), positions[full]))
+        # one position reads distinct sources, already in order
+        return parts[0] if len(positions) == 1 else np.unique(np.concatenate(parts))
+
+    @cached_property
+    def nonzero(self) -> np.ndarray:
+        """bool, the weight's shape: which weights are synapses. A conv's is expanded over groups to
+        ``[C_out, C_in, kH, kW]``."""
+        nz = np.asarray(self.syn.weight) != 0
+        if self.syn.kind != "conv" or self.syn.groups == 1:
+            return nz
+        C_out, ipg = nz.shape[:2]
+        opg = C_out // int(self.syn.groups)
+        full = np.zeros((C_out, ipg * int(self.syn.groups)) + nz.shape[2:], bool)
+        for co in range(C_out):
+            g = co // opg
+            full[co, g * ipg:(g + 1) * ipg] = nz[co]
+        return full
+
+    def conv_taps(self, channels: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ci, kh, kw)`` int64 arrays: the kernel taps any of the output ``channels`` (None: all)
+        reads, relative to the receptive field's corner."""
+        if channels is None:
+            if self._all_taps is None:
+                self._all_taps = tuple(t.astype(np.int64) for t in np.nonzero(self.nonzero.any(0)))
+            return self._all_taps
+        return tuple(t.astype(np.int64) for t in np.nonzero(self.nonzero[channels].any(0)))
+
+    def _conv_sources_at(self, taps: tuple[np.ndarray, ...], positions: np.ndarray) -> np.ndarray:
+        """Flat source indices of ``taps`` at the output ``positions`` (flat ``ho * Wo + wo``), in bounds."""
+        ci, kh, kw = taps
+        C_in, H, W = self.src_shape
+        (sh, sw), (ph, pw) = self.syn.stride, self.syn.padding
+        ho, wo = np.divmod(positions.astype(np.int64), self.dst_shape[2])
+        y = (ho * int(sh) - int(ph))[:, None] + kh[None]
+        x = (wo * int(sw) - int(pw))[:, None] + kw[None]
+        keep = (y >= 0) & (y < H) & (x >= 0) & (x < W)
+        return ((np.broadcast_to(ci, y.shape)[keep] * H + y[keep]) * W + x[keep]).astype(np.int64)
 
 
 def _conv_t(dst: torch.Tensor, s: Synapse, src_shape: tuple[int, ...]) -> torch.Tensor:
@@ -229,12 +275,16 @@ class LayerResources:
 
 @dataclass
 class Fragment:
+    """The neurons at positions ``[start, stop)`` of ``layer``'s packing order (:func:`packing_order`),
+    placed on one core."""
+
     layer: str
     start: int
     stop: int
     synmem_bits: int
     axons_in: int
-    sources: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # synapse -> bool [src]
+    index: np.ndarray = field(repr=False)  # int64 flat PyTorch indices of the neurons
+    sources: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # synapse -> sorted source indices
 
     @property
     def neurons(self) -> int:
@@ -243,21 +293,27 @@ class Fragment:
 
 @dataclass
 class Core:
+    """One neuro-core: its fragments and their running totals (kept by :meth:`add`)."""
+
     index: int
     fragments: list[Fragment] = field(default_factory=list)
+    neurons: int = 0
+    synmem_bits: int = 0
+    axons_in: int = 0
     axons_out: int = 0
 
-    @property
-    def neurons(self) -> int:
-        return sum(f.neurons for f in self.fragments)
+    @classmethod
+    def holding(cls, index: int, fragments: list[Fragment]) -> "Core":
+        core = cls(index)
+        for f in fragments:
+            core.add(f)
+        return core
 
-    @property
-    def synmem_bits(self) -> int:
-        return sum(f.synmem_bits for f in self.fragments)
-
-    @property
-    def axons_in(self) -> int:
-        return sum(f.axons_in for f in self.fragments)
+    def add(self, f: Fragment) -> None:
+        self.fragments.append(f)
+        self.neurons += f.neurons
+        self.synmem_bits += f.synmem_bits
+        self.axons_in += f.axons_in
 
     @property
     def layers(self) -> list[str]:
@@ -427,133 +483,216 @@ def _layers(graph: IntegerGraph, conns: dict[str, SynapseConn], target: HwTarget
     return list(layers.values()), syn_res, bits
 
 
-def _routes(graph: IntegerGraph, conns: dict[str, SynapseConn], cores: list[Core],
-            sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    """Output axon routes per source neuron: (destination core, synapse process) pairs it reaches."""
+def packing_order(graph: IntegerGraph, layer: str, neurons: int) -> np.ndarray:
+    """int64 ``[neurons]``: the order in which ``layer``'s neurons (flat PyTorch ``(C, H, W)`` indices)
+    are cut into fragments. A spatial population goes position by position, every channel of a
+    position together ``(H, W, C)``: the channels at one position read the same receptive field, so a
+    fragment needs the fewest input axons. Anything else keeps the flat order."""
+    shape = graph.populations[layer].shape if layer in graph.populations else (neurons,)
+    if len(shape) != 3:
+        return np.arange(neurons, dtype=np.int64)
+    return np.arange(neurons, dtype=np.int64).reshape(shape).transpose(1, 2, 0).reshape(-1)
+
+
+def _routes(graph: IntegerGraph, cores: list[Core], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Output axon routes per source neuron: the (destination core, synapse process) pairs it reaches."""
+    on_core: dict[str, dict[int, list[Fragment]]] = {}
+    for c in cores:
+        for f in c.fragments:
+            on_core.setdefault(f.layer, {}).setdefault(c.index, []).append(f)
     routes = {name: np.zeros(n, np.int64) for name, n in sizes.items()}
     for s in graph.synapses:
         if s.src == INPUT:
             continue
-        per_core: dict[int, np.ndarray] = {}
-        for c in cores:
-            for f in c.fragments:
-                if f.layer == s.dst:
-                    src = f.sources[s.name]
-                    per_core[c.index] = per_core[c.index] | src if c.index in per_core else src
-        for v in per_core.values():
-            routes[s.src] += v
+        reached = [fs[0].sources[s.name] if len(fs) == 1 else np.unique(np.concatenate([f.sources[s.name] for f in fs]))
+                   for fs in on_core.get(s.dst, {}).values()]
+        if reached:
+            routes[s.src] += np.bincount(np.concatenate(reached), minlength=sizes[s.src])
     return routes
+
+
+@dataclass(frozen=True)
+class _Budgets:
+    """The per-core budgets of a target (see the module docstring)."""
+
+    neurons: int
+    synmem_bits: int
+    memory_bits: int
+    axons_in: int
+    axons_out: int
+    groups: int
+
+    def fits(self, c: Core, f: Fragment) -> bool:
+        return (len(c.fragments) < self.groups and c.neurons + f.neurons <= self.neurons
+                and c.synmem_bits + f.synmem_bits <= self.synmem_bits
+                and c.synmem_bits + f.synmem_bits + (c.neurons + f.neurons) * NEURON_STATE_BITS <= self.memory_bits
+                and c.axons_in + f.axons_in <= self.axons_in)
+
+
+class _FreeCapacity:
+    """Free capacity of ``n`` cores in every budget, as a max segment tree, for first-fit queries.
+
+    Leaf ``j`` is core ``j``'s free capacity (budget minus use; negative once over it); an inner node
+    holds the element-wise maximum of its children, so a subtree whose maximum is below the need in
+    any budget holds no core with room and is skipped. Cores not yet opened are empty leaves, so
+    the leftmost fitting leaf is an open core with room, or else the next new one.
+    """
+
+    def __init__(self, n: int, capacity: np.ndarray):
+        self.size = 1 << max(0, (n - 1).bit_length())
+        self.free = np.tile(capacity, (2 * self.size, 1))
+
+    def leftmost_fit(self, need: np.ndarray) -> Optional[int]:
+        free, stack = self.free, [1]
+        while stack:
+            i = stack.pop()
+            if (free[i] < need).any():
+                continue
+            if i >= self.size:
+                return i - self.size
+            stack += (2 * i + 1, 2 * i)  # left child first
+        return None
+
+    def take(self, j: int, need: np.ndarray) -> None:
+        i = self.size + j
+        self.free[i] -= need
+        while i > 1:
+            i //= 2
+            self.free[i] = np.maximum(self.free[2 * i], self.free[2 * i + 1])
+
+
+def _first_fit(frags: list[Fragment], budget: _Budgets) -> list[Core]:
+    """First fit of ``frags`` (in order) onto cores: each joins the lowest-numbered core where every
+    budget of :meth:`_Budgets.fits` still holds, or opens a new one (also when it fits no empty core)."""
+    capacity = np.array([budget.neurons, budget.synmem_bits, budget.memory_bits, budget.axons_in, budget.groups],
+                        np.int64)
+    tree = _FreeCapacity(len(frags), capacity)
+    cores: list[Core] = []
+    for f in frags:
+        need = np.array([f.neurons, f.synmem_bits, f.synmem_bits + f.neurons * NEURON_STATE_BITS, f.axons_in, 1],
+                        np.int64)
+        j = tree.leftmost_fit(need)
+        if j is None or j == len(cores):
+            j = len(cores)
+            cores.append(Core(j))
+        cores[j].add(f)
+        tree.take(j, need)
+    return cores
 
 
 def pack(graph: IntegerGraph, target: HwTarget, conns: dict[str, SynapseConn], layers: list[LayerResources],
          bits: dict[str, np.ndarray], col: Optional[_Collector] = None) -> Packing:
     """Fragments and cores (see the module docstring)."""
     lim = target.limits
-    npc = int(lim["neurons_per_core"].value)
-    syn_budget = int(lim["synmem_bits_per_core"].value)
-    mem_budget = int(lim["core_memory_bits"].value)
-    ax_budget = int(lim["axons_in_per_core"].value)
-    out_budget = int(lim["axons_out_per_core"].value)
-    groups = int(lim["neuron_groups_per_core"].value)
+    budget = _Budgets(*(int(lim[k].value) for k in ("neurons_per_core", "synmem_bits_per_core", "core_memory_bits",
+                                                     "axons_in_per_core", "axons_out_per_core",
+                                                     "neuron_groups_per_core")))
     cpc = int(lim["cores_per_chip"].value)
     incoming = {l.name: [s for s in graph.synapses if s.dst == l.name] for l in layers}
     sizes = {l.name: l.neurons for l in layers}
 
-    def fragment(layer: str, start: int, stop: int) -> list[Fragment]:
-        mask = np.zeros(sizes[layer], bool)
-        mask[start:stop] = True
-        sources = {s.name: conns[s.name].sources_of(mask) for s in incoming[layer]}
-        axons = int(sum(int(v.sum()) for v in sources.values()))
-        if axons > ax_budget and stop - start > 1:
-            mid = (start + stop) // 2
-            return fragment(layer, start, mid) + fragment(layer, mid, stop)
-        return [Fragment(layer, start, stop, int(bits[layer][start:stop].sum()), axons, sources)]
+    order = {l.name: packing_order(graph, l.name, l.neurons) for l in layers}
+    packed_bits = {name: bits[name][o] for name, o in order.items()}
 
-    def fits(c: Core, f: Fragment, routes: Optional[dict[str, np.ndarray]] = None, used: int = 0) -> bool:
-        ok = (len(c.fragments) < groups and c.neurons + f.neurons <= npc
-              and c.synmem_bits + f.synmem_bits <= syn_budget
-              and c.synmem_bits + f.synmem_bits + (c.neurons + f.neurons) * NEURON_STATE_BITS <= mem_budget
-              and c.axons_in + f.axons_in <= ax_budget)
-        if ok and routes is not None:
-            ok = used + int(routes[f.layer][f.start:f.stop].sum()) <= out_budget
-        return ok
+    def make(layer: str, start: int, stop: int) -> Fragment:
+        index = order[layer][start:stop]
+        sources = {s.name: conns[s.name].sources_of(index) for s in incoming[layer]}
+        return Fragment(layer, start, stop, int(packed_bits[layer][start:stop].sum()),
+                        sum(v.size for v in sources.values()), index, sources)
+
+    def fragment(layer: str, start: int, stop: int) -> list[Fragment]:
+        """Positions ``[start, stop)`` of ``layer``'s packing order as fragments within the input-axon
+        budget: repeatedly the longest prefix that fits (binary search; input axons grow with it)."""
+        out: list[Fragment] = []
+        while start < stop:
+            best = make(layer, start, stop)
+            if best.axons_in > budget.axons_in and stop - start > 1:
+                lo, hi, best = start + 1, stop - 1, None
+                while lo <= hi:
+                    mid = (lo + hi) // 2
+                    f = make(layer, start, mid)
+                    if f.axons_in <= budget.axons_in:
+                        best, lo = f, mid + 1
+                    else:
+                        hi = mid - 1
+                best = best or make(layer, start, start + 1)  # one neuron over it: the fan-in check reports it
+            out.append(best)
+            start = best.stop
+        return out
+
+    def routes_of(f: Fragment, routes: dict[str, np.ndarray]) -> int:
+        return int(routes[f.layer][f.index].sum())
 
     frags: list[Fragment] = []
     for l in layers:
-        b = bits[l.name]
+        b = packed_bits[l.name]
         cum = np.concatenate([[0], np.cumsum(b)])
         cum_mem = np.concatenate([[0], np.cumsum(b + NEURON_STATE_BITS)])
         start = 0
         while start < l.neurons:
-            end = min(start + npc, l.neurons)
-            end = min(end, int(np.searchsorted(cum, cum[start] + syn_budget, side="right")) - 1)
-            end = min(end, int(np.searchsorted(cum_mem, cum_mem[start] + mem_budget, side="right")) - 1)
+            end = min(start + budget.neurons, l.neurons)
+            end = min(end, int(np.searchsorted(cum, cum[start] + budget.synmem_bits, side="right")) - 1)
+            end = min(end, int(np.searchsorted(cum_mem, cum_mem[start] + budget.memory_bits, side="right")) - 1)
             if end <= start:  # one neuron's synapses do not fit a core
                 if col is not None:
                     col.over(l.name, lim["synmem_bits_per_core"], int(b[start]),
-                             f"layer {l.name}: neuron {start} needs {int(b[start])} bits of synaptic memory, more "
-                             f"than synmem_bits_per_core = {syn_budget} (estimated limit)")
+                             f"layer {l.name}: neuron {int(order[l.name][start])} needs {int(b[start])} bits of "
+                             f"synaptic memory, more than synmem_bits_per_core = {budget.synmem_bits} (estimated "
+                             "limit)")
                 end = start + 1
             frags += fragment(l.name, start, end)
             start = end
-    # first-fit-decreasing onto cores
-    cores: list[Core] = []
-    for f in sorted(frags, key=lambda f: (-f.neurons, -f.synmem_bits)):
-        for c in cores:
-            if fits(c, f):
-                c.fragments.append(f)
-                break
-        else:
-            cores.append(Core(len(cores), [f]))
+    cores = _first_fit(sorted(frags, key=lambda f: (-f.neurons, -f.synmem_bits)), budget)
     # output axons: split cores whose sources reach too many (core, synapse) routes; splitting a
     # destination adds routes to its sources, so repeat until nothing changes
     for _ in range(64):
-        routes = _routes(graph, conns, cores, sizes)
-        over = [c for c in cores if sum(int(routes[f.layer][f.start:f.stop].sum()) for f in c.fragments) > out_budget]
+        routes = _routes(graph, cores, sizes)
+        over = [c for c in cores if sum(routes_of(f, routes) for f in c.fragments) > budget.axons_out]
         if not over:
             break
         changed = False
         for c in over:
             pieces: list[Fragment] = []
             for f in c.fragments:
-                r = np.concatenate([[0], np.cumsum(routes[f.layer][f.start:f.stop])])
+                r = np.concatenate([[0], np.cumsum(routes[f.layer][f.index])])
                 a = 0
                 while a < f.neurons:
-                    b_ = max(a + 1, int(np.searchsorted(r, r[a] + out_budget, side="right")) - 1)
+                    b_ = max(a + 1, int(np.searchsorted(r, r[a] + budget.axons_out, side="right")) - 1)
                     b_ = min(b_, f.neurons)
                     pieces += fragment(f.layer, f.start + a, f.start + b_)
                     a = b_
             if len(pieces) == len(c.fragments) and len(c.fragments) == 1:
-                continue  # a single neuron over the budget: reported below
-            bins: list[Core] = []
-            for f in sorted(pieces, key=lambda f: -int(routes[f.layer][f.start:f.stop].sum())):
-                for k in bins:
-                    used = sum(int(routes[g.layer][g.start:g.stop].sum()) for g in k.fragments)
-                    if fits(k, f, routes, used):
-                        k.fragments.append(f)
+                continue  # a single neuron over the budget: reported by check_design_rules
+            bins: list[tuple[Core, int]] = []  # (core, its output routes)
+            for f in sorted(pieces, key=lambda f: -routes_of(f, routes)):
+                for k, (core, out) in enumerate(bins):
+                    if budget.fits(core, f) and out + routes_of(f, routes) <= budget.axons_out:
+                        core.add(f)
+                        bins[k] = (core, out + routes_of(f, routes))
                         break
                 else:
-                    bins.append(Core(-1, [f]))
-            if len(bins) > 1:
-                changed = True
-            c.fragments = bins[0].fragments
-            for k in bins[1:]:
-                k.index = len(cores)
-                cores.append(k)
+                    bins.append((Core.holding(-1, [f]), routes_of(f, routes)))
+            changed |= len(bins) > 1
+            cores[c.index] = Core.holding(c.index, bins[0][0].fragments)
+            for core, _ in bins[1:]:
+                core.index = len(cores)
+                cores.append(core)
         if not changed:
             break
-    routes = _routes(graph, conns, cores, sizes)
+    routes = _routes(graph, cores, sizes)
     for c in cores:
-        c.axons_out = sum(int(routes[f.layer][f.start:f.stop].sum()) for f in c.fragments)
-    cores_per_layer = {l.name: len({c.index for c in cores for f in c.fragments if f.layer == l.name})
-                       for l in layers}
+        c.axons_out = sum(routes_of(f, routes) for f in c.fragments)
+    on: dict[str, list[Core]] = {l.name: [] for l in layers}
+    for c in cores:
+        for name in c.layers:
+            on[name].append(c)
     for l in layers:
-        l.cores = cores_per_layer[l.name]
-        mine = [c for c in cores if any(f.layer == l.name for f in c.fragments)]
+        mine = on[l.name]
+        l.cores = len(mine)
         l.fragments = sum(1 for c in mine for f in c.fragments if f.layer == l.name)
         l.axons_in_max = max((c.axons_in for c in mine), default=0)
         l.axons_out_max = max((c.axons_out for c in mine), default=0)
-    packing = Packing(cores, cpc, cores_per_layer, [])
+    packing = Packing(cores, cpc, {l.name: l.cores for l in layers}, [])
     packing.systems = [{"name": s.name, "key": s.key, "chips": s.chips, "cores": s.chips * cpc,
                         "fits": packing.chips <= s.chips, "chips_needed": packing.chips,
                         "core_utilization": len(cores) / (s.chips * cpc), "estimate": s.estimate}

@@ -134,6 +134,38 @@ def test_conv_synapse_count_by_hand():
     assert synapse_connectivity(g4, g4.synapses[0]).count == 200
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_fragment_sources_equal_the_full_transposed_convolution(seed):
+    """Sources of a set of destinations (read off their receptive fields) == the transposed conv of
+    their mask over the whole layer: ranges in flat order and arbitrary sets."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([1, 2]))
+    c_in, c_out = 2 * int(rng.integers(1, 3)), 2 * int(rng.integers(1, 4))
+    k, stride, padding = int(rng.choice([1, 3])), int(rng.choice([1, 2])), int(rng.integers(0, 2))
+    h, w = int(rng.integers(4, 8)), int(rng.integers(4, 8))
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    weight = rng.integers(-1, 2, (c_out, c_in // groups, k, k)) * 2
+    g = make_graph([pop("a", (c_in, h, w)), pop("b", (c_out, ho, wo))],
+                   [conv("c", "a", "b", weight, stride=(stride,) * 2, padding=(padding,) * 2, groups=groups)])
+    c = synapse_connectivity(g, g.synapses[0])
+    n = c_out * ho * wo
+    ind = torch.as_tensor(weight != 0, dtype=torch.float64)
+    out_pad = (h - ((ho - 1) * stride - 2 * padding + k), w - ((wo - 1) * stride - 2 * padding + k))
+
+    def full_transposed(dst: np.ndarray) -> np.ndarray:
+        mask = torch.zeros(n, dtype=torch.float64)
+        mask[dst] = 1
+        hit = torch.nn.functional.conv_transpose2d(mask.reshape(1, c_out, ho, wo), ind, stride=stride,
+                                                   padding=padding, groups=groups, output_padding=out_pad)
+        return np.flatnonzero(hit.reshape(-1).numpy() > 0)
+
+    ranges = [(0, n), (0, 1), (n - 1, n)] + [tuple(sorted(rng.choice(n + 1, 2, replace=False))) for _ in range(20)]
+    sets = [np.arange(a, b) for a, b in ranges] + [rng.permutation(n)[: int(rng.integers(1, n + 1))]
+                                                   for _ in range(20)]
+    for dst in sets:
+        assert np.array_equal(c.sources_of(dst), full_transposed(dst)), dst
+
+
 # ---------------------------------------------------------------------- design rules
 
 def _raises_drc(graph, *words, **kw):
