@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BlockSpec
+from .config import BlockSpec, check_block
 from .neuron import CubaLIF, Current, NeuronSpec
 from .spike_logic import SPIKE_OPS, spike_xor
 from .stats import block_counts
@@ -96,12 +96,14 @@ class XORResidualBlock(nn.Module):
 
     ``use_prev``: this block selects against the previous block's input ``P`` (decided by the
     network: previous block in the same stage with an input of this block's input shape).
+    Switches the reference leaves undefined for ``kind`` raise :class:`~xoresnet.errors.ConfigError`.
     """
 
     def __init__(
         self, kind: str, cin: int, planes: int, stride: int, spec: BlockSpec, neuron: NeuronSpec, *, use_prev: bool
     ):
         super().__init__()
+        check_block(kind, spec, "XORResidualBlock")
         expansion = 4 if kind == "bottleneck" else 1
         cout = planes * expansion
         self.kind, self.spec = kind, spec
@@ -111,8 +113,9 @@ class XORResidualBlock(nn.Module):
             shapes = [(cin, planes, 3, stride), (planes, cout, 3, 1)]
         else:
             shapes = [(cin, planes, 1, 1), (planes, planes, 3, stride), (planes, cout, 1, 1)]
-        # 'mid' needs the first backbone layer's spikes to have S's shape (stride-1 BasicBlock).
-        self.use_mid = spec.selection == "mid" and kind == "basic" and self.identity
+        # 'mid' needs the first backbone layer's spikes to have S's shape: identity BasicBlocks
+        # (check_block refuses it for Bottlenecks, whose first layer is 4x narrower than S).
+        self.use_mid = spec.selection == "mid" and self.identity
         last = len(shapes) - 1
         self.convs = nn.ModuleList(
             ConvBN(ci, co, k, st, zero_init=self.identity and i == last) for i, (ci, co, k, st) in enumerate(shapes)

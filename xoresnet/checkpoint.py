@@ -7,12 +7,15 @@ A checkpoint is untrusted input. It is a ``torch.save``'d dict::
      "state_dict": {name: tensor},
      "meta": <training metadata as JSON text>,
      "quant": <quantization spec as JSON text>        (optional: quantization-aware trained)
-     "train_state": {"epoch": int, "optimizer": ..., "scheduler": ..., "rng": tensor}  (optional: resume)}
+     "train_state": {"epoch": int, "optimizer": <optimizer state_dict>, "rng": uint8 tensor}  (optional: resume)}
 
 :func:`load_checkpoint` only ever calls ``torch.load(..., weights_only=True)``: a file carrying a
 pickled object (code that would run on load) is refused, never executed. Every other failure
-(missing, truncated, corrupt, another kind of file, wrong tensors, NaN/Inf weights, an
-unsupported architecture) raises a one-line :class:`~xoresnet.errors.XoresnetError`.
+(missing, truncated, corrupt, another kind of file, an entry or a field that code reads of the
+wrong kind, wrong tensors, NaN/Inf weights) raises a one-line
+:class:`~xoresnet.errors.CheckpointError` or :class:`~xoresnet.errors.ConfigFormatError` (exit
+3); a well-formed config of an unsupported architecture raises
+:class:`~xoresnet.errors.ConfigError` (exit 4).
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ from typing import Any, Optional
 
 import torch
 
-from .config import NetworkConfig
-from .errors import CheckpointError
+from .config import NetworkConfig, has_json_kind, json_kind_name, shown
+from .errors import CheckpointError, ConfigError
 from .network import XOResNet, build_network
 
 FORMAT = "xoresnet-checkpoint"
 VERSION = 1
+
+# The fields of the JSON entries that code reads, with their JSON kinds (see config.has_json_kind),
+# and those that must be present. Other fields of 'meta' are information for people.
+META_FIELDS = {"dataset": str | None, "history": list[dict], "test_accuracy": float | None,
+               "test_samples": int | None, "float_parent": dict | None}
+FLOAT_PARENT_FIELDS = {"path": str, "sha256": str | None, "test_accuracy": float | None, "test_samples": int | None}
+QUANT_FIELDS = {"version": int, "vth_mant": dict[str, int], "meta": dict}
 
 
 @dataclass
@@ -108,6 +118,33 @@ def _json_field(payload: dict, key: str, path: Path) -> Any:
         raise CheckpointError(f"{path}: entry '{key}' is not JSON text") from None
 
 
+def _check_fields(obj: Any, fields: dict[str, Any], what: str, *, required: tuple[str, ...] = ()) -> None:
+    """Raise :class:`CheckpointError` unless ``obj`` is a JSON object holding every ``required`` key
+    and, for each key of ``fields`` it holds, a value of that JSON kind. ``what`` names ``obj``."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} must be a JSON object, got {shown(obj)}")
+    for key in required:
+        if key not in obj:
+            raise CheckpointError(f"{what} lacks the field '{key}'")
+    for key, hint in fields.items():
+        if key in obj and not has_json_kind(obj[key], hint):
+            raise CheckpointError(f"{what} field '{key}' must be {json_kind_name(hint)}, got {shown(obj[key])}")
+
+
+def _check_train_state(state: Any, path: Path) -> None:
+    """The resume state: ``epoch`` (int >= 0), ``optimizer`` (a state_dict), ``rng`` (uint8 tensor)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'train_state' must be a dict, got {type(state).__name__}")
+    epoch, optimizer, rng = state.get("epoch"), state.get("optimizer"), state.get("rng")
+    if not has_json_kind(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{path}: train_state 'epoch' must be an integer >= 0, got {shown(epoch)}")
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)):
+        raise CheckpointError(f"{path}: train_state 'optimizer' is not an optimizer state_dict")
+    if not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
+        raise CheckpointError(f"{path}: train_state 'rng' is not a random generator state (a 1-d uint8 tensor)")
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Load and validate a checkpoint (weights-only). Raises a one-line error on any problem."""
     path = Path(path)
@@ -136,25 +173,38 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         kind = "a state_dict or other dict" if isinstance(payload, dict) else f"a {type(payload).__name__}"
         raise CheckpointError(f"{path} is not an xoresnet checkpoint (it holds {kind}, without format '{FORMAT}')")
     version = payload.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {version!r}; this xoresnet reads versions <= {VERSION}")
+    if not has_json_kind(version, int) or not 1 <= version <= VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {version!r}; this xoresnet reads versions 1 to {VERSION}")
     for key in ("config", "state_dict", "meta"):
         if key not in payload:
             raise CheckpointError(f"{path} lacks the '{key}' entry")
-    config = NetworkConfig.from_dict(_json_field(payload, "config", path))
+    try:
+        config = NetworkConfig.from_dict(_json_field(payload, "config", path))
+    except ConfigError as e:  # keeps its exit code: 3 malformed, 4 unsupported
+        raise type(e)(f"{path}: {e}") from None
     state_dict = payload["state_dict"]
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in state_dict.items()):
         raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
     for name, tensor in state_dict.items():
         if tensor.is_floating_point():
             bad = int((~torch.isfinite(tensor)).sum())
             if bad:
                 raise CheckpointError(f"{path}: tensor '{name}' has {bad} NaN/Inf value(s)")
+    meta = _json_field(payload, "meta", path)
+    _check_fields(meta, META_FIELDS, f"{path}: 'meta'")
+    if meta.get("float_parent") is not None:
+        _check_fields(meta["float_parent"], FLOAT_PARENT_FIELDS, f"{path}: meta 'float_parent'", required=("path",))
+    quant = _json_field(payload, "quant", path) if "quant" in payload else None
+    if quant is not None:
+        _check_fields(quant, QUANT_FIELDS, f"{path}: 'quant'", required=("version", "vth_mant"))
+    if payload.get("train_state") is not None:
+        _check_train_state(payload["train_state"], path)
     return Checkpoint(
         config=config,
         state_dict=state_dict,
-        meta=_json_field(payload, "meta", path),
-        quant=_json_field(payload, "quant", path) if "quant" in payload else None,
+        meta=meta,
+        quant=quant,
         train_state=payload.get("train_state"),
         path=path,
         sha256=file_sha256(path),
@@ -162,9 +212,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> XOResNet:
-    """Build the network of ``ckpt`` and load its tensors (strict), in eval mode."""
-    model = build_network(ckpt.config)
-    expected = model.state_dict()
+    """Build the network of ``ckpt`` and load its tensors (strict), in eval mode.
+
+    The tensors are compared with the config's on the meta device first, so a config whose
+    network would not fit in memory is refused for its tensors instead of being allocated.
+    """
+    with torch.device("meta"):
+        expected = build_network(ckpt.config).state_dict()
     missing = sorted(set(expected) - set(ckpt.state_dict))
     unexpected = sorted(set(ckpt.state_dict) - set(expected))
     if missing or unexpected:
@@ -173,10 +227,11 @@ def model_from_checkpoint(ckpt: Checkpoint) -> XOResNet:
             f"{ckpt.path}: tensors do not match its config ({len(missing)} missing, {len(unexpected)} unexpected; {what})"
         )
     for name, tensor in ckpt.state_dict.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"{ckpt.path}: tensor '{name}' has shape {tuple(tensor.shape)}, config needs {tuple(expected[name].shape)}"
-            )
+        need = expected[name]
+        if tensor.shape != need.shape or tensor.dtype != need.dtype:
+            raise CheckpointError(f"{ckpt.path}: tensor '{name}' is {tuple(tensor.shape)} {tensor.dtype}, "
+                                  f"its config needs {tuple(need.shape)} {need.dtype}")
+    model = build_network(ckpt.config)
     model.load_state_dict(ckpt.state_dict)
     return model.eval()
 

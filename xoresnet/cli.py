@@ -1,4 +1,8 @@
-"""Command-line entry points ``xoresnet-train`` and ``xoresnet-eval`` (exit codes: :mod:`xoresnet.errors`)."""
+"""Command-line entry points ``xoresnet-train`` and ``xoresnet-eval`` (exit codes: :mod:`xoresnet.errors`).
+
+Every bad flag value is a usage error (exit 2, one line): argparse's own checks, the value types
+below, and the network config's refusals of the architecture, block and neuron flags.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,28 @@ import dataclasses
 import json
 import sys
 
+import torch
+
 from .config import ARCH_PRESETS, BLOCK_PRESETS, MERGES, SELECTIONS, SHORTCUTS, NetworkConfig
-from .errors import run_cli
+from .errors import CheckpointError, ConfigError, OneLineArgumentParser, UsageError, number, run_cli
+
+
+POSITIVE_INT = number(int)
+POSITIVE = number(float)
+NON_NEGATIVE = number(float, inclusive=True)
+
+
+def device_name(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N``, a device this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"no device {text} on this machine ({torch.cuda.device_count()} CUDA devices)")
+    return text
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -21,25 +45,31 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 
 
 def network_config_from_args(args: argparse.Namespace) -> NetworkConfig:
-    """The config that ``xoresnet-train``'s architecture and block flags describe."""
+    """The config that ``xoresnet-train``'s architecture and block flags describe.
+
+    A config the flags make invalid or unsupported is the user's usage error (:class:`UsageError`).
+    """
     from .data import DATASETS
 
     info = DATASETS[args.dataset]
     block = BLOCK_PRESETS[args.block]
     block = dataclasses.replace(block, **{k: v for k, v in (("selection", args.selection), ("merge", args.merge),
                                                             ("shortcut", args.shortcut)) if v is not None})
-    base = NetworkConfig.preset(args.arch, block=block)
-    neuron = dataclasses.replace(base.neuron, **{k: v for k, v in (("du", args.du), ("dv", args.dv), ("vth", args.vth),
-                                                                   ("reset", args.reset)) if v is not None})
     overrides = dict(input_size=info.input_size, in_channels=info.in_channels, num_classes=info.num_classes,
-                     input_levels=info.input_levels, timesteps=args.timesteps, neuron=neuron)
+                     input_levels=info.input_levels, timesteps=args.timesteps)
     if args.width_factor is not None:
         overrides["width_factor"] = args.width_factor
-    return base.replace(**overrides)
+    neuron = {k: v for k, v in (("du", args.du), ("dv", args.dv), ("vth", args.vth), ("reset", args.reset))
+              if v is not None}
+    try:
+        base = NetworkConfig.preset(args.arch, block=block)
+        return base.replace(neuron=dataclasses.replace(base.neuron, **neuron), **overrides)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="xoresnet-train",
         description="Train an XOResNet; evaluates on the held-out split every epoch and writes a resumable "
                     "checkpoint after each one. Runs on CUDA when present; under torchrun it trains data-parallel.")
@@ -59,26 +89,26 @@ def train_parser() -> argparse.ArgumentParser:
     n.add_argument("--vth", type=float, help="threshold (default 1.0)")
     n.add_argument("--reset", choices=("hard", "soft"), help="soft reset trains but cannot be deployed")
     t = p.add_argument_group("optimisation")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--epochs", type=POSITIVE_INT, default=30, help="total epochs (a resumed run trains up to it)")
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=64)
+    t.add_argument("--lr", type=POSITIVE, default=1e-3, help="initial learning rate (cosine annealing to 0)")
+    t.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4)
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-augment", action="store_true", help="no random translation/flips")
     o = p.add_argument_group("run")
     o.add_argument("--out", default="runs/model.pt", help="checkpoint path (written after every epoch)")
     o.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
-    o.add_argument("--limit-train", type=int, help="use only the first N training samples")
-    o.add_argument("--limit-test", type=int, help="use only the first N test samples")
-    o.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    o.add_argument("--limit-train", type=POSITIVE_INT, help="use only the first N training samples")
+    o.add_argument("--limit-test", type=POSITIVE_INT, help="use only the first N test samples")
+    o.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     q = p.add_argument_group("quantization-aware training")
     q.add_argument("--qat", action="store_true",
                    help="fine-tune the float model --init through the exact Loihi integer forward "
                         "(architecture flags are taken from --init)")
     q.add_argument("--init", help="float checkpoint to start quantization-aware training from")
-    q.add_argument("--calib-samples", type=int, default=64,
+    q.add_argument("--calib-samples", type=POSITIVE_INT, default=64,
                    help="training images used to choose the Loihi scales (default 64)")
     return p
 
@@ -88,6 +118,8 @@ def train_main(argv: list[str] | None = None) -> None:
         from .training import TrainOptions, train
 
         args = train_parser().parse_args(argv)
+        if args.qat != bool(args.init):
+            raise UsageError("--qat fine-tunes the float model of --init: give both or neither")
         config = None if args.qat else network_config_from_args(args)
         opts = TrainOptions(
             dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
@@ -105,36 +137,40 @@ def train_main(argv: list[str] | None = None) -> None:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xoresnet-eval",
-                                description="Accuracy and firing rates of a checkpoint on a dataset split.")
+    p = OneLineArgumentParser(prog="xoresnet-eval",
+                              description="Accuracy and firing rates of a checkpoint on a dataset split.")
     p.add_argument("checkpoint")
     _add_data_args(p, required=False)
     p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument("--limit", type=int, help="evaluate only the first N samples")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N samples")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=256)
+    p.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--integer", action="store_true",
                    help="also run the Loihi integer model (calibrated on --calib-samples training images, or the "
                         "scales a quantization-aware trained checkpoint carries) on the integer reference")
-    p.add_argument("--calib-samples", type=int, default=64, help="training images for calibration (default 64)")
+    p.add_argument("--calib-samples", type=POSITIVE_INT, default=64,
+                   help="training images for calibration (default 64)")
     return p
 
 
 def eval_main(argv: list[str] | None = None) -> None:
     def main() -> int:
-        import torch
-
         from .checkpoint import load_model
         from .data import load_dataset
         from .errors import DataError
-        from .training import evaluate
+        from .training import dataset_mismatch, evaluate
 
         args = eval_parser().parse_args(argv)
         model, ckpt = load_model(args.checkpoint)
         dataset = args.dataset or ckpt.meta.get("dataset")
         if dataset is None:
             raise DataError("the checkpoint does not name its dataset: pass --dataset")
+        mismatch = dataset_mismatch(model.config, dataset)
+        if mismatch and args.dataset:
+            raise UsageError(f"--dataset {dataset}: {mismatch}")
+        if mismatch:
+            raise CheckpointError(f"{args.checkpoint}: its meta names dataset {dataset!r}, but {mismatch}")
         ds = load_dataset(dataset, args.split, args.data_dir, limit=args.limit)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         result = evaluate(model.to(device), ds, batch_size=args.batch_size, device=device, stats=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigFormatError
 from .neuron import NeuronSpec, on_decay_grid
 
 BLOCK_TYPES = ("basic", "bottleneck")
@@ -30,7 +33,8 @@ class BlockSpec:
     ``selection``: input of the backbone. ``prev_input`` (default): ``M_l = S_l XOR S_{l-1}``
     where the previous block is in the same stage with an input of the same shape, else
     ``M_l = S_l``; ``mid``: XOR of the first backbone layer's spikes with ``S_l`` before the second
-    conv, where their shapes match (stride-1 BasicBlocks); ``none``: ``M_l = S_l``.
+    conv, in the BasicBlocks where their shapes match (stride 1, same channels; the others use
+    ``M_l = S_l``), refused for Bottleneck blocks (see :func:`check_block`); ``none``: ``M_l = S_l``.
     ``merge``: how the backbone meets the shortcut. ``or`` (default), ``xor``, ``add`` (SEW-ADD,
     spike counts), ``iand`` (SEW-IAND, ``NOT A AND S``) merge spikes; ``add_current`` adds the
     shortcut's spikes as a current (weight 1) into the backbone's last neuron (Spiking ResNet).
@@ -110,33 +114,27 @@ class NetworkConfig:
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(msg)
-
-        need(self.block_type in BLOCK_TYPES, f"block_type {self.block_type!r} is not one of {BLOCK_TYPES}")
-        need(len(self.blocks_per_stage) >= 1 and all(b >= 1 for b in self.blocks_per_stage),
-             f"blocks_per_stage must be positive integers, got {list(self.blocks_per_stage)}")
-        need(self.base_width >= 1 and self.width_factor > 0, "base_width and width_factor must be positive")
-        need(self.input_size >= 4, f"input_size {self.input_size} is too small (>= 4)")
-        need(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 are required")
-        need(self.timesteps >= 1, f"timesteps must be >= 1, got {self.timesteps}")
-        need(1 <= self.input_levels <= 255,
-             f"input_levels must be in 1..255 (8-bit graded input spikes), got {self.input_levels}")
-        need(self.stem in STEMS, f"stem {self.stem!r} is not one of {STEMS}")
-        b, n = self.block, self.neuron
-        need(b.selection in SELECTIONS, f"selection {b.selection!r} is not one of {SELECTIONS}")
-        need(b.merge in MERGES, f"merge {b.merge!r} is not one of {MERGES}")
-        need(b.shortcut in SHORTCUTS, f"shortcut {b.shortcut!r} is not one of {SHORTCUTS}")
-        need(not (b.merge == "add" and b.selection != "none"),
-             "merge 'add' makes block inputs spike counts, on which XOR selection is undefined: use selection 'none'")
-        need(n.vth > 0, f"neuron vth must be positive, got {n.vth}")
-        need(n.reset in ("hard", "soft"), f"neuron reset {n.reset!r} is not 'hard' or 'soft'")
-        need(on_decay_grid(n.du, offset=1),
-             f"neuron du={n.du} is not on Loihi's 12-bit grid: du must be (k + 1) / 4096 for k in 0..4095")
-        need(on_decay_grid(n.dv, offset=0),
-             f"neuron dv={n.dv} is not on Loihi's 12-bit grid: dv must be k / 4096 for k in 0..4095")
-        need(n.surrogate_alpha > 0, "surrogate_alpha must be positive")
+        _need(self.block_type in BLOCK_TYPES, f"block_type {self.block_type!r} is not one of {BLOCK_TYPES}")
+        _need(len(self.blocks_per_stage) >= 1 and all(b >= 1 for b in self.blocks_per_stage),
+              f"blocks_per_stage must be positive integers, got {list(self.blocks_per_stage)}")
+        _need(self.base_width >= 1 and 0 < self.width_factor < math.inf,
+              f"base_width and width_factor must be positive, got {self.base_width} and {self.width_factor}")
+        _need(self.input_size >= 4, f"input_size {self.input_size} is too small (>= 4)")
+        _need(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 are required")
+        _need(self.timesteps >= 1, f"timesteps must be >= 1, got {self.timesteps}")
+        _need(1 <= self.input_levels <= 255,
+              f"input_levels must be in 1..255 (8-bit graded input spikes), got {self.input_levels}")
+        _need(self.stem in STEMS, f"stem {self.stem!r} is not one of {STEMS}")
+        check_block(self.block_type, self.block, f"architecture {self.arch!r}")
+        n = self.neuron
+        _need(0 < n.vth < math.inf, f"neuron vth must be positive and finite, got {n.vth}")
+        _need(n.reset in ("hard", "soft"), f"neuron reset {n.reset!r} is not 'hard' or 'soft'")
+        _need(math.isfinite(n.du) and on_decay_grid(n.du, offset=1),
+              f"neuron du={n.du} is not on Loihi's 12-bit grid: du must be (k + 1) / 4096 for k in 0..4095")
+        _need(math.isfinite(n.dv) and on_decay_grid(n.dv, offset=0),
+              f"neuron dv={n.dv} is not on Loihi's 12-bit grid: dv must be k / 4096 for k in 0..4095")
+        _need(0 < n.surrogate_alpha < math.inf,
+              f"surrogate_alpha must be positive and finite, got {n.surrogate_alpha}")
 
     # ----------------------------------------------------------------- (de)serialization
     def to_dict(self) -> dict[str, Any]:
@@ -149,28 +147,19 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "NetworkConfig":
-        if not isinstance(d, dict):
-            raise ConfigError("network config must be a JSON object")
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown network config key(s): {', '.join(unknown)}")
-        try:
-            if "neuron" in d:
-                d["neuron"] = _sub(NeuronSpec, d["neuron"], "neuron")
-            if "block" in d:
-                d["block"] = _sub(BlockSpec, d["block"], "block")
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"invalid network config: {e}") from None
+        """The config of a JSON object (missing keys take their defaults).
+
+        Raises :class:`ConfigFormatError` for a malformed object (not an object, unknown keys, a
+        value of the wrong JSON kind) and :class:`ConfigError` for a well-formed unsupported one.
+        """
+        return _from_json_object(cls, d, "network config")
 
     @classmethod
     def from_json(cls, text: str) -> "NetworkConfig":
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
-            raise ConfigError(f"network config is not valid JSON: {e}") from None
+            raise ConfigFormatError(f"network config is not valid JSON: {e}") from None
 
     @classmethod
     def preset(cls, arch: str, *, block: str | BlockSpec = "xor-or", **overrides: Any) -> "NetworkConfig":
@@ -187,13 +176,92 @@ class NetworkConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _sub(kind, value, name):
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def check_block(block_type: str, spec: BlockSpec, where: str) -> None:
+    """Raise :class:`ConfigError` for block switches that ``xoresnet-block.md`` leaves undefined.
+
+    ``where``: what the blocks belong to (``architecture 'xoresnet50'``), named in the message.
+    """
+    _need(spec.selection in SELECTIONS, f"selection {spec.selection!r} is not one of {SELECTIONS}")
+    _need(spec.merge in MERGES, f"merge {spec.merge!r} is not one of {MERGES}")
+    _need(spec.shortcut in SHORTCUTS, f"shortcut {spec.shortcut!r} is not one of {SHORTCUTS}")
+    _need(not (spec.merge == "add" and spec.selection != "none"),
+          "merge 'add' makes block inputs spike counts, on which XOR selection is undefined: use selection 'none'")
+    _need(not (spec.selection == "mid" and block_type == "bottleneck"),
+          f"selection 'mid' is not defined for Bottleneck blocks ({where}): it XORs the first backbone "
+          f"layer's spikes with the block input S_l, but a Bottleneck's first layer has 'planes' channels and S_l "
+          f"{BOTTLENECK_EXPANSION} x planes; use selection 'prev_input' or 'none'")
+
+
+# JSON kinds of the field types of the config dataclasses and checkpoint entries, as named in errors.
+_KIND_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
+               list: "an array", dict: "an object"}
+
+
+def has_json_kind(value: Any, hint: Any) -> bool:
+    """True when the JSON ``value`` fits the type ``hint``: ``int``, ``float`` (finite; no bool for
+    numbers), ``str``, ``bool``, ``list``, ``dict``, ``tuple[X, ...]`` or ``list[X]`` (an array),
+    ``dict[str, X]`` (an object) or a union with ``None`` (null)."""
+    if hint in (bool, str, list, dict):
+        return isinstance(value, hint)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple)) and all(has_json_kind(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(has_json_kind(k, args[0]) and has_json_kind(v, args[1])
+                                               for k, v in value.items())
+    if origin in (typing.Union, types.UnionType):
+        return any(value is None if a is type(None) else has_json_kind(value, a) for a in args)
+    raise TypeError(f"no JSON kind for type {hint!r}")  # a new field type: teach has_json_kind
+
+
+def json_kind_name(hint: Any) -> str:
+    """How error messages name the JSON kind of ``hint`` (see :func:`has_json_kind`)."""
+    if hint in _KIND_NAMES:
+        return _KIND_NAMES[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (tuple, list):
+        return f"an array of items each {json_kind_name(args[0])}"
+    if origin is dict:
+        return f"an object of values each {json_kind_name(args[1])}"
+    return " or ".join("null" if a is type(None) else json_kind_name(a) for a in args)
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON for an error message, cut to about ``limit`` characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _from_json_object(kind: type, value: Any, name: str) -> Any:
+    """The dataclass ``kind`` (a config or one of its nested specs) of the JSON object ``value``."""
     if isinstance(value, kind):
         return value
     if not isinstance(value, dict):
-        raise ConfigError(f"network config '{name}' must be an object")
+        raise ConfigFormatError(f"{name} must be a JSON object, got {shown(value)}")
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(value) - known)
     if unknown:
-        raise ConfigError(f"unknown '{name}' config key(s): {', '.join(unknown)}")
-    return kind(**value)
+        raise ConfigFormatError(f"unknown {name} key(s): {', '.join(map(str, unknown))}")
+    fields = {}
+    for key, hint in typing.get_type_hints(kind).items():
+        if key not in value:
+            continue
+        if dataclasses.is_dataclass(hint):
+            fields[key] = _from_json_object(hint, value[key], f"{name} '{key}'")
+        elif has_json_kind(value[key], hint):
+            fields[key] = value[key]
+        else:
+            raise ConfigFormatError(f"{name} field '{key}' must be {json_kind_name(hint)}, got {shown(value[key])}")
+    return kind(**fields)

@@ -8,19 +8,32 @@ code  meaning
 ====  =============================================================================
 0     success
 1     internal error (a bug: please report it; ``XORESNET_DEBUG=1`` shows the traceback)
-2     usage error (bad command-line arguments)
-3     bad input file: missing, corrupt or refused checkpoint; missing dataset files
-4     model not deployable: unsupported architecture or neuron, NaN/Inf weights,
-      a parameter outside Loihi 2's ranges, a design-rule violation
+2     usage error: a bad command-line argument, including a network flag the config refuses
+3     bad input file: missing, corrupt, malformed or refused checkpoint (a field of the wrong
+      JSON kind, NaN/Inf weights, ...); missing dataset files
+4     model not deployable: unsupported architecture or neuron, a parameter outside
+      Loihi 2's ranges, a design-rule violation
 5     parity failure: Lava and the integer reference disagree (dispatch blocked)
 6     the Lava simulation failed or timed out
 7     hardware dispatch requested but the Loihi 2 stack (lava-loihi) is unavailable
 130   interrupted (Ctrl-C)
 ====  =============================================================================
+
+A network config is refused with :class:`ConfigError`; its code depends on where the config
+came from. Read from a checkpoint, a well-formed config that names something this xoresnet does
+not build or deploy (an unknown block type or stem, selection ``mid`` in a Bottleneck, a decay
+off Loihi's grid, ...) is exit 4, like any unsupported model, and a malformed one (not a JSON
+object, unknown keys, a field of the wrong JSON kind) is :class:`ConfigFormatError`, exit 3. Built
+from command-line flags, every refusal is the user's usage error: the CLI re-raises it as
+:class:`UsageError`, exit 2. The ``arch`` field is a label (the layers come from ``block_type``
+and ``blocks_per_stage``), so an unknown architecture name is a usage error for ``--arch`` and
+no error at all inside a checkpoint.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 from typing import Callable, NoReturn
@@ -30,10 +43,22 @@ class XoresnetError(Exception):
     exit_code = 1
 
 
+class UsageError(XoresnetError):
+    """A bad command-line argument (what argparse reports, as one line)."""
+
+    exit_code = 2
+
+
 class ConfigError(XoresnetError):
-    """An invalid or unsupported network configuration."""
+    """A well-formed but unsupported network configuration (see the module docstring)."""
 
     exit_code = 4
+
+
+class ConfigFormatError(ConfigError):
+    """A malformed network configuration: not an object, unknown keys, a field of the wrong kind."""
+
+    exit_code = 3
 
 
 class CheckpointError(XoresnetError):
@@ -68,6 +93,28 @@ class LavaRunError(XoresnetError):
 
 class DispatchUnavailableError(XoresnetError):
     exit_code = 7
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`UsageError` instead of printing the
+    multi-line usage: :func:`run_cli` prints them as one line, exit 2. Parse inside ``run_cli``;
+    ``--help`` still prints the full help and exits with 0."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def number(kind: type, *, minimum: float = 0, inclusive: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: a finite ``kind`` (``int`` or ``float``) above ``minimum`` (or equal, ``inclusive``)."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum}, got {text}")
+        return value
+    return parse
 
 
 def run_cli(prog: str, main: Callable[[], int | None]) -> NoReturn:

@@ -1,8 +1,9 @@
 """Training and evaluation loops (single process, CUDA when present, or data-parallel under torchrun).
 
 Data parallelism is PyTorch's own DistributedDataParallel: launched by ``torchrun``
-(``WORLD_SIZE`` > 1) it uses NCCL on GPUs and Gloo on CPUs, shards data with
-``DistributedSampler``, and only rank 0 writes checkpoints and prints.
+(``WORLD_SIZE`` > 1) it uses NCCL on GPUs and Gloo on CPUs, shards the training data with
+``DistributedSampler``, evaluates every held-out sample exactly once (:func:`eval_shard`), and
+only rank 0 writes checkpoints and prints.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import datetime as _dt
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,10 +24,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import load_checkpoint, load_model, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint
 from .config import NetworkConfig
-from .data import IntImageDataset, load_dataset, make_loader
-from .errors import CheckpointError
+from .data import DATASETS, IntImageDataset, load_dataset, make_loader
+from .errors import CheckpointError, UsageError
 from .network import XOResNet, build_network
 from .stats import recording
 
@@ -105,18 +107,34 @@ def augment_batch(x: torch.Tensor, kind: Optional[tuple[str, int]], gen: torch.G
     return out
 
 
+def eval_shard(samples: int, ctx: DistContext) -> range:
+    """Indices of the held-out samples that rank ``ctx.rank`` evaluates: every ``world_size``-th one.
+
+    The shards of all ranks partition ``range(samples)``: each sample is counted exactly once
+    (``DistributedSampler`` would pad the last shard with duplicates).
+    """
+    return range(ctx.rank, samples, ctx.world_size)
+
+
 @torch.no_grad()
 def evaluate(model: XOResNet, ds: IntImageDataset, *, batch_size: int = 256, device: torch.device | str = "cpu",
              stats: bool = False, ctx: Optional[DistContext] = None, progress: bool = False) -> dict[str, Any]:
-    """Accuracy and mean cross-entropy on ``ds``; with ``stats``, firing rates and block counts."""
+    """Accuracy and mean cross-entropy on ``ds``; with ``stats``, firing rates and block counts.
+
+    Data-parallel (``ctx.world_size`` > 1): every rank first takes rank 0's batch-norm statistics
+    (DDP leaves each rank with those of its own last batch), so all ranks evaluate the model rank 0
+    saves, each on its :func:`eval_shard`, and the totals are summed over the ranks.
+    """
     ctx = ctx or DistContext(device=torch.device(device))
+    net = model.module if hasattr(model, "module") else model
     sampler = None
     if ctx.world_size > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(ds, shuffle=False, drop_last=False)
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
+        sampler = eval_shard(len(ds), ctx)
     loader = make_loader(ds, batch_size, shuffle=False, sampler=sampler)
     was_training = model.training
     model.eval()
-    net = model.module if hasattr(model, "module") else model
     totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # correct, loss sum, count
     summary = None
     with recording(net) if stats else contextlib.nullcontext() as rec:
@@ -138,6 +156,19 @@ def evaluate(model: XOResNet, ds: IntImageDataset, *, batch_size: int = 256, dev
     return out
 
 
+def dataset_mismatch(config: NetworkConfig, dataset: str) -> Optional[str]:
+    """Why the network of ``config`` cannot take the images of the dataset named ``dataset``; None if it can."""
+    if dataset not in DATASETS:
+        return f"{dataset!r} is not a known dataset ({', '.join(DATASETS)})"
+    info = DATASETS[dataset]
+    want = (config.input_size, config.in_channels, config.input_levels, config.num_classes)
+    have = (info.input_size, info.in_channels, info.input_levels, info.num_classes)
+    if want == have:
+        return None
+    text = "{0}x{0}x{1} images with pixels 0..{2} in {3} classes"
+    return f"the network takes {text.format(*want)}, {dataset} has {text.format(*have)}"
+
+
 def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet, dict[str, Any]]:
     """The float model of ``opts.init``, calibrated on the first ``calib_samples`` training samples and
     switched to its exact integer forward; returns it with the quantization spec (JSON-able)."""
@@ -146,18 +177,60 @@ def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet
     from deploy.nir_export import export_nir
 
     if not opts.init:
-        raise CheckpointError("--qat fine-tunes a trained float model: pass it with --init model.pt")
+        raise UsageError("--qat fine-tunes a trained float model: pass it with --init model.pt")
     model, ckpt = load_model(opts.init)
     if ckpt.quant is not None:
         raise CheckpointError(f"{opts.init} is already quantization-aware trained; start from its float parent")
     if ckpt.meta.get("dataset") not in (None, opts.dataset):
         raise CheckpointError(f"{opts.init} was trained on {ckpt.meta['dataset']}, not {opts.dataset}")
+    mismatch = dataset_mismatch(model.config, opts.dataset)
+    if mismatch:
+        raise CheckpointError(f"{opts.init} cannot be fine-tuned on {opts.dataset}: {mismatch}")
     calibration = calibrate_nir(export_nir(model), train_ds.pixels[: opts.calib_samples])
     enable_qat(model, calibration.spec)
     opts.extra_meta["float_parent"] = {"path": str(opts.init), "sha256": ckpt.sha256,
                                        "test_accuracy": ckpt.meta.get("test_accuracy"),
                                        "test_samples": ckpt.meta.get("test_samples")}
     return model, calibration.spec.to_dict()
+
+
+def make_optimizer(model: XOResNet, opts: TrainOptions) -> torch.optim.Optimizer:
+    """AdamW, or SGD with momentum 0.9, over the trainable parameters, at ``opts.lr``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opts.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
+    return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, start_epoch: int
+                   ) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """Cosine annealing from ``opts.lr`` to 0 over ``opts.epochs`` epochs, advanced to ``start_epoch``.
+
+    A resumed run rebuilds the schedule for its own ``--epochs`` (a run extended beyond the
+    epochs it was started with keeps learning) and replays its first ``start_epoch`` steps, with
+    the floating-point operations of an uninterrupted run: resuming with the same ``--epochs``
+    gives bit for bit the learning rates of a run that was never stopped.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = opts.lr
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opts.epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "step() before optimizer.step()": replaying epochs already trained
+        for _ in range(start_epoch):
+            scheduler.step()
+    return scheduler
+
+
+def restore_train_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> int:
+    """Load the optimizer and RNG state of ``ckpt`` for a resume; returns the epochs it has trained."""
+    try:
+        optimizer.load_state_dict(ckpt.train_state["optimizer"])
+        torch.set_rng_state(ckpt.train_state["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot resume {ckpt.path}: its training state does not fit the model ({first})"
+                              ) from None
+    return ckpt.train_state["epoch"]
 
 
 def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]:
@@ -186,8 +259,7 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
                                   f"trained, but --qat was{'' if opts.qat else ' not'} given")
         if not opts.qat and ckpt.config != config:
             raise CheckpointError(f"cannot resume {out}: its network config differs from the requested one")
-        model = build_network(ckpt.config)
-        model.load_state_dict(ckpt.state_dict)
+        model = model_from_checkpoint(ckpt).train()
         quant = ckpt.quant
         if quant is not None:
             enable_qat(model, QuantSpec.from_dict(quant))
@@ -196,27 +268,24 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
     else:
         model = build_network(config)
     model = model.to(ctx.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if opts.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9, weight_decay=opts.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(opts.epochs, 1))
+    optimizer = make_optimizer(model, opts)
     start_epoch, history = 0, []
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt.train_state["optimizer"])
-        scheduler.load_state_dict(ckpt.train_state["scheduler"])
-        torch.set_rng_state(ckpt.train_state["rng"])
-        start_epoch = int(ckpt.train_state["epoch"])
+        start_epoch = restore_train_state(ckpt, optimizer)
         history = list(ckpt.meta.get("history", []))
+    if start_epoch >= opts.epochs:
+        raise UsageError(f"nothing to train: --epochs {opts.epochs}"
+                         + (f", and {out} has already trained {start_epoch} epoch(s)" if ckpt is not None else ""))
+    scheduler = make_scheduler(optimizer, opts, start_epoch)
     net = model
     if ctx.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     aug = AUGMENT.get(opts.dataset) if opts.augment else None
-    gen = torch.Generator().manual_seed(opts.seed + 1000 * start_epoch + ctx.rank)
     started = time.time()
     for epoch in range(start_epoch, opts.epochs):
+        gen = torch.Generator().manual_seed(opts.seed + 1000 * epoch + ctx.rank)  # per epoch: resumable
+        lr = optimizer.param_groups[0]["lr"]
         sampler = None
         if ctx.world_size > 1:
             sampler = torch.utils.data.distributed.DistributedSampler(train_ds, shuffle=True, seed=opts.seed)
@@ -247,8 +316,9 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
             dist.all_reduce(sums)
             seen, loss_sum, correct = int(sums[0]), float(sums[1]), int(sums[2])
         metrics = evaluate(model, test_ds, device=ctx.device, ctx=ctx, batch_size=max(opts.batch_size, 128))
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                  "test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+                  "train_accuracy": correct / max(seen, 1), "test_loss": metrics["loss"],
+                  "test_accuracy": metrics["accuracy"], "test_samples": metrics["samples"]}
         if quant is not None:
             record["integer"] = True  # the QAT forward is the Loihi integer forward
         history.append(record)
@@ -257,8 +327,7 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
                   f"train {100 * record['train_accuracy']:.2f}%  test {100 * record['test_accuracy']:.2f}%",
                   flush=True)
             meta = training_meta(opts, ctx, train_ds, test_ds, history, time.time() - started)
-            train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+            train_state = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
             save_checkpoint(out, model, meta, quant=quant, train_state=train_state)
     if ctx.world_size > 1:
         dist.barrier()
