@@ -18,12 +18,14 @@ weights share one unit ("a-units"); ``v`` is in "v-units" = 64 a-units.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .ranges import (  # noqa: F401  (re-exported: the arithmetic and its ranges read as one module)
     A_LIMIT, ACT_SHIFT, BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_SHIFT, DECAY_UNITY, DELAY_MAX, DU_RANGE, DV_RANGE,
     MESSAGE_BITS_GRADED, UV_HALF, V_LIMIT, VTH_RANGE, WEIGHT_RANGE_EXCITATORY, WEIGHT_RANGE_INHIBITORY,
-    WEIGHT_RANGE_MIXED)
+    WEIGHT_RANGE_MIXED, sign_mode, weight_range)
 
 
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +63,12 @@ def shift_exp(acc: torch.Tensor, exp: int) -> torch.Tensor:
     return acc << exp if exp >= 0 else acc >> (-exp)
 
 
+def decay_codes(du: float, dv: float) -> tuple[int, int]:
+    """Loihi's 12-bit ``(du, dv)`` registers for float decays on the grid: the current decays by
+    ``(du_code + 1) / 4096`` (the ``du + 1`` offset), the voltage by ``dv_code / 4096``."""
+    return round(du * DECAY_UNITY) - 1, round(dv * DECAY_UNITY)
+
+
 def bias_value(mant: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
     """Effective per-neuron bias in v-units: ``mant << exp`` (``exp`` >= 0) or ``mant >> -exp``."""
     return torch.where(exp >= 0, mant << exp.clamp(min=0), mant >> (-exp).clamp(min=0))
@@ -78,6 +86,25 @@ def lif_step(
     h = torch.clamp(decay_rtz(v, DECAY_UNITY - dv) + u + bias, -V_LIMIT, V_LIMIT)
     s = h > (vth << ACT_SHIFT)
     return u, h, s, torch.where(s, torch.zeros_like(h), h)
+
+
+def integrate(a: torch.Tensor, *, du: int, dv: int, bias: torch.Tensor, vth: int, record_state: bool = False
+              ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Run :func:`lif_step` over the input sequence ``a [T, ...]`` (int64 a-units) from zero state.
+
+    Returns ``(s, u, v)``: spikes (bool ``[T, ...]``) and, with ``record_state``, the post-step
+    current and post-reset voltage (int64 v-units, ``[T, ...]``; else ``None``).
+    """
+    u = torch.zeros_like(a[0])
+    v = torch.zeros_like(a[0])
+    s_seq = torch.empty(a.shape, dtype=torch.bool, device=a.device)
+    u_seq = torch.empty_like(a) if record_state else None
+    v_seq = torch.empty_like(a) if record_state else None
+    for t in range(a.shape[0]):
+        u, _h, s_seq[t], v = lif_step(u, v, a[t], du=du, dv=dv, bias=bias, vth=vth)
+        if record_state:
+            u_seq[t], v_seq[t] = u, v
+    return s_seq, u_seq, v_seq
 
 
 # ---------------------------------------------------------------------- synapses
@@ -100,3 +127,19 @@ def dense_current(x: torch.Tensor, weight: torch.Tensor, weight_exp: int) -> tor
 def identity_current(x: torch.Tensor, weight: torch.Tensor, weight_exp: int) -> torch.Tensor:
     """A diagonal ``Sparse`` synapse: element-wise ``(w * x) << weight_exp``."""
     return shift_exp(x.to(torch.int64) * weight.to(torch.int64), weight_exp)
+
+
+def synapse_current(syn, x: torch.Tensor, weight: torch.Tensor, shape: Optional[tuple[int, ...]] = None
+                    ) -> torch.Tensor:
+    """Integer output (int64 a-units, ``[N, ...]``) of the integer-graph synapse ``syn`` (its ``kind``,
+    ``graded``, ``weight_exp``, ``stride``, ``padding``, ``groups``) with ``weight`` (``syn.weight``
+    as a tensor on ``x``'s device) for source values ``x [N, *source_shape]``: pixels for a graded
+    synapse, else spikes (any non-zero value counts 1, as Lava's binary ``num_message_bits = 0``).
+    Dense outputs are ``[N, n_out]``, or ``[N, *shape]`` when the target's ``shape`` is given."""
+    x = x if syn.graded else (x != 0)
+    if syn.kind == "conv":
+        return conv_current(x, weight, stride=syn.stride, padding=syn.padding, groups=syn.groups)
+    if syn.kind == "dense":
+        out = dense_current(x, weight, syn.weight_exp)
+        return out if shape is None else out.view((out.shape[0],) + tuple(shape))
+    return identity_current(x, weight, syn.weight_exp)

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deploy.nir_export import read_graph_meta, read_node_meta
-from deploy.nir_interpreter import NEURON_TYPES, predecessors, topological_order
+from deploy.nir_export import read_meta
+from deploy.nir_interpreter import NEURON_TYPES, pair, predecessors, topological_order
 from xoresnet.errors import UnsupportedModelError
 
 from .integer_graph import INPUT, READOUT
-
-DECAY_GRID = 4096
+from .ranges import DECAY_UNITY
 
 
 @dataclass
@@ -85,21 +84,16 @@ def _uniform(name: str, what: str, value) -> float:
 
 
 def _decay(name: str, what: str, value: float, offset: int) -> float:
-    code = value * DECAY_GRID - offset
-    if abs(code - round(code)) > 1e-3 or not 0 <= round(code) <= DECAY_GRID - 1:
+    code = value * DECAY_UNITY - offset
+    if abs(code - round(code)) > 1e-3 or not 0 <= round(code) <= DECAY_UNITY - 1:
         raise UnsupportedModelError(
             f"NIR node {name}: {what} = {value:.8g} is not on Loihi's 12-bit decay grid "
             f"({'(k+1)/4096' if offset else 'k/4096'}, k in 0..4095)")
-    return (round(code) + offset) / DECAY_GRID
+    return (round(code) + offset) / DECAY_UNITY
 
 
 def _snap_unity(x: float) -> float:
     return 1.0 if abs(x - 1.0) < 1e-6 else x
-
-
-def _pair(v) -> tuple[int, int]:
-    a = np.asarray(v).reshape(-1)
-    return int(a[0]), int(a[-1])
 
 
 def _neuron_params(name: str, node: nir.NIRNode, dt: float) -> tuple[float, float, float, float, np.ndarray]:
@@ -128,7 +122,7 @@ def _shape_of(node: nir.NIRNode) -> tuple[int, ...]:
 
 def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
     """Populations, synapses and readout of ``graph`` (see the module docstring for the rules)."""
-    meta = read_graph_meta(graph)
+    meta = read_meta(graph)
     dt = float(np.asarray(graph.metadata.get("dt", 1.0)))
     order = topological_order(graph.nodes, graph.edges)
     preds = predecessors(graph)
@@ -163,7 +157,7 @@ def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
         node = nodes[name]
         if not is_pop(name):
             continue
-        ann = read_node_meta(node)
+        ann = read_meta(node)
         shape = _shape_of(node)
         if isinstance(node, nir.Threshold):
             op = ann.get("op")
@@ -189,7 +183,7 @@ def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
                     syns.append(FloatSynapse(f"{q}:{r}->{name}", source(r), name, "identity",
                                              np.broadcast_to(np.asarray(qn.scale, np.float64) * gain, shape).copy()))
             elif isinstance(qn, nir.Conv2d):
-                if isinstance(qn.padding, str) or int(qn.groups) < 1 or _pair(qn.dilation) != (1, 1):
+                if isinstance(qn.padding, str) or int(qn.groups) < 1 or pair(qn.dilation) != (1, 1):
                     raise UnsupportedModelError(f"NIR conv {q}: only numeric padding and dilation 1 are supported")
                 conv_bias = np.asarray(qn.bias, np.float64)
                 if np.any(conv_bias != 0):
@@ -204,16 +198,16 @@ def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
                     if src == INPUT:
                         w = w / levels
                     syns.append(FloatSynapse(f"{q}:{r}->{name}" if len(preds[q]) > 1 else q, src, name, "conv", w,
-                                             stride=_pair(qn.stride), padding=_pair(qn.padding), groups=int(qn.groups),
+                                             stride=pair(qn.stride), padding=pair(qn.padding), groups=int(qn.groups),
                                              graded=src == INPUT))
             elif isinstance(qn, (nir.SumPool2d, nir.AvgPool2d)):
-                k = _pair(qn.kernel_size)
+                k = pair(qn.kernel_size)
                 value = 1.0 if isinstance(qn, nir.SumPool2d) else 1.0 / (k[0] * k[1])
                 for r in preds[q]:
                     c = shape[0]
                     syns.append(FloatSynapse(f"{q}:{r}->{name}" if len(preds[q]) > 1 else q, source(r), name, "conv",
-                                             np.full((c, 1) + k, value * gain), stride=_pair(qn.stride),
-                                             padding=_pair(qn.padding), groups=c))
+                                             np.full((c, 1) + k, value * gain), stride=pair(qn.stride),
+                                             padding=pair(qn.padding), groups=c))
             else:
                 raise UnsupportedModelError(
                     f"NIR node {q} ({type(qn).__name__}) feeds population {name}; xoresnet maps Conv2d, Scale, "
@@ -256,8 +250,8 @@ def _readout(graph: nir.NIRGraph, preds, is_pop) -> tuple[list[FloatSynapse], np
     def apply(x: torch.Tensor) -> torch.Tensor:  # the chain as a linear map on [N, *shape]
         for node in reversed(chain):
             if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
-                k = _pair(node.kernel_size)
-                x = F.avg_pool2d(x, k, stride=_pair(node.stride), padding=_pair(node.padding))
+                k = pair(node.kernel_size)
+                x = F.avg_pool2d(x, k, stride=pair(node.stride), padding=pair(node.padding))
                 if isinstance(node, nir.SumPool2d):
                     x = x * (k[0] * k[1])
             elif isinstance(node, nir.Flatten):
@@ -279,8 +273,8 @@ def _is_global_pool_affine(chain: list, shape: tuple[int, ...]) -> bool:
     """``Affine <- Flatten <- AvgPool2d`` pooling the whole (H, W) of a (C, H, W) source."""
     return (len(chain) == 3 and isinstance(chain[0], (nir.Affine, nir.Linear)) and isinstance(chain[1], nir.Flatten)
             and isinstance(chain[2], nir.AvgPool2d) and len(shape) == 3
-            and _pair(chain[2].kernel_size) == tuple(shape[1:]) and _pair(chain[2].stride) == tuple(shape[1:])
-            and _pair(chain[2].padding) == (0, 0))
+            and pair(chain[2].kernel_size) == tuple(shape[1:]) and pair(chain[2].stride) == tuple(shape[1:])
+            and pair(chain[2].padding) == (0, 0))
 
 
 def global_pool_readout(weight, spatial: tuple[int, int]):

@@ -87,9 +87,7 @@ class Synapse:
     @property
     def sign_mode(self) -> str:
         """``mixed``, ``excitatory`` or ``inhibitory`` (Lava's rule: over the whole matrix)."""
-        if self.weight.size == 0 or self.weight.min() >= 0:
-            return "excitatory"
-        return "inhibitory" if self.weight.max() <= 0 else "mixed"
+        return ranges.sign_mode(self.weight)
 
 
 @dataclass
@@ -162,15 +160,10 @@ class IntegerGraph:
                     raise UnsupportedModelError(f"synapse {s.name} refers to unknown population {end}")
             w = s.weight
             mode = s.sign_mode
-            if mode == "mixed":
-                in_range(f"synapse {s.name}: weight", w, *ranges.WEIGHT_RANGE_MIXED)
-                if np.any(w % 2):
-                    raise RangeError(f"synapse {s.name}: mixed-sign weight {int(w[w % 2 != 0].flat[0])} is odd; "
-                                     "Loihi keeps 7 magnitude bits plus sign, so mixed weights must be even")
-            elif mode == "excitatory":
-                in_range(f"synapse {s.name}: weight", w, *ranges.WEIGHT_RANGE_EXCITATORY)
-            else:
-                in_range(f"synapse {s.name}: weight", w, *ranges.WEIGHT_RANGE_INHIBITORY)
+            in_range(f"synapse {s.name}: weight", w, *ranges.weight_range(mode))
+            if mode == "mixed" and np.any(w % 2):
+                raise RangeError(f"synapse {s.name}: mixed-sign weight {int(w[w % 2 != 0].flat[0])} is odd; "
+                                 "Loihi keeps 7 magnitude bits plus sign, so mixed weights must be even")
             if s.kind == "conv" and (w.ndim != 4 or min(s.stride) < 1 or s.groups < 1):
                 raise UnsupportedModelError(f"synapse {s.name}: conv weight must be 4-D with stride and groups >= 1")
             if s.kind == "conv" and s.weight_exp != 0:

@@ -31,7 +31,7 @@ from xoresnet.neuron import CubaLIF, Current, SpikeFn
 
 from . import fixed_point as fx
 from .float_graph import global_pool_readout
-from .quantize import QuantSpec, quantize_bias, quantize_weight, readout_scale, round_weight, sign_mode, weight_range
+from .quantize import QuantSpec, quantize_bias, quantize_weight, readout_scale, round_weight
 
 
 def _ste(exact: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
@@ -49,10 +49,6 @@ class QuantNeuron:
         """a-units per float unit; vth as the NIR file stores it (float32), as calibration reads it."""
         return self.vth_mant / float(np.float32(module.vth))
 
-    def codes(self, module: CubaLIF) -> tuple[int, int]:
-        du, dv = (float(d) for d in module.decays())
-        return round(du * fx.DECAY_UNITY) - 1, round(dv * fx.DECAY_UNITY)
-
     def bias_float(self, module: CubaLIF, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The neuron bias as the NIR export + calibration see it (float64, per channel)."""
         if bias is None:
@@ -67,7 +63,7 @@ class QuantNeuron:
     def neuron_forward(self, module: CubaLIF, current: Current) -> tuple[torch.Tensor, torch.Tensor]:
         a = current.x  # integer-valued a-units (float dtype, straight-through weights)
         s_scale = self.scale(module)
-        du, dv = self.codes(module)
+        du, dv = fx.decay_codes(*(float(d) for d in module.decays()))
         shape = a.shape[2:]
         bias = self.bias_float(module, current.bias)
         if bias is None:
@@ -115,7 +111,7 @@ class QuantSynapse:
         if self.graded_levels is not None:
             w = w / self.graded_levels
         w_scaled = w * self.scale
-        q = round_weight(w_scaled.detach(), sign_mode(w_scaled.detach()))
+        q = round_weight(w_scaled.detach(), fx.sign_mode(w_scaled.detach()))
         return _ste(q, w_scaled)
 
     def synapse_forward(self, cb: ConvBN, s: torch.Tensor) -> Current:
@@ -153,7 +149,7 @@ class QuantReadout:
         weight = global_pool_readout(model.head.weight.double(), (H, W))  # [K, C*H*W]
         scale = readout_scale(weight.detach())
         w_scaled = weight * scale
-        q = _ste(round_weight(w_scaled.detach(), sign_mode(w_scaled.detach())), w_scaled)
+        q = _ste(round_weight(w_scaled.detach(), fx.sign_mode(w_scaled.detach())), w_scaled)
         b_scaled = model.head.bias.double() * scale
         b = _ste(torch.round(b_scaled.detach()), b_scaled)
         logits = features.flatten(2).double() @ q.T + b
@@ -211,7 +207,7 @@ def project_to_ranges(model: XOResNet) -> None:
         scale_c, _ = cb.bn_affine()
         factor = (scale_c.double() * q.scale / (q.graded_levels or 1)).view(-1, 1, 1, 1)
         w = cb.conv.weight.double()
-        lo, hi = weight_range(sign_mode(w * factor))
+        lo, hi = fx.weight_range(fx.sign_mode(w * factor))
         bound_hi = torch.where(factor > 0, (hi + 0.5) / factor, (lo - 0.5) / factor) * (1 - 1e-9)
         bound_lo = torch.where(factor > 0, (lo - 0.5) / factor, (hi + 0.5) / factor) * (1 - 1e-9)
         cb.conv.weight.copy_(torch.minimum(torch.maximum(w, bound_lo), bound_hi).to(cb.conv.weight.dtype))

@@ -4,12 +4,25 @@ One scale ``s`` per neuron population (a-units per float unit of current): every
 is quantized as ``round(w * s)``, its bias ``bias * s * 64`` v-units as ``mant << exp``, and its
 threshold *is* the integer ``vth_mant``: the search runs over integer mantissas and sets
 ``s = vth_mant / vth``, so the threshold carries no rounding error (up to float64 arithmetic).
+
 ``s`` is bounded by what must fit Loihi 2 (the largest weight, the 17-bit threshold, the 13+3-bit
 bias and the worst-case input current, which must keep ``u`` inside 24 bits for *every* input
-pattern), and chosen among the ``candidates`` largest threshold mantissas under that bound by
-running each population on the calibration samples with its float inputs (teacher forcing):
-fewest spike mismatches against the float model, then the largest scale. Gates keep their
-integer weights and get ``vth_mant = floor(threshold)``.
+pattern); the tightest bound gives the largest threshold mantissa ``top``. Below it, ``s`` scales
+weights, bias and threshold together, so it changes nothing but how every value rounds, and the
+calibration samples choose the rounding: up to ``candidates`` mantissas spread geometrically over
+``[top * 2^-SEARCH_SPAN, top]`` are tried. Populations are calibrated in topological order, each on
+the integer spikes of its already quantized sources (the input pixels for the stem), so every
+population is judged on the inputs Loihi will really give it and upstream errors are not
+counted against it. A candidate's score is the RMS error, in units of ``vth``, of its integer
+drive ``(a + bias / 64) / s`` against what the float weights and bias make of the same inputs;
+the smallest wins, ties going to the larger scale. (Scoring by spike agreement instead chose
+scales that were worse on held-out images: spike flips are rare events, the drive error is not.)
+Without calibration samples the largest scale that fits is taken. Gates keep their integer
+weights and get ``vth_mant = floor(threshold)``.
+
+The report records per population every bound and the binding one, each candidate with its
+score, the choice and why, and the quantization error: the relative RMS weight error, the drive
+error and the fraction of neuron-steps whose integer spike differs from the float model's.
 
 Nothing is clipped: a value that does not fit raises :class:`~xoresnet.errors.RangeError`
 naming the population or synapse and the value. A :class:`QuantSpec` (the chosen threshold
@@ -19,13 +32,14 @@ mantissas) reproduces a calibration exactly; quantization-aware training keeps o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from deploy.nir_interpreter import NIRInterpreter
+from deploy.reference import zero_delay_current
 from xoresnet.errors import RangeError, UnsupportedModelError
 
 from . import fixed_point as fx
@@ -34,6 +48,11 @@ from .integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 
 SPEC_VERSION = 1
 WEIGHT_EXP_MAX = 7
+DEFAULT_CANDIDATES = 32
+#: The scales searched below the range-limited maximum, in octaves: a scale ``r`` times the maximum
+#: rounds every value ``1 / r`` times coarser on average, so only lucky rounding can win far below
+#: it (on the bundled digits model a whole-octave search chose scales within 7 % of the maximum).
+SEARCH_SPAN = 0.125
 
 
 @dataclass
@@ -55,26 +74,15 @@ class QuantSpec:
 
 # ---------------------------------------------------------------------- quantizers (torch, float64 in)
 
-def sign_mode(w: torch.Tensor) -> str:
-    if w.numel() == 0 or bool(w.min() >= 0):
-        return "excitatory"
-    return "inhibitory" if bool(w.max() <= 0) else "mixed"
-
-
 def round_weight(w_scaled: torch.Tensor, mode: str) -> torch.Tensor:
     """Round scaled weights to what Loihi stores: even integers for mixed-sign matrices, else integers."""
     return 2 * torch.round(w_scaled / 2) if mode == "mixed" else torch.round(w_scaled)
 
 
-def weight_range(mode: str) -> tuple[int, int]:
-    return {"mixed": fx.WEIGHT_RANGE_MIXED, "excitatory": fx.WEIGHT_RANGE_EXCITATORY,
-            "inhibitory": fx.WEIGHT_RANGE_INHIBITORY}[mode]
-
-
 def quantize_weight(w_scaled: torch.Tensor, *, allow_exp: bool, what: str) -> tuple[torch.Tensor, int]:
     """``(w_int, weight_exp)`` with ``w_int << weight_exp ~= w_scaled``; conv synapses have no exponent."""
-    mode = sign_mode(w_scaled)
-    lo, hi = weight_range(mode)
+    mode = fx.sign_mode(w_scaled)
+    lo, hi = fx.weight_range(mode)
     for exp in range(0, WEIGHT_EXP_MAX + 1 if allow_exp else 1):
         q = round_weight(w_scaled / (1 << exp), mode)
         if q.numel() == 0 or (bool(q.min() >= lo) and bool(q.max() <= hi)):
@@ -135,17 +143,13 @@ def current_limit(du: int) -> float:
 
 # ---------------------------------------------------------------------- per-population quantization
 
-def decay_codes(pop: FloatPopulation) -> tuple[int, int]:
-    return round(pop.du * fx.DECAY_UNITY) - 1, round(pop.dv * fx.DECAY_UNITY)
-
-
 def scale_bounds(pop: FloatPopulation, syns: list[FloatSynapse], levels: int) -> dict[str, float]:
     """Upper bounds on the scale of a neuron population, by cause."""
     bounds: dict[str, float] = {}
     for syn in syns:
         m = float(np.abs(syn.weight).max()) if syn.weight.size else 0.0
         if m > 0:
-            cap = 254 if sign_mode(torch.as_tensor(syn.weight)) == "mixed" else 255
+            cap = 254 if fx.sign_mode(syn.weight) == "mixed" else 255
             if syn.kind != "conv":
                 cap *= 1 << WEIGHT_EXP_MAX
             bounds[f"weights of {syn.name}"] = cap / m
@@ -156,7 +160,7 @@ def scale_bounds(pop: FloatPopulation, syns: list[FloatSynapse], levels: int) ->
     pos, neg = worst_case_current([(torch.as_tensor(s.weight), s.kind, max_input(s, levels)) for s in syns], pop.shape)
     worst = max(pos, -neg)
     if worst > 0:
-        bounds["current"] = current_limit(decay_codes(pop)[0]) / worst
+        bounds["current"] = current_limit(fx.decay_codes(pop.du, pop.dv)[0]) / worst
     return bounds
 
 
@@ -182,7 +186,7 @@ class QuantizedPopulation:
 def quantize_population(pop: FloatPopulation, syns: list[FloatSynapse], levels: int,
                         vth_mant: Optional[int]) -> QuantizedPopulation:
     """Integer population and synapses for one scale (``vth_mant``; ``None`` for gates)."""
-    du, dv = decay_codes(pop)
+    du, dv = fx.decay_codes(pop.du, pop.dv)
     int_syns = []
     if pop.kind == "gate":
         for syn in syns:
@@ -219,20 +223,38 @@ def quantize_population(pop: FloatPopulation, syns: list[FloatSynapse], levels: 
     return QuantizedPopulation(population, int_syns, worst)
 
 
-# ---------------------------------------------------------------------- teacher-forced evaluation
+# ---------------------------------------------------------------------- scoring candidates on calibration samples
 
-def _source_values(syn: FloatSynapse, trace_outputs: dict[str, torch.Tensor], pixels: torch.Tensor, T: int):
-    """Source values ``[T*B, ...]`` of a synapse on the calibration batch."""
-    if syn.src == INPUT:
-        return pixels.repeat(T, 1, 1, 1)
-    return trace_outputs[syn.src].flatten(0, 1)
+@dataclass
+class SampleInputs:
+    """One population's view of the ``B`` calibration samples over ``T`` steps: what the integer graph
+    feeds each incoming synapse, the input pixels ``[B, C, H, W]`` (int64) or the integer spikes
+    ``[T, B, *shape]`` of its already quantized source (``int_sources``), the same values flattened
+    to ``[T*B, ...]`` float32 frames (``frames``), the float model's spikes ``[T, B, *shape]`` (bool,
+    from its own float inputs) and its threshold ``vth`` (float units)."""
+
+    int_sources: list[torch.Tensor]
+    frames: list[torch.Tensor]
+    float_spikes: torch.Tensor
+    vth: float
 
 
-def float_current(syns: list[FloatSynapse], sources: list[torch.Tensor]) -> torch.Tensor:
+def sample_inputs(pop: FloatPopulation, syns: list[FloatSynapse], pixels: torch.Tensor,
+                  trace: dict[str, torch.Tensor], int_spikes: dict[str, torch.Tensor], T: int) -> SampleInputs:
+    """The calibration samples as ``pop`` sees them; ``trace``: the float model's spikes per population,
+    ``int_spikes``: integer spikes of the populations quantized so far (both ``[T, B, *shape]``)."""
+    int_sources = [pixels if s.src == INPUT else int_spikes[s.src] for s in syns]
+    frames = [(pixels.repeat(T, 1, 1, 1) if s.src == INPUT else x.flatten(0, 1)).to(torch.float32)
+              for s, x in zip(syns, int_sources)]
+    return SampleInputs(int_sources, frames, trace[pop.name] > 0, pop.vth)
+
+
+def float_current(syns: list[FloatSynapse], frames: list[torch.Tensor]) -> torch.Tensor:
+    """Summed synaptic input ``[T*B, ...]`` of ``syns`` (float weights) for the source ``frames``
+    ``[T*B, ...]``, in the frames' dtype."""
     total = None
-    for syn, x in zip(syns, sources):
-        w = torch.as_tensor(syn.weight, dtype=torch.float64)
-        x = x.to(torch.float64)
+    for syn, x in zip(syns, frames):
+        w = torch.as_tensor(syn.weight, dtype=x.dtype)
         if syn.kind == "conv":
             y = torch.nn.functional.conv2d(x, w, stride=syn.stride, padding=syn.padding, groups=syn.groups)
         elif syn.kind == "identity":
@@ -243,29 +265,114 @@ def float_current(syns: list[FloatSynapse], sources: list[torch.Tensor]) -> torc
     return total
 
 
-def integer_current(syns: list[Synapse], sources: list[torch.Tensor]) -> torch.Tensor:
-    total = None
-    for syn, x in zip(syns, sources):
-        w = torch.as_tensor(syn.weight)
-        if syn.kind == "conv":
-            y = fx.conv_current(x, w, stride=syn.stride, padding=syn.padding, groups=syn.groups)
-        elif syn.kind == "identity":
-            y = fx.identity_current(x, w, syn.weight_exp)
-        else:
-            y = fx.dense_current(x, w, syn.weight_exp)
-        total = y if total is None else total + y
-    return total
+def drive_error(q: QuantizedPopulation, pop: FloatPopulation, syns: list[FloatSynapse], inputs: SampleInputs
+                ) -> float:
+    """RMS error, in units of the threshold, of the integer drive ``(a + bias / 64) / scale`` of ``q``
+    against what the float weights and bias of ``pop`` make of the same inputs: the error this
+    population's own rounding adds (the score). By linearity it is the drive of the rounding
+    residuals ``w_int 2^exp - w * scale`` and ``bias / 64 - bias_float * scale`` (a-units), which
+    float32 carries to ~1e-7 of the error (the integer input itself never wraps: the current bound)."""
+    p = q.population
+    residual = [replace(f, weight=s.weight * 2.0 ** s.weight_exp - f.weight * p.scale)
+                for s, f in zip(q.synapses, syns)]
+    bias = population_bias(p).to(torch.float64) / 2 ** fx.ACT_SHIFT
+    if pop.bias is not None:
+        bias = bias - torch.as_tensor(pop.bias) * p.scale
+    T, B = inputs.float_spikes.shape[:2]
+    err = float_current(residual, inputs.frames).view((T, B) + p.shape) + bias.to(torch.float32)
+    return float(torch.sqrt((err.double() ** 2).mean())) / (p.scale * inputs.vth)
 
 
-def simulate_population(p: Population, a: torch.Tensor) -> torch.Tensor:
-    """Integer spikes of ``p`` for integer input ``a [T, ...]`` from zero state (zero-delay)."""
-    bias = fx.bias_value(torch.as_tensor(p.bias_mant), torch.as_tensor(p.bias_exp))
-    u = torch.zeros_like(a[0])
-    v = torch.zeros_like(a[0])
-    out = torch.empty(a.shape, dtype=torch.bool)
-    for t in range(a.shape[0]):
-        u, _h, out[t], v = fx.lif_step(u, v, a[t], du=p.du, dv=p.dv, bias=bias, vth=p.vth)
-    return out
+def integer_spikes(q: QuantizedPopulation, inputs: SampleInputs) -> torch.Tensor:
+    """Loihi spikes ``[T, B, *shape]`` (bool) of ``q`` on the samples: zero delay, from zero state."""
+    p = q.population
+    T, B = inputs.float_spikes.shape[:2]
+    weights = [torch.as_tensor(s.weight) for s in q.synapses]
+    a = zero_delay_current(q.synapses, weights, inputs.int_sources, p.shape, T, B, torch.device("cpu"))
+    return fx.integrate(a, du=p.du, dv=p.dv, bias=population_bias(p), vth=p.vth)[0]
+
+
+def population_bias(p: Population) -> torch.Tensor:
+    """Effective per-neuron bias of ``p`` (int64 v-units)."""
+    return fx.bias_value(torch.as_tensor(p.bias_mant), torch.as_tensor(p.bias_exp))
+
+
+def weight_error(q: QuantizedPopulation, syns: list[FloatSynapse]) -> float:
+    """RMS of ``w_int 2^exp / scale - w`` over all incoming weights, relative to the RMS weight."""
+    err = ref = 0.0
+    for syn, fsyn in zip(q.synapses, syns):
+        w = fsyn.weight
+        err += float(np.sum((syn.weight * 2.0 ** syn.weight_exp / q.population.scale - w) ** 2))
+        ref += float(np.sum(w ** 2))
+    return math.sqrt(err / ref) if ref > 0 else 0.0
+
+
+def lowest_candidate(top: int) -> int:
+    """The smallest threshold mantissa the search tries below ``top``: ``ceil(top * 2^-SEARCH_SPAN)``."""
+    return max(1, math.ceil(top * 2.0 ** -SEARCH_SPAN))
+
+
+def candidate_mantissas(top: int, count: int) -> list[int]:
+    """Up to ``count`` threshold mantissas spread geometrically over ``[lowest_candidate(top), top]``,
+    largest first (every one when the span holds fewer; ``[top]`` for ``count`` 1; none when ``top < 1``)."""
+    if top < 1:
+        return []
+    low = lowest_candidate(top)
+    if count <= 1:
+        return [top]
+    if top - low + 1 <= count:
+        return list(range(top, low - 1, -1))
+    grid = {max(low, round(top * 2.0 ** (-SEARCH_SPAN * k / (count - 1)))) for k in range(count)}
+    return sorted(grid, reverse=True)
+
+
+def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, inputs: Optional[SampleInputs], *,
+                 fixed: Optional[int], candidates: int) -> tuple[QuantizedPopulation, dict[str, Any]]:
+    """Quantize neuron population ``pop`` at the scale the calibration samples choose: the candidate
+    with the smallest :func:`drive_error`, then the larger scale (``fixed``: the threshold mantissa of
+    a quantization spec; no samples: the largest scale that fits). A candidate that rounding pushes
+    over a range is replaced by the mantissa below it (within the span; never for ``fixed``).
+    Returns the quantized population and its report entry."""
+    bounds = scale_bounds(pop, syns, levels)
+    binding = min(bounds, key=bounds.get)
+    top = int(math.floor(pop.vth * bounds[binding]))
+    tried = [fixed] if fixed is not None else candidate_mantissas(top, candidates)
+    if not tried:
+        raise RangeError(f"population {pop.name}: no scale fits Loihi 2: its {binding} limits the threshold mantissa "
+                         f"to {pop.vth * bounds[binding]:.3g} (< 1); {binding_detail(pop, syns, binding)}")
+    rows: list[dict[str, Any]] = []
+    best: Optional[tuple[float, QuantizedPopulation]] = None
+    error = None
+    queue, low = list(tried), lowest_candidate(top)
+    while queue:
+        mant = queue.pop(0)
+        try:
+            cand = quantize_population(pop, syns, levels, mant)
+        except RangeError as e:  # rounding pushed a value over its range: a smaller scale may fit
+            error = e
+            rows.append({"vth_mant": mant, "refused": str(e)})
+            if fixed is None and mant - 1 >= low and mant - 1 not in tried and mant - 1 not in queue:
+                queue.insert(0, mant - 1)
+            continue
+        row = {"vth_mant": mant, "scale": cand.population.scale}
+        rows.append(row)
+        if inputs is None:
+            best = (0.0, cand)
+            break
+        row["current_rmse_vth"] = drive_error(cand, pop, syns, inputs)
+        if best is None or row["current_rmse_vth"] < best[0]:  # ties keep the larger scale (tried first)
+            best = (row["current_rmse_vth"], cand)
+    if best is None:
+        raise error
+    if fixed is not None:
+        choice = "given by the quantization spec (the scale quantization-aware training used)"
+    elif inputs is None:
+        choice = "the largest scale that fits (no calibration samples)"
+    else:
+        choice = (f"smallest current error on {inputs.float_spikes.shape[1]} calibration samples among {len(rows)} "
+                  f"candidates in [{low}, {top}]" + (" (the largest scale)" if best[1].population.vth == top else ""))
+    return best[1], {"bounds": bounds, "binding_limit": binding, "scale_bound": bounds[binding], "max_vth_mant": top,
+                     "candidates": rows, "choice": choice}
 
 
 # ---------------------------------------------------------------------- the calibration stage
@@ -278,7 +385,7 @@ class Calibration:
 
 
 def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dict[str, torch.Tensor]], *,
-              spec: Optional[QuantSpec] = None, candidates: int = 4) -> Calibration:
+              spec: Optional[QuantSpec] = None, candidates: int = DEFAULT_CANDIDATES) -> Calibration:
     """Quantize ``float_graph``; ``pixels`` ``[N, C, H, W]`` integers are the calibration samples and
     ``trace`` the float model's spikes ``[T, N, ...]`` per population on them (NIR interpreter).
 
@@ -288,49 +395,33 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
     fg = float_graph
     T, levels = fg.timesteps, fg.input_levels
     pixels = torch.as_tensor(pixels).to(torch.int64)
+    samples = int(pixels.shape[0]) if trace is not None else 0
     pops: dict[str, Population] = {}
     int_syns: list[Synapse] = []
-    report: dict[str, Any] = {"calibration_samples": int(pixels.shape[0]), "candidates": candidates,
+    int_spikes: dict[str, torch.Tensor] = {}  # integer spikes [T, N, ...] of the populations quantized so far
+    report: dict[str, Any] = {"calibration_samples": samples, "candidates": candidates,
                               "spec_given": spec is not None, "populations": {}}
     chosen: dict[str, int] = {}
     for name, pop in fg.populations.items():
         syns = fg.incoming(name)
+        inputs = sample_inputs(pop, syns, pixels, trace, int_spikes, T) if samples else None
         entry: dict[str, Any] = {"kind": pop.kind, "op": pop.op, "block": pop.block}
         if pop.kind == "gate":
             q = quantize_population(pop, syns, levels, None)
         else:
-            bounds = scale_bounds(pop, syns, levels)
-            binding = min(bounds, key=bounds.get)
-            top = int(math.floor(pop.vth * bounds[binding]))
-            if spec is not None:
-                if name not in spec.vth_mant:
-                    raise UnsupportedModelError(f"the quantization spec has no entry for population {name}")
-                tried = [spec.vth_mant[name]]
-            else:
-                tried = [m for m in range(top, top - candidates, -1) if m >= 1]
-                if not tried:
-                    raise RangeError(
-                        f"population {name}: no scale fits Loihi 2: its {binding} limits the threshold mantissa to "
-                        f"{pop.vth * bounds[binding]:.3g} (< 1); {binding_detail(pop, syns, binding)}")
-            results, error = [], None
-            for mant in tried:
-                try:
-                    cand = quantize_population(pop, syns, levels, mant)
-                except RangeError as e:  # rounding pushed a value over its range: try a smaller scale
-                    error = e
-                    continue
-                metrics = teacher_forced_metrics(cand, syns, trace, pixels, T) if trace is not None else {}
-                results.append((metrics.get("spike_mismatch", 0.0), -mant, cand, metrics))
-            if not results:
-                raise error
-            results.sort(key=lambda r: (r[0], r[1]))
-            _, _, q, metrics = results[0]
+            if spec is not None and name not in spec.vth_mant:
+                raise UnsupportedModelError(f"the quantization spec has no entry for population {name}")
+            q, search = choose_scale(pop, syns, levels, inputs, candidates=candidates,
+                                     fixed=spec.vth_mant[name] if spec is not None else None)
             chosen[name] = q.population.vth
-            entry.update(binding_limit=binding, scale_bound=bounds[binding],
-                         tried={str(-r[1]): r[0] for r in results}, **metrics)
+            entry.update(search)
+        if inputs is not None:
+            int_spikes[name] = integer_spikes(q, inputs)
+            entry.update(current_rmse_vth=drive_error(q, pop, syns, inputs),
+                         spike_mismatch=float((int_spikes[name] != inputs.float_spikes).double().mean()))
         p = q.population
         limit = current_limit(p.du)
-        entry.update(scale=p.scale, vth_mant=p.vth, du=p.du, dv=p.dv,
+        entry.update(scale=p.scale, vth_mant=p.vth, du=p.du, dv=p.dv, weight_rmse_rel=weight_error(q, syns),
                      max_abs_weight=int(max((np.abs(s.weight).max() for s in q.synapses), default=0)),
                      weight_exp=[s.weight_exp for s in q.synapses],
                      bias_exp_range=[int(p.bias_exp.min()), int(p.bias_exp.max())],
@@ -346,20 +437,20 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
         synapses=int_syns + readout_syns, readout_bias=readout_bias, readout_scale=readout_scale,
         meta={"calibration": report, "source": fg.meta})
     graph.validate()
-    return Calibration(graph, QuantSpec(chosen, {"calibration_samples": int(pixels.shape[0])}), report)
+    return Calibration(graph, QuantSpec(chosen, {"calibration_samples": samples}), report)
 
 
 def readout_scale(weight: torch.Tensor) -> float:
     """Scale putting the largest readout weight at the top of the 8-bit range."""
     m = float(weight.abs().max()) if weight.numel() else 0.0
-    return (254 if sign_mode(weight) == "mixed" else 255) / m if m > 0 else 1.0
+    return (254 if fx.sign_mode(weight) == "mixed" else 255) / m if m > 0 else 1.0
 
 
 def quantize_readout(fg: FloatGraph) -> tuple[list[Synapse], np.ndarray, float]:
     """Readout weights on one scale (8-bit, host-side integer bias)."""
     syns = [s for s in fg.synapses if s.dst == READOUT]
     w_all = torch.cat([torch.as_tensor(s.weight).flatten() for s in syns])
-    mode = sign_mode(w_all)
+    mode = fx.sign_mode(w_all)
     scale = readout_scale(w_all)
     out = []
     for s in syns:
@@ -369,23 +460,8 @@ def quantize_readout(fg: FloatGraph) -> tuple[list[Synapse], np.ndarray, float]:
     return out, bias, scale
 
 
-def teacher_forced_metrics(q: QuantizedPopulation, float_syns: list[FloatSynapse], trace: dict[str, torch.Tensor],
-                           pixels: torch.Tensor, T: int) -> dict[str, float]:
-    """Spike mismatch and current error of one quantized population given the float model's inputs."""
-    p = q.population
-    B = pixels.shape[0]
-    sources = [_source_values(s, trace, pixels, T) for s in float_syns]
-    a = integer_current(q.synapses, [s.to(torch.int64) for s in sources]).view((T, B) + p.shape)
-    x = float_current(float_syns, sources).view((T, B) + p.shape)
-    spikes = simulate_population(p, a)
-    ref = trace[p.name] > 0
-    vth = p.vth / p.scale
-    return {"spike_mismatch": float((spikes != ref).double().mean()),
-            "current_rmse_vth": float(torch.sqrt(((a / p.scale - x) ** 2).mean())) / vth}
-
-
 def calibrate_nir(nir_graph, pixels: torch.Tensor, *, spec: Optional[QuantSpec] = None,
-                  candidates: int = 4) -> Calibration:
+                  candidates: int = DEFAULT_CANDIDATES) -> Calibration:
     """Float NIR graph + calibration samples -> :class:`Calibration` (integer graph, spec, report)."""
     fg = nir_to_float_graph(nir_graph)
     pixels = torch.as_tensor(pixels).to(torch.int64)

@@ -61,18 +61,11 @@ def node_meta(role: str, **fields: Any) -> dict[str, str]:
     return {"xoresnet": json.dumps({"role": role, **fields}, sort_keys=True)}
 
 
-def read_node_meta(node: nir.NIRNode) -> dict[str, Any]:
-    """Our annotations of ``node`` (empty for nodes made by other tools)."""
+def read_meta(node: nir.NIRNode) -> dict[str, Any]:
+    """Our annotations of a node or of a whole graph (a ``NIRGraph`` is a node): the JSON under
+    ``metadata["xoresnet"]``, as written or read back by ``nir.read`` (bytes); empty for nodes made
+    by other tools."""
     raw = (getattr(node, "metadata", None) or {}).get("xoresnet")
-    if raw is None:
-        return {}
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    return json.loads(str(raw))
-
-
-def read_graph_meta(graph: nir.NIRGraph) -> dict[str, Any]:
-    raw = (graph.metadata or {}).get("xoresnet")
     if raw is None:
         return {}
     return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from xoresnet.errors import UnsupportedModelError
 
-from .nir_export import read_graph_meta
+from .nir_export import read_meta
 
 NEURON_TYPES = (nir.IF, nir.LIF, nir.CubaLIF)
 
@@ -81,7 +81,8 @@ def _t(a, dtype, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
 
 
-def _pair(v) -> tuple[int, int]:
+def pair(v) -> tuple[int, int]:
+    """A NIR size/stride/padding field (a scalar or a pair) as ``(first, last)`` ints."""
     v = np.asarray(v).reshape(-1)
     return (int(v[0]), int(v[-1]))
 
@@ -96,7 +97,7 @@ class NIRInterpreter:
         self.dt = float(np.asarray(graph.metadata.get("dt", 1.0)))
         self.order = topological_order(graph.nodes, graph.edges)
         self.preds = predecessors(graph)
-        meta = read_graph_meta(graph)
+        meta = read_meta(graph)
         self.timesteps: Optional[int] = meta.get("timesteps")
         for name in self.order:
             node = graph.nodes[name]
@@ -149,9 +150,9 @@ class NIRInterpreter:
             return x
         if isinstance(node, nir.Conv2d):
             w = _t(node.weight, d, dev)
-            padding = node.padding if isinstance(node.padding, str) else _pair(node.padding)
-            y = F.conv2d(x.flatten(0, 1), w, _t(node.bias, d, dev), stride=_pair(node.stride), padding=padding,
-                         dilation=_pair(node.dilation), groups=int(node.groups))
+            padding = node.padding if isinstance(node.padding, str) else pair(node.padding)
+            y = F.conv2d(x.flatten(0, 1), w, _t(node.bias, d, dev), stride=pair(node.stride), padding=padding,
+                         dilation=pair(node.dilation), groups=int(node.groups))
             return y.unflatten(0, (T, B))
         if isinstance(node, nir.Affine):
             return x @ _t(node.weight, d, dev).T + _t(node.bias, d, dev)
@@ -166,8 +167,8 @@ class NIRInterpreter:
             end = int(node.end_dim) + 2 if int(node.end_dim) >= 0 else int(node.end_dim)
             return x.flatten(start, end)
         if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
-            k = _pair(node.kernel_size)
-            y = F.avg_pool2d(x.flatten(0, 1), k, stride=_pair(node.stride), padding=_pair(node.padding))
+            k = pair(node.kernel_size)
+            y = F.avg_pool2d(x.flatten(0, 1), k, stride=pair(node.stride), padding=pair(node.padding))
             if isinstance(node, nir.SumPool2d):
                 y = y * (k[0] * k[1])
             return y.unflatten(0, (T, B))

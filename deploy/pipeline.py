@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from calibration.quantize import Calibration, QuantSpec, calibrate_nir
+from calibration.quantize import DEFAULT_CANDIDATES, Calibration, QuantSpec, calibrate_nir
 from xoresnet.checkpoint import Checkpoint
 from xoresnet.data import load_dataset
 from xoresnet.network import XOResNet
@@ -26,8 +26,8 @@ def calibration_pixels(dataset: str, data_dir: Optional[str], samples: int) -> t
     return load_dataset(dataset, "train", data_dir, limit=max(samples, 1)).pixels[:samples]
 
 
-def calibrate_checkpoint(model: XOResNet, ckpt: Checkpoint, pixels: torch.Tensor, *, candidates: int = 4
-                         ) -> Calibration:
+def calibrate_checkpoint(model: XOResNet, ckpt: Checkpoint, pixels: torch.Tensor, *,
+                         candidates: int = DEFAULT_CANDIDATES) -> Calibration:
     """Calibrate ``model``; a quantization-aware trained checkpoint keeps the scales it trained with."""
     spec = QuantSpec.from_dict(ckpt.quant) if ckpt.quant is not None else None
     return calibrate_nir(export_nir(model), pixels, spec=spec, candidates=candidates)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from calibration import fixed_point as fx
-from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
+from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
 
 
 @dataclass
@@ -110,14 +110,8 @@ class ReferenceSimulator:
     # ------------------------------------------------------------------ synapses
     def synapse_output(self, syn: Synapse, src: torch.Tensor) -> torch.Tensor:
         """Integer output of ``syn`` for source values ``src`` ``[N, *src_shape]`` (spikes or pixels)."""
-        x = src if syn.graded else (src != 0)
-        w = self.weights[syn.name]
-        if syn.kind == "conv":
-            return fx.conv_current(x, w, stride=syn.stride, padding=syn.padding, groups=syn.groups)
-        if syn.kind == "dense":
-            out = fx.dense_current(x, w, syn.weight_exp)
-            return out if syn.dst == READOUT else out.view((out.shape[0],) + self.graph.populations[syn.dst].shape)
-        return fx.identity_current(x, w, syn.weight_exp)
+        shape = None if syn.dst == READOUT else self.graph.populations[syn.dst].shape
+        return fx.synapse_current(syn, src, self.weights[syn.name], shape)
 
     def _input(self, pixels: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(pixels, device=self.device).to(torch.int64)
@@ -134,14 +128,11 @@ class ReferenceSimulator:
         spikes: dict[str, torch.Tensor] = {}
         us, vs = {}, {}
         for p in self.pops:  # topological: sources are complete sequences already
-            a = torch.zeros((T * B,) + p.shape, dtype=torch.int64, device=self.device)
-            for syn in self.incoming[p.name]:
-                if syn.src == INPUT:
-                    a += self.synapse_output(syn, x).repeat(T, *([1] * (x.dim() - 1)))
-                else:
-                    a += self.synapse_output(syn, spikes[syn.src].flatten(0, 1)).reshape(a.shape)
-            a = a.view((T, B) + p.shape)
-            s_seq, u_seq, v_seq = self._integrate(p, a, record_state)
+            syns = self.incoming[p.name]
+            sources = [x if s.src == INPUT else spikes[s.src] for s in syns]
+            a = zero_delay_current(syns, [self.weights[s.name] for s in syns], sources, p.shape, T, B, self.device)
+            s_seq, u_seq, v_seq = fx.integrate(a, du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth,
+                                               record_state=record_state)
             spikes[p.name] = s_seq
             if record_state:
                 us[p.name], vs[p.name] = u_seq, v_seq
@@ -151,19 +142,6 @@ class ReferenceSimulator:
         if not keep_spikes:
             spikes = {}
         return ZeroDelayResult(spikes, logits, us, vs)
-
-    def _integrate(self, p: Population, a: torch.Tensor, record_state: bool):
-        u = torch.zeros_like(a[0])
-        v = torch.zeros_like(a[0])
-        s_seq = torch.empty(a.shape, dtype=torch.bool, device=self.device)
-        u_seq = torch.empty_like(a) if record_state else None
-        v_seq = torch.empty_like(a) if record_state else None
-        for t in range(a.shape[0]):
-            u, _h, s, v = fx.lif_step(u, v, a[t], du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth)
-            s_seq[t] = s
-            if record_state:
-                u_seq[t], v_seq[t] = u, v
-        return s_seq, u_seq, v_seq
 
     # ------------------------------------------------------------------ Loihi timing
     @torch.no_grad()
@@ -218,6 +196,20 @@ class ReferenceSimulator:
                 src = inp if syn.src == INPUT else spikes[syn.src][t - 1]
                 fifos[syn.name].append(self.synapse_output(syn, src))
         return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs)
+
+
+def zero_delay_current(syns: list[Synapse], weights: list[torch.Tensor], sources: list[torch.Tensor],
+                       shape: tuple[int, ...], T: int, B: int, device: torch.device) -> torch.Tensor:
+    """Zero-delay synaptic input ``a [T, B, *shape]`` (int64 a-units, summed over ``syns``) of a
+    population of ``shape``. ``weights[i]``: ``syns[i].weight`` as a tensor; ``sources[i]``: the
+    input pixels ``[B, C, H, W]`` (the same at every step) for a synapse from the input, else its
+    source population's spikes ``[T, B, *source_shape]``."""
+    a = torch.zeros((T, B) + tuple(shape), dtype=torch.int64, device=device)
+    for syn, w, x in zip(syns, weights, sources):
+        every_step = syn.src == INPUT  # the pixels: one current, added at every step
+        y = fx.synapse_current(syn, x if every_step else x.flatten(0, 1), w, shape)
+        a += y.view((1,) + tuple(y.shape)) if every_step else y.reshape(a.shape)
+    return a
 
 
 def readout_latency_of(graph: IntegerGraph) -> int:

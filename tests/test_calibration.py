@@ -193,6 +193,20 @@ def test_current_bound_picks_the_scale_by_hand():
         assert np.all(c.weight == expected)
 
 
+def test_a_candidate_that_rounding_pushes_over_the_current_limit_gives_way_to_the_one_below():
+    """Levels 100, 3x3 kernel of 0.5: worst |a| = 9 * 100 * 0.5 * s <= 2^17 -> s <= 291.27 -> top 291.
+    But 0.5 * 291 = 145.5 rounds (half to even) to 146, and 9 * 100 * 146 = 131400 > 131072: refused.
+    290 gives 145 (130500 <= 131072): taken, even with a single candidate."""
+    for samples, trace in [(PIX[:0], None), (PIX, {"p": torch.zeros(2, 3, 2, 4, 4)})]:
+        cal = calibrate(one_population_graph(weight=0.5, levels=100), samples, trace, candidates=1)
+        entry = cal.report["populations"]["p"]
+        assert cal.graph.populations["p"].vth == 290 and entry["max_vth_mant"] == 291
+        refused, taken = entry["candidates"]
+        assert refused["vth_mant"] == 291 and "131400" in refused["refused"] and taken["vth_mant"] == 290
+    with pytest.raises(RangeError, match="131400"):  # a quantization spec is honoured exactly, or refused
+        calibrate(one_population_graph(weight=0.5, levels=100), PIX, None, spec=QuantSpec({"p": 291}))
+
+
 def test_threshold_bound_keeps_vth_within_17_bits():
     cal = calibrate(one_population_graph(weight=1e-6, vth=1.0), PIX, None)
     p = cal.graph.populations["p"]
@@ -470,3 +484,119 @@ def test_loading_something_else_is_refused(tmp_path):
         f.attrs["version"] = 99
     with pytest.raises(UnsupportedModelError, match="version 99"):
         load_integer_graph(tmp_path / "v.h5")
+
+
+# ---------------------------------------------------------------------- the scale search uses the calibration data
+
+def two_channel_graph() -> FloatGraph:
+    """input (2, 1, 1) -> 1x1 conv with weights 1.0 (channel 0) and 0.0624 (channel 1) per pixel unit
+    -> population "p" (1, 1, 1), vth 1, du 1, dv 0.5 -> readout. Levels 16, T = 2."""
+    shape = (1, 1, 1)
+    pops = {"p": FloatPopulation("p", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape))}
+    syns = [FloatSynapse("c", INPUT, "p", "conv", np.array([1.0, 0.0624]).reshape(1, 2, 1, 1), graded=True),
+            FloatSynapse("readout:p", "p", READOUT, "dense", np.ones((2, 1)))]
+    return FloatGraph((2, 1, 1), 16, 2, pops, syns, np.zeros(2))
+
+
+def test_candidate_mantissas_span_the_top_eighth_octave():
+    from calibration.quantize import SEARCH_SPAN, candidate_mantissas
+    assert candidate_mantissas(255, 1) == [255] and candidate_mantissas(0, 32) == []
+    assert candidate_mantissas(255, 32) == list(range(255, 233, -1))  # 255 * 2^-1/8 = 233.8: all 22 of them
+    grid = candidate_mantissas(1706, 32)
+    assert grid[0] == 1706 and len(grid) == 32 and grid == sorted(set(grid), reverse=True)
+    assert grid[-1] == int(np.ceil(1706 * 2 ** -SEARCH_SPAN))
+
+
+def test_calibration_data_choose_a_scale_below_the_range_limit():
+    """The weight 1.0 bounds the scale: vth_mant <= 255 (1.0 * 255 = 255, excitatory). Only the
+    weight 0.0624 rounds: at 255 it is 15.91 -> 16 (error 0.088 / 255 of a pixel unit), at 240 it
+    is 14.976 -> 15 (error 0.024 / 240), the smallest relative error among 234..255. Samples that
+    use channel 1 (pixel 16) therefore choose 240; samples that use only channel 0 (exact at every
+    scale) keep 255, and so does a calibration without samples.
+    With pixel 16 on channel 1 the float current is 0.9984 < vth at step 1 (no spike) and the
+    membrane 0.4992 + 0.9984 > vth at step 2. At 240 the integer input is 15 * 16 = 240, not above
+    vth_mant 240: no spike, then a spike, as in float. At 255 it is 16 * 16 = 256 > 255: a spike at
+    step 1 that the float model does not have."""
+    g = two_channel_graph()
+    on_1 = torch.tensor([0, 16]).view(1, 2, 1, 1)
+    on_0 = torch.tensor([16, 0]).view(1, 2, 1, 1)
+    float_spikes = {"p": torch.tensor([0.0, 1.0]).view(2, 1, 1, 1, 1)}
+    cal = calibrate(g, on_1, float_spikes)
+    entry = cal.report["populations"]["p"]
+    assert cal.graph.populations["p"].vth == cal.spec.vth_mant["p"] == entry["vth_mant"] == 240
+    assert entry["max_vth_mant"] == 255 and entry["binding_limit"] == "weights of c"
+    assert entry["scale_bound"] == pytest.approx(255.0)
+    rows = {r["vth_mant"]: r["current_rmse_vth"] for r in entry["candidates"]}
+    assert sorted(rows) == list(range(234, 256))
+    assert rows[240] == min(rows.values()) < rows[255]
+    assert rows[255] == pytest.approx(16 * (16 / 255 - 0.0624))  # |16 / 255 - 0.0624| per pixel unit, 16 units
+    assert "smallest current error on 1 calibration samples" in entry["choice"]
+    assert entry["spike_mismatch"] == 0.0 and entry["current_rmse_vth"] == rows[240]
+    [c] = cal.graph.incoming("p")
+    assert c.weight.ravel().tolist() == [240, 15]
+    at_limit = calibrate(g, on_1, float_spikes, spec=QuantSpec({"p": 255})).report["populations"]["p"]
+    assert at_limit["spike_mismatch"] == 0.5  # the extra spike at step 1
+
+    assert calibrate(g, on_0, {"p": torch.zeros(2, 1, 1, 1, 1)}).graph.populations["p"].vth == 255
+    blind = calibrate(g, on_1, None)
+    assert blind.graph.populations["p"].vth == 255 and blind.report["calibration_samples"] == 0
+    assert blind.report["populations"]["p"]["choice"] == "the largest scale that fits (no calibration samples)"
+
+
+def test_calibration_report_has_the_per_population_fields(calibrated):
+    """Every neuron population: all bounds and the binding one, the candidates tried with their
+    scores, the choice and why, and the quantization error (weights, current, spikes)."""
+    _, _, cal, pixels, _ = calibrated
+    report = cal.report
+    assert report["calibration_samples"] == len(pixels) and not report["spec_given"]
+    for name, e in report["populations"].items():
+        p = cal.graph.populations[name]
+        assert e["vth_mant"] == p.vth and e["scale"] == p.scale
+        assert 0.0 <= e["spike_mismatch"] <= 1.0 and e["current_rmse_vth"] >= 0.0
+        if e["kind"] == "gate":
+            assert e["current_rmse_vth"] == 0.0 and e["weight_rmse_rel"] == 0.0  # integer weights, exact
+            continue
+        assert e["binding_limit"] in e["bounds"] and e["scale_bound"] == min(e["bounds"].values())
+        assert e["max_vth_mant"] == int(np.floor(cal.graph.populations[name].vth / p.scale * e["scale_bound"] + 1e-9))
+        scored = [r for r in e["candidates"] if "current_rmse_vth" in r]
+        assert len(scored) > 1 and all(r["vth_mant"] <= e["max_vth_mant"] for r in e["candidates"])
+        best = min(scored, key=lambda r: (r["current_rmse_vth"], -r["vth_mant"]))
+        assert best["vth_mant"] == e["vth_mant"] and best["current_rmse_vth"] == e["current_rmse_vth"]
+        assert "smallest current error" in e["choice"]
+        assert 0.0 < e["weight_rmse_rel"] < 0.05
+
+
+def _qat_checkpoint_path():
+    from conftest import REPO
+    path = REPO / "models" / "xoresnet-digits-qat.pt"
+    if not path.is_file():
+        pytest.skip("no bundled QAT digits model")
+    return path
+
+
+def test_calib_samples_choose_the_scales_of_the_digits_model(digits_model_path):
+    """``--calib-samples N`` (``deploy.pipeline``): N training images are scored, none keeps the largest
+    scales; a quantization-aware trained checkpoint keeps its scales whatever the samples."""
+    from deploy.pipeline import calibrate_checkpoint, calibration_pixels
+    from xoresnet.checkpoint import load_model
+
+    model, ckpt = load_model(digits_model_path)
+    pixels = calibration_pixels("digits", None, 8)
+    assert pixels.shape[0] == 8 and calibration_pixels("digits", None, 0).shape[0] == 0
+    none = calibrate_checkpoint(model, ckpt, pixels[:0])
+    some = calibrate_checkpoint(model, ckpt, pixels)
+    assert some.report["calibration_samples"] == some.spec.meta["calibration_samples"] == 8
+    assert none.report["calibration_samples"] == 0
+    for name, e in none.report["populations"].items():
+        if e["kind"] == "neuron":
+            assert e["vth_mant"] == e["max_vth_mant"] and len(e["candidates"]) == 1
+            s = some.report["populations"][name]
+            assert s["max_vth_mant"] == e["max_vth_mant"] and len(s["candidates"]) > 1
+            assert "on 8 calibration samples" in s["choice"]
+
+    qat_model, qat_ckpt = load_model(_qat_checkpoint_path())
+    trained = QuantSpec.from_dict(qat_ckpt.quant).vth_mant
+    for n in (0, 8):
+        cal = calibrate_checkpoint(qat_model, qat_ckpt, pixels[:n])
+        assert cal.spec.vth_mant == trained and cal.report["spec_given"]
+        assert all(len(e["candidates"]) == 1 for e in cal.report["populations"].values() if e["kind"] == "neuron")

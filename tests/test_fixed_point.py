@@ -255,3 +255,50 @@ def test_conv_is_cross_correlation_in_pytorch_layout_with_padding_stride_groups(
 def test_lif_step_dtypes_are_int64(du, dv):
     u, h, s, v = lif_step(t(10), t(10), t(1), du=du, dv=dv, bias=t(0), vth=1)
     assert u.dtype == h.dtype == v.dtype == I64 and s.dtype == torch.bool
+
+
+# ---------------------------------------------------------------------- shared helpers (reference, calibration, QAT)
+
+def test_decay_codes_have_the_du_offset():
+    from calibration.fixed_point import decay_codes
+    # du = (code + 1) / 4096, dv = code / 4096
+    assert decay_codes(1.0, 0.0) == (4095, 0)
+    assert decay_codes(0.5, 0.25) == (2047, 1024)
+    assert decay_codes(1 / 4096, 4095 / 4096) == (0, 4095)
+
+
+def test_integrate_runs_lif_step_from_zero_state():
+    from calibration.fixed_point import integrate
+    # du = 4095 (u = a << 6), dv = 2048 (v halves, toward zero), vth 10 (640):
+    #   a = 6: u 384, h 384, no spike ; a = 6: u 384, h 192 + 384 = 576, no spike ;
+    #   a = 2: u 128, h 288 + 128 = 416 ; a = 10: u 640, h 208 + 640 = 848 > 640: spike, v = 0
+    a = t(6, 6, 2, 10).view(4, 1)
+    s, u, v = integrate(a, du=4095, dv=2048, bias=t(0), vth=10, record_state=True)
+    assert s.view(-1).tolist() == [False, False, False, True]
+    assert u.view(-1).tolist() == [384, 384, 128, 640] and v.view(-1).tolist() == [384, 576, 416, 0]
+    s2, u2, v2 = integrate(a, du=4095, dv=2048, bias=t(0), vth=10)
+    assert torch.equal(s, s2) and u2 is None and v2 is None
+
+
+def test_synapse_current_binary_and_graded_payloads():
+    from calibration.fixed_point import synapse_current
+    from calibration.integer_graph import Synapse
+    # a binary synapse counts any non-zero payload as 1 (Lava num_message_bits = 0); a graded one
+    # multiplies: payload [2, 3] into weights [5, 7] -> binary 5 + 7 = 12, graded 10 + 21 = 31
+    x = t(2, 3).view(1, 2)
+    w = t(5, 7).view(1, 2)
+    binary = Synapse("b", "s", "d", "dense", w.numpy())
+    graded = Synapse("g", "s", "d", "dense", w.numpy(), graded=True)
+    assert synapse_current(binary, x, w).tolist() == [[12]]
+    assert synapse_current(graded, x, w).tolist() == [[31]]
+    # a dense output takes its target's shape when given
+    assert synapse_current(graded, x, t(5, 7, 1, 1).view(2, 2), (2, 1, 1)).shape == (1, 2, 1, 1)
+
+
+def test_sign_mode_is_one_rule_for_numpy_and_torch():
+    import numpy as np
+    from calibration.ranges import sign_mode, weight_range
+    for w, mode in [([0, 3], "excitatory"), ([], "excitatory"), ([0, 0], "excitatory"), ([-1, 0], "inhibitory"),
+                    ([-2, 4], "mixed")]:
+        assert sign_mode(np.array(w)) == sign_mode(torch.tensor(w)) == mode
+    assert weight_range("mixed") == (-256, 254) and weight_range("inhibitory") == (-255, 0)

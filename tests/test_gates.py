@@ -26,7 +26,7 @@ import torch
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import _GraphBuilder, export_nir, read_node_meta
+from deploy.nir_export import _GraphBuilder, export_nir, read_meta
 from deploy.nir_interpreter import NIRInterpreter
 from deploy.reference import ReferenceSimulator
 from deploy.schedule import schedule
@@ -354,7 +354,7 @@ def test_nir_gate_nodes_and_truth_table_over_all_sequences(op):
             assert type(node).__name__ == kind
             arr = np.asarray(node.threshold if kind == "Threshold" else node.scale)
             assert arr.shape == (1, 1, N) and np.all(arr == value)
-            meta = read_node_meta(node)
+            meta = read_meta(node)
             assert meta["op"] == op and meta["block"] == "blk"
         assert {e for e in graph.edges if e[1] in nodes} == edges
     x = torch.zeros((T, 1, 2, 1, N))

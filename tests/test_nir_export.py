@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import export_nir, read_graph_meta, read_node_meta, read_nir, write_nir
-from deploy.nir_interpreter import NIRInterpreter
+from deploy.nir_check import compare_nir_to_model
+from deploy.nir_export import export_nir, read_meta, read_nir, write_nir
 from xoresnet.config import MERGES, SELECTIONS, SHORTCUTS, BlockSpec
 from xoresnet.errors import UnsupportedModelError
 from xoresnet.neuron import NeuronSpec
@@ -19,12 +19,11 @@ from xoresnet.stats import recording
 
 STANDARD_TYPES = {nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Flatten, nir.SumPool2d, nir.AvgPool2d,
                   nir.Scale, nir.Threshold, nir.IF, nir.LIF, nir.CubaLIF}
-NEAR = 1e-5
 
 VARIANTS = [(kind, BlockSpec(sel, merge, sc))
             for kind in ("basic", "bottleneck")
             for sel, merge, sc in itertools.product(SELECTIONS, MERGES, SHORTCUTS)
-            if not (merge == "add" and sel != "none")]
+            if not (merge == "add" and sel != "none") and not (kind == "bottleneck" and sel == "mid")]
 
 
 def variant_config(kind, spec, **kw):
@@ -56,58 +55,22 @@ def assert_same_graph(g1: nir.NIRGraph, g2: nir.NIRGraph):
         assert type(n1) is type(n2), name
         for f in dataclasses.fields(n1):
             assert _same(getattr(n1, f.name), getattr(n2, f.name)), (name, f.name)
-    assert read_graph_meta(g1) == read_graph_meta(g2)
+    assert read_meta(g1) == read_meta(g2)
     assert float(g2.metadata["dt"]) == 1.0
 
 
-def ancestors(graph: nir.NIRGraph) -> dict[str, set[str]]:
-    preds = {n: [] for n in graph.nodes}
-    for s, d in graph.edges:
-        preds[d].append(s)
-    memo: dict[str, set[str]] = {}
-
-    def visit(n):
-        if n not in memo:
-            memo[n] = set()
-            for p in preds[n]:
-                memo[n] |= {p} | visit(p)
-        return memo[n]
-
-    for n in graph.nodes:
-        visit(n)
-    return memo
-
-
 def compare_with_model(model, graph, pixels):
-    """Every neuron's spikes: interpreter (on ``graph``) vs PyTorch. Exact, except at elements whose
-    membrane is within NEAR of the threshold (float rounding may flip them) and downstream of a
-    node where such a flip happened. Returns (neurons compared, near-threshold elements, flips)."""
-    x = pixels.to(torch.float32) / model.config.input_levels
-    with torch.no_grad(), recording(model, membrane=True) as rec:
-        logits = model(x)
-    trace = NIRInterpreter(graph).run(x)
-    neuron_nodes = {n for n, node in graph.nodes.items() if isinstance(node, (nir.IF, nir.LIF, nir.CubaLIF))}
-    assert neuron_nodes == set(rec.traces), "NIR neuron nodes and model neurons must have the same names"
-    vth = model.config.neuron.vth
-    anc = ancestors(graph)
-    flipped: set[str] = set()
-    near_total = 0
-    for name in [n for n in trace.outputs if n in neuron_nodes]:  # interpreter order is topological
-        s_model, h_model = rec.traces[name]
-        if anc[name] & flipped:
-            continue  # an upstream element flipped at the threshold: inputs differ legitimately
-        near = (h_model - vth).abs() < NEAR
-        near_total += int(near.sum())
-        diff = trace.outputs[name] != s_model
-        assert not bool((diff & ~near).any()), f"{name}: {int((diff & ~near).sum())} spikes differ away from vth"
-        gap = (trace.membranes[name] - h_model).abs()[~near]
-        assert gap.numel() == 0 or float(gap.max()) < 1e-4, f"{name}: membranes differ by {float(gap.max())}"
-        if bool(diff.any()):
-            flipped.add(name)
-    if not flipped:
-        assert float((trace.logits - logits).abs().max()) < 1e-5
-    rates = [float(s.mean()) for s, _ in rec.traces.values()]
-    return len(neuron_nodes), near_total, len(flipped), rates
+    """The production check (:func:`deploy.nir_check.compare_nir_to_model`, causal near-threshold rule)
+    of ``graph`` against ``model``, held to what a correct export gives: nothing unexplained, and
+    membranes and logits equal to float32 rounding wherever the models must agree. Returns the
+    check's result and the model's firing rate per neuron layer (to keep the test from comparing silence)."""
+    result = compare_nir_to_model(model, graph, pixels)
+    assert result["passed"], f"unexplained NIR/PyTorch mismatches: {result}"
+    assert result["max_membrane_difference"] < 1e-4 and result["max_logit_difference"] < 1e-5, result
+    assert result["near_threshold_flips"] <= result["mismatching_neuron_steps"]
+    with torch.no_grad(), recording(model) as rec:
+        model(pixels.to(torch.float32) / model.config.input_levels)
+    return result, [v["firing_rate"] for v in rec.summary()["layers"].values()]
 
 
 # ---------------------------------------------------------------------- round trip + parity
@@ -123,8 +86,8 @@ def test_round_trip_and_interpreter_parity_every_variant(kind, spec, tmp_path):
     assert_same_graph(graph, back)
     assert set(map(type, back.nodes.values())) <= STANDARD_TYPES
     pixels = random_pixels(3, cfg, seed=12)
-    n, near, flips, rates = compare_with_model(model, back, pixels)
-    assert n >= 5 and flips <= near
+    result, rates = compare_with_model(model, back, pixels)
+    assert result["neuron_nodes"] >= 5
     assert np.mean(rates) > 0.05 and max(rates) < 0.95, f"weak test: firing rates {rates}"
 
 
@@ -143,8 +106,8 @@ def test_round_trip_and_parity_per_neuron_kind(neuron, node_type, tmp_path):
     write_nir(graph, tmp_path / "m.nir")
     back = read_nir(tmp_path / "m.nir")
     assert_same_graph(graph, back)
-    _, near, flips, rates = compare_with_model(model, back, random_pixels(4, cfg, seed=22))
-    assert flips <= near and np.mean(rates) > 0.05
+    _, rates = compare_with_model(model, back, random_pixels(4, cfg, seed=22))
+    assert np.mean(rates) > 0.05
 
 
 def test_round_trip_and_parity_84x84_or_pool_stem(tmp_path):
@@ -158,8 +121,8 @@ def test_round_trip_and_parity_84x84_or_pool_stem(tmp_path):
     write_nir(graph, tmp_path / "s.nir")
     back = read_nir(tmp_path / "s.nir")
     assert_same_graph(graph, back)
-    _, near, flips, rates = compare_with_model(model, back, random_pixels(2, cfg, seed=32))
-    assert flips <= near and np.mean(rates) > 0.05
+    _, rates = compare_with_model(model, back, random_pixels(2, cfg, seed=32))
+    assert np.mean(rates) > 0.05
 
 
 # ---------------------------------------------------------------------- parameters, by hand
@@ -190,9 +153,9 @@ def test_batch_norm_folding_and_neuron_parameters():
             assert np.all(sn.tau_syn == 2.0) and np.all(sn.w_in == 2.0)
             assert np.all(sn.tau_mem == 4.0) and np.all(sn.r == 4.0)
             np.testing.assert_allclose(sn.v_leak[:, 0, 0], shift / 0.25, rtol=1e-6, atol=1e-6)
-        meta = read_node_meta(sn)
+        meta = read_meta(sn)
         assert meta["role"] == "neuron" and meta["du"] == neuron.du and meta["dv"] == neuron.dv
-        gm = read_graph_meta(graph)
+        gm = read_meta(graph)
         assert gm["timesteps"] == cfg.timesteps and gm["input_levels"] == cfg.input_levels
         assert gm["config"] == cfg.to_dict()
 

@@ -7,20 +7,53 @@ from calibration.qat import enable_qat, project_to_ranges, synapse_targets
 from calibration.quantize import QuantSpec, calibrate_nir, quantize_weight
 from deploy.nir_export import export_nir
 from deploy.reference import ReferenceSimulator
-from xoresnet.config import BLOCK_PRESETS
+from xoresnet.config import BLOCK_PRESETS, BlockSpec
+from xoresnet.network import build_network
 from xoresnet.neuron import NeuronSpec
 from xoresnet.stats import recording
 
 from conftest import firing_model, random_pixels, small_config
 
 
+NEURONS = {"lif": NeuronSpec(), "cuba": NeuronSpec(du=0.5, dv=0.25)}
+BOTTLENECK = dict(block_type="bottleneck", blocks_per_stage=(2, 1), base_width=2)
+# Beyond the presets: the `mid` selection (BasicBlock only) and Bottleneck networks, each with both
+# non-identity shortcuts. small_config's stage 2 opens with a stride-2 block; the Bottleneck's first
+# block also changes the channels (expansion 4) and its second block is an identity block.
+EXTRA_CONFIGS = {
+    "mid-or-add_current": small_config(block=BlockSpec("mid", "or", "add_current")),
+    "mid-xor-spike": small_config(block=BlockSpec("mid", "xor", "spike")),
+    "mid-iand-spike": small_config(block=BlockSpec("mid", "iand", "spike")),
+    "bottleneck-xor-or": small_config(**BOTTLENECK, block=BlockSpec()),
+    "bottleneck-xor-xor-spike": small_config(**BOTTLENECK, block=BlockSpec("prev_input", "xor", "spike")),
+    "bottleneck-sew-add": small_config(**BOTTLENECK, block=BLOCK_PRESETS["sew-add"]),
+    "bottleneck-spiking-resnet": small_config(**BOTTLENECK, block=BLOCK_PRESETS["spiking-resnet"]),
+}
+
+
 @pytest.mark.parametrize("variant", sorted(BLOCK_PRESETS))
-@pytest.mark.parametrize("neuron", [NeuronSpec(), NeuronSpec(du=0.5, dv=0.25)], ids=["lif", "cuba"])
+@pytest.mark.parametrize("neuron", sorted(NEURONS))
 def test_qat_forward_equals_integer_reference(variant, neuron):
-    cfg = small_config().replace(block=BLOCK_PRESETS[variant], neuron=neuron)
+    assert_qat_equals_reference(small_config().replace(block=BLOCK_PRESETS[variant], neuron=NEURONS[neuron]))
+
+
+@pytest.mark.parametrize("neuron", sorted(NEURONS))
+@pytest.mark.parametrize("name", sorted(EXTRA_CONFIGS))
+def test_qat_forward_equals_integer_reference_mid_and_bottleneck(name, neuron):
+    cfg = EXTRA_CONFIGS[name].replace(neuron=NEURONS[neuron])
+    kinds = {type(blk.shortcut).__name__ for stage in build_network(cfg).stages() for blk in stage}
+    assert "NoneType" in kinds and len(kinds) == 2  # identity and non-identity blocks both present
+    assert_qat_equals_reference(cfg)
+
+
+def assert_qat_equals_reference(cfg):
+    """The QAT forward of a firing model of ``cfg`` gives exactly the integer reference's spikes
+    (every neuron), predictions and logits on the integer graph calibrated for it."""
     model = firing_model(cfg, seed=3)
     pixels = random_pixels(8, cfg, 1)
-    cal = calibrate_nir(export_nir(model), pixels, candidates=1)
+    cal = calibrate_nir(export_nir(model), pixels)
+    entries = [e for e in cal.report["populations"].values() if e["kind"] == "neuron"]
+    assert any(e["vth_mant"] < e["max_vth_mant"] for e in entries)  # searched scales, not only range-limited ones
     enable_qat(model, cal.spec)
     with torch.no_grad(), recording(model, membrane=True) as rec:
         logits = model(pixels.float() / cfg.input_levels)
