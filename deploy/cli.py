@@ -11,9 +11,12 @@ Stages (each a function of :mod:`deploy` / :mod:`calibration` / :mod:`hw_targets
 6. Lava (``Loihi2SimCfg('fixed_pt')``) on the parity images against the reference in Loihi timing:
    every population, neuron and step must be equal, or the export fails (exit 5);
 7. write the artifacts atomically into ``--out`` (``manifest.json`` is the parity certificate);
-8. ``--dispatch``: run on Loihi 2 hardware, only after parity passed.
+8. ``--dispatch``: run on Loihi 2 hardware, only after parity passed (the target checks the
+   certificate ``manifest.json`` against the files of ``--out`` before it runs).
 
-Exit codes: see :mod:`xoresnet.errors`.
+Every flag is checked before any work (:func:`check_flags`): a bad value is a usage error (exit
+code 2, one line, like argparse's own errors), an unreadable or invalid ``--energy-table`` a bad
+input file (exit code 3). Exit codes: see :mod:`xoresnet.errors`.
 """
 
 from __future__ import annotations
@@ -33,35 +36,44 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from xoresnet.errors import DataError, UnsupportedModelError, XoresnetError, run_cli
+from hw_targets import available_targets, get_target
+from hw_targets.loihi2 import DISPATCH_TIMEOUT
+from xoresnet.errors import DataError, OneLineArgumentParser, UnsupportedModelError, UsageError, number, run_cli
 
 PROG = "xoresnet-export"
 MANIFEST_FORMAT = "xoresnet-export"
-MANIFEST_VERSION = 1
-TARGET_CHOICES = ("loihi2", "lava-sim", "onnx")
+MANIFEST_VERSION = 2
+#: What the export draws at random (recorded in the manifest).
+EXPORT_RANDOMNESS = ("none: every image set is the first N images of its split in the dataset's fixed order, and "
+                     "the export draws no random numbers")
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog=PROG,
         description="Export a trained XOResNet checkpoint for Loihi 2: NIR graph, Loihi integer graph, Lava process "
                     "graph, bit-exact parity certificate, resource/energy report; optionally dispatch to hardware.")
     p.add_argument("checkpoint", help="xoresnet checkpoint (.pt)")
-    p.add_argument("--target", default="loihi2", help=f"deployment target: {', '.join(TARGET_CHOICES)} (default loihi2)")
+    p.add_argument("--target", default="loihi2",
+                   help=f"deployment target: {', '.join(available_targets())} (default loihi2)")
     p.add_argument("--out", help="artifact folder (default: out/<checkpoint name>); replaced atomically")
     p.add_argument("--dataset", help="dataset for calibration, evaluation and parity images (default: the one the "
                                      "checkpoint was trained on)")
     p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits)")
     p.add_argument("--calib-data", metavar="NPY",
                    help="calibration images as a .npy of integer pixels [N, C, H, W] (default: training split)")
-    p.add_argument("--calib-samples", type=int, default=64, help="calibration images (default 64)")
-    p.add_argument("--eval-samples", type=int, default=1000,
-                   help="test images for the integer accuracy and the report statistics (default 1000; 0 = all)")
-    p.add_argument("--parity-samples", type=int, default=4,
-                   help="test images run on Lava and compared bit for bit with the reference (default 4)")
-    p.add_argument("--timesteps", "-T", type=int, help="override the model's number of timesteps")
-    p.add_argument("--timeout", type=float, default=900.0, help="wall-clock limit of the Lava run in seconds")
-    p.add_argument("--system", choices=("oheo-gulch", "kapoho-point", "hala-point"),
+    p.add_argument("--calib-samples", type=number(int, minimum=1, inclusive=True), default=64,
+                   help="calibration images, >= 1 (default 64)")
+    p.add_argument("--eval-samples", type=number(int, inclusive=True), default=1000,
+                   help="test images for the integer accuracy and the report statistics (default 1000; 0 = all; "
+                        "at most the test split)")
+    p.add_argument("--parity-samples", type=number(int, minimum=1, inclusive=True), default=4,
+                   help="test images run on Lava and compared bit for bit with the reference, >= 1 (default 4)")
+    p.add_argument("--timesteps", "-T", type=number(int, minimum=1, inclusive=True), help="override the model's number of timesteps (>= 1)")
+    p.add_argument("--timeout", type=number(float), default=DISPATCH_TIMEOUT,
+                   help=f"wall-clock limit of each Lava run (simulation, hardware dispatch) in seconds, > 0 "
+                        f"(default {DISPATCH_TIMEOUT:g})")
+    p.add_argument("--system", choices=[s.key for s in get_target("loihi2").systems],
                    help="Loihi 2 system to pack onto (default: the smallest that fits)")
     p.add_argument("--energy-table", help="JSON file overriding the energy-per-operation table")
     p.add_argument("--dispatch", action="store_true", help="after parity passes, run on Loihi 2 hardware (lava-loihi)")
@@ -94,8 +106,9 @@ def load_pixels_npy(path: str, shape: tuple[int, ...], levels: int) -> torch.Ten
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise DataError(f"--calib-data {path}: not a readable .npy array ({e})") from None
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape) or not np.issubdtype(arr.dtype, np.integer):
-        raise DataError(f"--calib-data {path}: need integer pixels of shape [N, {', '.join(map(str, shape))}], "
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape) or not np.issubdtype(arr.dtype, np.integer) \
+            or arr.shape[0] < 1:
+        raise DataError(f"--calib-data {path}: need integer pixels of shape [N >= 1, {', '.join(map(str, shape))}], "
                         f"got {arr.dtype} {arr.shape}")
     if arr.min() < 0 or arr.max() > levels:
         raise DataError(f"--calib-data {path}: pixel values must lie in 0..{levels}")
@@ -103,16 +116,28 @@ def load_pixels_npy(path: str, shape: tuple[int, ...], levels: int) -> torch.Ten
 
 
 class ArtifactDir:
-    """Collects the artifacts in a temporary folder beside ``out`` and swaps it in at the end."""
+    """Collects the artifacts in a temporary folder beside ``out`` and swaps it in at the end.
+
+    Nothing is ever written into ``out`` before :meth:`commit`; a failed parity check leaves its
+    details beside it, in :attr:`failure_file` (``<out>.parity-failure.json``), which a later
+    successful export removes."""
 
     def __init__(self, out: Path):
         self.out = out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot create the artifact folder ({type(e).__name__}: "
+                             f"{e.strerror or e})") from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder follows the umask
         self.files: dict[str, Path] = {}
+
+    @property
+    def failure_file(self) -> Path:
+        return self.out.with_name(f"{self.out.name}.parity-failure.json")
 
     def path(self, name: str) -> Path:
         self.files[name] = self.tmp / name
@@ -120,8 +145,15 @@ class ArtifactDir:
 
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path(name)
-        p.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+        p.write_text(_dumps(data))
         return p
+
+    def write_failure(self, data: Any) -> Path:
+        """Write ``data`` to :attr:`failure_file` (atomically: temporary name, then rename)."""
+        tmp = self.tmp.with_name(f".{self.failure_file.name}.tmp-{os.getpid()}")
+        tmp.write_text(_dumps(data))
+        os.replace(tmp, self.failure_file)
+        return self.failure_file
 
     def hashes(self) -> dict[str, str]:
         return {name: sha256(p) for name, p in sorted(self.files.items())}
@@ -134,9 +166,14 @@ class ArtifactDir:
         os.replace(self.tmp, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        self.failure_file.unlink(missing_ok=True)
 
     def discard(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
 
 
 def _json_default(x):
@@ -151,40 +188,58 @@ def _json_default(x):
     raise TypeError(f"not JSON-able: {type(x).__name__}")
 
 
-def export(args: argparse.Namespace) -> int:
-    from hw_targets import get_target
+def check_flags(args: argparse.Namespace):
+    """Check what argparse cannot, before any work: the target, ``--dispatch`` on it, ``--out``, the
+    energy table. Returns ``(target, out, energy_table or None)``; raises
+    :class:`~hw_targets.base.UsageError` (exit code 2) or, for an unreadable or invalid
+    ``--energy-table``, :class:`~xoresnet.errors.DataError` (exit code 3)."""
+    from hw_targets.energy import EnergyTable
 
     target = get_target(args.target)
-    t_start = time.time()
+    if args.dispatch and not target.has_hardware:
+        raise UsageError(f"--dispatch needs a target with hardware (loihi2): {target.dispatch_status()[1]}")
+    out = Path(args.out or Path("out") / Path(args.checkpoint).stem)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    table = EnergyTable.from_json(args.energy_table) if args.energy_table else None
+    return target, out, table
+
+
+def load_inputs(args: argparse.Namespace, target):
+    """Stage 1: ``(model, checkpoint, dataset name, test split, --calib-data pixels or None)``."""
     from xoresnet.checkpoint import load_model
+    from xoresnet.data import DATASETS, load_dataset
 
     say(f"[1/8] loading {args.checkpoint}")
     model, ckpt = load_model(args.checkpoint)
     if args.timesteps:
-        if args.timesteps < 1:
-            raise UnsupportedModelError("--timesteps must be >= 1")
         model.config = model.config.replace(timesteps=args.timesteps)
     cfg = model.config
     dataset = args.dataset or ckpt.meta.get("dataset")
     if dataset is None:
         raise DataError("the checkpoint does not name its dataset: pass --dataset")
-    from xoresnet.data import DATASETS, load_dataset
-
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     test = load_dataset(dataset, "test", args.data_dir)
-    if tuple(test.pixels.shape[1:]) != (cfg.in_channels, cfg.input_size, cfg.input_size):
-        raise DataError(f"dataset {dataset} has images {tuple(test.pixels.shape[1:])}, the model expects "
-                        f"{(cfg.in_channels, cfg.input_size, cfg.input_size)}")
-    n_eval = len(test) if args.eval_samples in (0, None) else min(args.eval_samples, len(test))
-    eval_pixels, eval_labels = test.pixels[:n_eval], test.labels[:n_eval]
-    out = Path(args.out or Path("out") / Path(args.checkpoint).stem)
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if tuple(test.pixels.shape[1:]) != shape:
+        raise DataError(f"dataset {dataset} has images {tuple(test.pixels.shape[1:])}, the model expects {shape}")
+    calib_pixels = None
+    if args.calib_data and target.name != "onnx":
+        calib_pixels = load_pixels_npy(args.calib_data, shape, cfg.input_levels)
+    return model, ckpt, dataset, test, calib_pixels
+
+
+def export(args: argparse.Namespace) -> int:
+    target, out, energy_table = check_flags(args)
+    t_start = time.time()
     artifacts = ArtifactDir(out)
     try:
+        model, ckpt, dataset, test, calib_pixels = load_inputs(args, target)
         if target.name == "onnx":
-            summary = export_onnx_target(args, model, ckpt, target, eval_pixels, artifacts, dataset)
+            summary = export_onnx_target(args, model, ckpt, target, test, artifacts, dataset)
         else:
-            summary = export_loihi(args, model, ckpt, target, dataset, test, eval_pixels, eval_labels, artifacts)
+            summary = export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_table, artifacts)
         summary["seconds"] = round(time.time() - t_start, 1)
         manifest = summary.pop("manifest")
         manifest["artifacts"] = artifacts.hashes()
@@ -197,12 +252,28 @@ def export(args: argparse.Namespace) -> int:
     print_summary(summary, out)
     if args.dispatch:
         say("[8/8] dispatching to Loihi 2")
-        result = target.dispatch(out, pixels=eval_pixels[: args.parity_samples].numpy())
-        print(f"dispatch: {result}")
+        result = target.dispatch(out, pixels=summary["parity_pixels"], timeout=args.timeout,
+                                 progress=not args.no_progress)
+        print(dispatch_line(result, summary["reference_predictions"]))
     return 0
 
 
-def base_manifest(args, ckpt, target, dataset: str) -> dict[str, Any]:
+def dispatch_line(result, reference_predictions: list[int]) -> str:
+    """The summary line of a hardware run (``result``: :class:`~deploy.lava_run.LavaRunResult`)."""
+    got = [int(x) for x in result.predictions()]
+    same = "equal to" if got == list(reference_predictions) else "DIFFERENT from"
+    return (f"dispatch: Loihi 2 ran {result.samples} parity images ({result.steps} steps, {result.seconds:.1f} s): "
+            f"predictions {got}, {same} the integer reference's {list(reference_predictions)}")
+
+
+def first_images(split: str, n: int, total: Optional[int] = None) -> str:
+    """``"test split, first 20 of 450 images"`` (the images an export step used)."""
+    return f"{split} split, first {n}" + (f" of {total}" if total is not None else "") + " images"
+
+
+def base_manifest(args, ckpt, target, data: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without ``verdict`` and ``artifacts``. ``data``: the images each step used
+    (counts and descriptions); the training seed and the export's randomness are added here."""
     return {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -210,52 +281,89 @@ def base_manifest(args, ckpt, target, dataset: str) -> dict[str, Any]:
         "target": target.name,
         "checkpoint": {"path": str(args.checkpoint), "sha256": ckpt.sha256, "qat": ckpt.quant is not None,
                        "config": ckpt.config.to_dict()},
-        "data": {"dataset": dataset, "calibration": (f"{args.calib_data}" if args.calib_data else
-                                                     f"train split, first {args.calib_samples} images"),
-                 "evaluation": f"test split, first {args.eval_samples or 'all'} images",
-                 "parity": f"test split, first {args.parity_samples} images", "seed": None,
-                 "note": "sample selection is deterministic (the first N images of each split); no randomness"},
+        "data": {**data, "seeds": {"training": (ckpt.meta.get("options") or {}).get("seed"), "export": None},
+                 "randomness": EXPORT_RANDOMNESS},
         "versions": package_versions(),
     }
 
 
-def export_loihi(args, model, ckpt, target, dataset, test, eval_pixels, eval_labels, artifacts: ArtifactDir) -> dict:
+def find_float_parent(ckpt, checkpoint_path: str) -> Optional[Path]:
+    """The float checkpoint a QAT checkpoint was fine-tuned from (its meta ``float_parent``): the
+    recorded path as given or beside ``checkpoint_path``, if the file there has the recorded SHA-256."""
+    parent = ckpt.meta.get("float_parent") or {}
+    if ckpt.quant is None or not parent.get("path"):
+        return None
+    recorded = Path(parent["path"])
+    for path in (recorded, Path(checkpoint_path).parent / recorded.name):
+        if path.is_file() and sha256(path) == parent.get("sha256"):
+            return path
+    return None
+
+
+def float_baseline(args, ckpt, eval_set, own_accuracy: float, progress: bool) -> dict[str, Any]:
+    """The float accuracy the summary compares the integer accuracy with, on the same images
+    (``eval_set``): for a QAT checkpoint whose float parent is found (:func:`find_float_parent`),
+    the parent evaluated on them; else this checkpoint's own float model (``own_accuracy``, on them).
+    Returns ``{"what": str, "accuracy": float}``."""
+    from xoresnet.checkpoint import load_model
+    from xoresnet.training import evaluate
+
+    path = find_float_parent(ckpt, args.checkpoint)
+    if path is None:
+        parent = (ckpt.meta.get("float_parent") or {}).get("path")
+        what = "the float model" + (f" (its float parent {parent} was not found with the recorded SHA-256)"
+                                    if ckpt.quant is not None and parent else "")
+        return {"what": what, "accuracy": own_accuracy}
+    model, _ = load_model(path)
+    if args.timesteps:
+        model.config = model.config.replace(timesteps=args.timesteps)
+    return {"what": f"the float model it was fine-tuned from ({ckpt.meta['float_parent']['path']})",
+            "accuracy": evaluate(model, eval_set, progress=progress)["accuracy"]}
+
+
+def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_table,
+                 artifacts: ArtifactDir) -> dict:
+    """Stages 2-7 for the loihi2 and lava-sim targets; ``test``: the whole test split;
+    ``calib_pixels``: ``--calib-data`` (or None: the training split)."""
     from calibration.integer_graph import save_integer_graph
     from deploy.lava_graph import describe_lava_network
     from deploy.lava_run import run_lava
     from deploy.nir_check import compare_nir_to_model
-    from deploy.nir_export import export_nir, write_nir
+    from deploy.nir_export import export_nir, read_nir, write_nir
     from deploy.parity import check_parity
     from deploy.pipeline import calibrate_checkpoint, calibration_pixels
     from deploy.reference import ReferenceSimulator
     from deploy.schedule import schedule
-    from hw_targets.energy import EnergyTable, estimate_energy
-    from hw_targets.report import build_report, model_section, write_report
+    from hw_targets.energy import estimate_energy
+    from hw_targets.report import build_report, lava_section, model_section, write_report
     from hw_targets.resources import check_design_rules, connectivity, require_design_rules
     from hw_targets.stats import collect_statistics
-    from xoresnet.data import load_dataset
+    from xoresnet.data import IntImageDataset
     from xoresnet.errors import ParityError
     from xoresnet.training import evaluate
 
-    cfg = model.config
     progress = not args.no_progress
-    say(f"[2/8] float model on {len(eval_pixels)} test images; NIR export and interpreter check")
-    float_eval = evaluate(model, load_dataset(dataset, "test", args.data_dir, limit=len(eval_pixels)),
-                          progress=progress)
+    n_eval = len(test) if args.eval_samples == 0 else min(args.eval_samples, len(test))
+    eval_set = IntImageDataset(test.pixels[:n_eval], test.labels[:n_eval], test.info)
+    say(f"[2/8] float model on {n_eval} test images; NIR export and interpreter check")
+    float_eval = evaluate(model, eval_set, progress=progress)
+    baseline = float_baseline(args, ckpt, eval_set, float_eval["accuracy"], progress)
     nir_graph = export_nir(model)
     write_nir(nir_graph, artifacts.path("model.nir"))
-    nir_check = compare_nir_to_model(model, nir_graph, eval_pixels)
+    nir_check = compare_nir_to_model(model, read_nir(artifacts.files["model.nir"]), eval_set.pixels)  # the file
     if not nir_check["passed"]:
         raise UnsupportedModelError(
-            f"the NIR interpreter disagrees with PyTorch on {nir_check['unexplained_mismatches']} neuron-steps not "
-            "explained by near-threshold rounding (a bug: please report it)")
-    say("[3/8] calibrating to Loihi 2 integers"
-        + (" (scales from quantization-aware training)" if ckpt.quant else f" on {args.calib_samples} images"))
-    if args.calib_data:
-        pixels = load_pixels_npy(args.calib_data, (cfg.in_channels, cfg.input_size, cfg.input_size), cfg.input_levels)
+            f"the NIR interpreter, on model.nir as written, disagrees with PyTorch on "
+            f"{nir_check['unexplained_mismatches']} neuron-steps not explained by near-threshold rounding (first: "
+            f"{nir_check['first_unexplained']}; a bug: please report it)")
+    if calib_pixels is None:
+        calib_pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
+        calib_what = first_images("train", len(calib_pixels))
     else:
-        pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
-    calibration = calibrate_checkpoint(model, ckpt, pixels)
+        calib_what = f"{args.calib_data} ({len(calib_pixels)} images)"
+    say("[3/8] calibrating to Loihi 2 integers"
+        + (" (scales from quantization-aware training)" if ckpt.quant else f" on {len(calib_pixels)} images"))
+    calibration = calibrate_checkpoint(model, ckpt, calib_pixels)
     graph = schedule(calibration.graph)
     save_integer_graph(graph, artifacts.path("integer_graph.h5"))
     artifacts.write_json("calibration.json", {"spec": calibration.spec.to_dict(), "report": calibration.report})
@@ -263,10 +371,10 @@ def export_loihi(args, model, ckpt, target, dataset, test, eval_pixels, eval_lab
     say(f"[4/8] design rules and packing for {target.name}")
     conns = connectivity(graph)
     drc = require_design_rules(check_design_rules(graph, target, system=args.system, conns=conns))
-    say(f"[5/8] integer reference on {len(eval_pixels)} test images (accuracy, spike statistics, energy)")
-    stats, accumulator = collect_statistics(graph, eval_pixels, eval_labels, float_accuracy=float_eval["accuracy"],
-                                            conns=conns)
-    energy = estimate_energy(stats, graph, EnergyTable.from_json(args.energy_table) if args.energy_table else None)
+    say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
+    stats, accumulator = collect_statistics(graph, eval_set.pixels, eval_set.labels,
+                                            float_accuracy=float_eval["accuracy"], conns=conns, progress=progress)
+    energy = estimate_energy(stats, graph, energy_table)
     parity_pixels = test.pixels[: args.parity_samples]
     say(f"[6/8] Lava fixed-point simulation of {len(parity_pixels)} test images vs the integer reference "
         "(Loihi timing, every neuron and step)")
@@ -275,20 +383,25 @@ def export_loihi(args, model, ckpt, target, dataset, test, eval_pixels, eval_lab
     parity = check_parity(graph, reference, lava)
     parity_dict = {**parity.to_dict(), "summary": parity.summary(), "lava_seconds": round(lava.seconds, 2)}
     if not parity.passed:
-        failure = artifacts.out.with_name(f"{artifacts.out.name}.parity-failure.json")
-        failure.write_text(json.dumps(parity_dict, indent=2, default=_json_default) + "\n")
-        raise ParityError(f"{parity.summary()} (details: {failure}); nothing was written to {artifacts.out} and "
+        failure = artifacts.write_failure(parity_dict)
+        raise ParityError(f"{parity.summary()}; details in {failure}; nothing was written to {artifacts.out} and "
                           "dispatch is blocked")
     artifacts.write_json("parity.json", parity_dict)
     say("[7/8] writing the report and the manifest")
     report = build_report(graph=graph, target=target, drc=drc, stats=stats, energy=energy,
                           raster=accumulator.raster, model=model_section(graph, checkpoint=ckpt),
                           dataset={"name": dataset, "split": "test", "samples": stats["samples"]},
-                          parity=parity_dict)
+                          parity=parity_dict, lava=lava_section(graph, lava, reference))
     report["nir_check"] = nir_check
     json_path, html_path = write_report(artifacts.tmp, report)
     artifacts.files["report.json"], artifacts.files["report.html"] = json_path, html_path
-    manifest = base_manifest(args, ckpt, target, dataset)
+    manifest = base_manifest(args, ckpt, target, {
+        "dataset": dataset, "test_split_images": len(test),
+        "calibration": calib_what + (" (quantization-aware training fixed the scales; the images only measure the "
+                                     "calibration report)" if ckpt.quant else ""),
+        "calibration_images": len(calib_pixels),
+        "evaluation": first_images("test", n_eval, len(test)), "evaluation_images": n_eval,
+        "parity": first_images("test", len(parity_pixels), len(test)), "parity_images": len(parity_pixels)})
     manifest["verdict"] = {
         "parity": "passed", "parity_samples": parity.samples, "neuron_steps_compared": parity.neuron_steps_compared,
         "predictions_equal": parity.predictions_equal, "nir_check": "passed", "design_rules": "passed",
@@ -298,59 +411,54 @@ def export_loihi(args, model, ckpt, target, dataset, test, eval_pixels, eval_lab
     }
     return {
         "manifest": manifest, "target": target.name, "parity": parity.summary(),
-        "float_accuracy": float_eval["accuracy"], "integer_accuracy": stats["accuracy"]["integer"],
-        "eval_samples": len(eval_pixels), "energy_uj": energy["loihi"]["total_pj"] / 1e6,
+        "integer_accuracy": stats["accuracy"]["integer"], "baseline": baseline,
+        "eval_samples": n_eval, "energy_uj": energy["loihi"]["total_pj"] / 1e6,
         "cores": drc.packing.num_cores, "chips": drc.packing.chips,
-        "latency_steps": stats["latency"]["latency_steps"], "qat": ckpt.quant is not None,
-        "float_parent": ckpt.meta.get("float_parent"), "report": "report.html",
+        "latency_steps": stats["latency"]["latency_steps"], "report": "report.html",
+        "parity_pixels": parity_pixels.numpy(), "reference_predictions": parity.predictions["reference"],
     }
 
 
-def export_onnx_target(args, model, ckpt, target, eval_pixels, artifacts: ArtifactDir, dataset: str) -> dict:
+def export_onnx_target(args, model, ckpt, target, test, artifacts: ArtifactDir, dataset: str) -> dict:
+    """The onnx target: ``model.onnx`` checked with onnxruntime on the first ``8 x --parity-samples``
+    test images (``test``: the whole test split)."""
     from hw_targets.onnx import export_onnx_artifacts
 
-    say(f"[2/3] exporting the float model per timestep to ONNX and checking it with onnxruntime")
-    check = export_onnx_artifacts(model, artifacts.tmp, eval_pixels[: max(args.parity_samples, 1) * 8],
-                                  model.config.timesteps)
+    pixels = test.pixels[: args.parity_samples * 8]
+    say(f"[2/3] exporting the float model per timestep to ONNX and checking it with onnxruntime on {len(pixels)} "
+        "test images")
+    check = export_onnx_artifacts(model, artifacts.tmp, pixels, model.config.timesteps)
     for name in ("model.onnx", "onnx_check.json"):
         artifacts.files[name] = artifacts.tmp / name
     if not check["passed"]:
         raise UnsupportedModelError(f"the ONNX model disagrees with PyTorch: {check.get('summary', check)}")
-    manifest = base_manifest(args, ckpt, target, dataset)
+    manifest = base_manifest(args, ckpt, target, {
+        "dataset": dataset, "test_split_images": len(test),
+        "onnx_check": first_images("test", len(pixels), len(test)), "onnx_check_images": len(pixels)})
     manifest["verdict"] = {"onnx_check": "passed", "dispatch_allowed": False}
     return {"manifest": manifest, "target": target.name, "onnx": check}
 
 
 def print_summary(s: dict, out: Path) -> None:
+    """The result lines on stdout; both accuracies are on the same ``eval_samples`` test images."""
     if s["target"] == "onnx":
         c = s["onnx"]
         print(f"ONNX export checked against PyTorch with onnxruntime: {c.get('summary', 'passed')}")
     else:
         print(f"verdict: {s['parity']}")
-        fa, ia = s["float_accuracy"], s["integer_accuracy"]
-        parent = s.get("float_parent") or {}
-        if s["qat"] and parent.get("test_accuracy") is not None and s["eval_samples"] == parent.get("test_samples",
-                                                                                                  s["eval_samples"]):
-            fa, what = parent["test_accuracy"], f"the float model it was fine-tuned from ({parent['path']})"
-        else:
-            what = "the float model"
+        ia, fa, what = s["integer_accuracy"], s["baseline"]["accuracy"], s["baseline"]["what"]
         drop = 100 * (fa - ia)
         print(f"accuracy on {s['eval_samples']} test images: Loihi integer {100 * ia:.2f}%, {what} {100 * fa:.2f}% "
               f"({abs(drop):.2f} pp {'below' if drop >= 0 else 'above'})")
         print(f"Loihi 2: {s['cores']} neuro-cores on {s['chips']} chip(s), latency {s['latency_steps']} timesteps"
               + (f", ~{s['energy_uj']:.2f} uJ/inference (Loihi-1-calibrated estimate)" if s["energy_uj"] else ""))
-    if s["target"] != "onnx":
         print(f"report: {out / s['report']}")
     what = "manifest.json, onnx_check.json" if s["target"] == "onnx" else "manifest.json is the parity certificate"
     print(f"artifacts: {out}/ ({what}) [{s['seconds']} s]")
 
 
 def export_main(argv: Optional[list[str]] = None) -> None:
-    def main() -> int:
-        args = export_parser().parse_args(argv)
-        return export(args)
-
-    run_cli(PROG, main)
+    run_cli(PROG, lambda: export(export_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,7 @@
-"""Run the Lava simulation of an integer graph safely: in a child process, with a timeout, and
-without leaking processes or shared memory.
+"""Run an integer graph in Lava safely: in a child process, with a timeout, and without leaking
+processes or shared memory. One runner for both run configurations of
+:data:`deploy.lava_worker.RUN_CONFIGS`: Lava's CPU simulator (``fixed_pt``, the parity check) and
+Loihi 2 hardware (``hw``, ``Loihi2HwCfg``: :meth:`hw_targets.loihi2.Loihi2Target.dispatch`).
 
 Why a child process: Lava hangs instead of raising on some errors (an exception inside a
 model's ``run_spk`` deadlocks the runtime; spec section 4.4), and a killed Lava leaks its
@@ -83,7 +85,8 @@ class LavaRunResult(StreamWindows):
     ``segments_removed`` (those we had to unlink; empty when Lava cleaned up itself);
     ``phases``: seconds spent in the child per phase (``load``:
     imports and graph reading, ``build``: process objects, ``start``: compile, channels and one
-    forked actor per Lava process, ``run``: the steps, ``stop``: runtime shutdown).
+    forked actor per Lava process, ``run``: the steps, ``stop``: runtime shutdown);
+    ``run_config``: the key of :data:`deploy.lava_worker.RUN_CONFIGS` it ran with.
     """
 
     spikes: dict[str, np.ndarray]
@@ -98,6 +101,7 @@ class LavaRunResult(StreamWindows):
     cleanup: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     pixels: Optional[np.ndarray] = None  # the input stream [N, C, H, W] (for divergence reports)
+    run_config: str = "fixed_pt"
 
     def predictions(self) -> np.ndarray:
         """``[N]``: the argmax of each sample's summed logits (``StreamResult.predictions()[0]``)."""
@@ -238,10 +242,14 @@ def _report_progress(work: Path, shown: list, start: float) -> None:
 
 
 def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb: Optional[dict] = None,
-             progress: bool = False, chunk: int = DEFAULT_CHUNK, validate: bool = True) -> LavaRunResult:
-    """Simulate ``graph`` in Lava (``Loihi2SimCfg(select_tag="fixed_pt")``) on one stream of
-    ``pixels [N, C, H, W]`` (integers), in a child process, for ``stream_steps(graph, N)`` steps.
+             progress: bool = False, chunk: int = DEFAULT_CHUNK, validate: bool = True,
+             run_config: str = "fixed_pt") -> LavaRunResult:
+    """Run ``graph`` in Lava on one stream of ``pixels [N, C, H, W]`` (integers), in a child
+    process, for ``stream_steps(graph, N)`` steps.
 
+    ``run_config``: ``"fixed_pt"`` (``Loihi2SimCfg(select_tag="fixed_pt")``, the CPU simulator) or
+    ``"hw"`` (``Loihi2HwCfg``, Loihi 2 hardware through lava-loihi); see
+    :data:`deploy.lava_worker.RUN_CONFIGS`.
     ``timeout``: wall-clock seconds for the whole child (Lava's startup included); on expiry the
     child's session is killed and :class:`LavaRunError` raised. ``perturb``: fault injection
     (``{"synapse", "index", "delta"}``, see :func:`deploy.lava_graph.build_lava_network`).
@@ -263,6 +271,9 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
         raise ValueError(f"pixels must be in 0..255 (8-bit graded spikes), got {pixels.min()}..{pixels.max()}")
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
+    if run_config not in lava_worker.RUN_CONFIGS:
+        raise ValueError(f"unknown run configuration {run_config!r}; known: {', '.join(lava_worker.RUN_CONFIGS)}")
+    what = lava_worker.RUN_CONFIGS[run_config][0]
     if validate:
         graph.validate()
     if perturb is not None and perturb.get("synapse") not in {s.name for s in graph.synapses}:
@@ -279,7 +290,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
         save_integer_graph(graph, work / "graph.h5")
         np.save(work / "pixels.npy", pixels)
         (work / "job.json").write_text(json.dumps({"steps": S, "chunk": int(max(1, chunk)), "perturb": perturb,
-                                                   "parent_pid": os.getpid()}))
+                                                   "parent_pid": os.getpid(), "run_config": run_config}))
         (work / "tmp").mkdir()
         env = dict(os.environ)
         repo = str(Path(__file__).resolve().parent.parent)
@@ -308,7 +319,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
             child.wait()
             cleanup.update(_cleanup_segments(work, held, before), processes_killed=killed)
             err = LavaRunError(
-                f"the Lava simulation did not finish within {timeout:g} s (Lava hangs instead of raising on some "
+                f"{what} did not finish within {timeout:g} s (Lava hangs instead of raising on some "
                 f"errors); it was stopped and cleaned up. Increase the timeout for long streams "
                 f"({S} steps for {N} samples).")
             err.cleanup = cleanup
@@ -323,7 +334,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
         if progress:
             _report_progress(work, shown, start)
         if rc != 0:
-            err = LavaRunError(f"the Lava simulation failed (exit code {rc}): {_last_error_line(work)}")
+            err = LavaRunError(f"{what} failed (exit code {rc}): {_last_error_line(work)}")
             err.cleanup = cleanup
             raise err
         try:
@@ -333,7 +344,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                 readout = z["readout"].astype(np.int64)
                 phases = json.loads(str(z["phases"])) if "phases" in z else {}
         except (OSError, KeyError, ValueError) as e:
-            raise LavaRunError(f"the Lava simulation exited without a readable result ({e})") from None
+            raise LavaRunError(f"{what} exited without a readable result ({e})") from None
     except BaseException:
         # Ctrl-C (KeyboardInterrupt) or any other failure in the parent: the child must not outlive us.
         if child is not None and (child.poll() is None or session_members(child.pid)):
@@ -350,7 +361,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                          reset_interval=graph.reset_interval, timesteps=graph.timesteps,
                          readout_latency=readout_latency_of(graph),
                          readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
-                         phases=phases, pixels=pixels)
+                         phases=phases, pixels=pixels, run_config=run_config)
 
 
 def _cleanup_segments(work: Path, held: set[str], before: set[str]) -> dict[str, Any]:

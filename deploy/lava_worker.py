@@ -4,11 +4,13 @@
 
 * ``graph.h5``: the integer graph (:func:`calibration.integer_graph.save_integer_graph`);
 * ``pixels.npy``: the input stream ``[N, C, H, W]`` (integers);
-* ``job.json``: ``{"steps": S, "chunk": int, "perturb": dict | null, "parent_pid": int}``;
+* ``job.json``: ``{"steps": S, "chunk": int, "perturb": dict | null, "parent_pid": int,
+  "run_config": "fixed_pt" | "hw"}`` (a key of :data:`RUN_CONFIGS`);
 
-builds the Lava network (:func:`deploy.lava_graph.build_lava_network`), runs ``S`` steps with
-``Loihi2SimCfg(select_tag="fixed_pt")`` in chunks of ``chunk`` steps (draining the extractors
-after each chunk), always stops the runtime (``try/finally``), and writes:
+builds the Lava network (:func:`deploy.lava_graph.build_lava_network`), runs ``S`` steps with the
+run configuration (``fixed_pt``: Lava's CPU simulator ``Loihi2SimCfg(select_tag="fixed_pt")``;
+``hw``: Loihi 2 hardware, ``Loihi2HwCfg``, which needs lava-loihi) in chunks of ``chunk`` steps
+(draining the extractors after each chunk), always stops the runtime (``try/finally``), and writes:
 
 * ``result.npz`` (atomically, via a temporary name): ``names`` (JSON list of population names),
   ``spike_<i>`` bool ``[S, *shape]`` in PyTorch layout per population, ``readout`` int64 ``[S, K]``,
@@ -42,6 +44,9 @@ SHM_LOG = "shm.log"
 RESULT = "result.npz"
 PROGRESS = "progress"
 ERROR = "error.txt"
+#: Run configurations: name -> (what runs, for messages; the Lava run-config class).
+RUN_CONFIGS = {"fixed_pt": ("the Lava simulation", "Loihi2SimCfg(select_tag='fixed_pt')"),
+               "hw": ("the Loihi 2 run", "Loihi2HwCfg")}
 
 
 def record_shared_memory(log_path: Path) -> None:
@@ -96,9 +101,24 @@ def _watch_parent(parent_pid: int, work: Path) -> None:
     threading.Thread(target=watch, name="xoresnet-parent-watch", daemon=True).start()
 
 
+def make_run_config(net, name: str):
+    """The Lava run configuration called ``name`` (:data:`RUN_CONFIGS`) for the network ``net``:
+    ``fixed_pt`` pins every process to its fixed-point model (``LavaNetwork.run_config``); ``hw``
+    is ``Loihi2HwCfg()``, which selects the neuro-core models of lava-loihi."""
+    if name == "fixed_pt":
+        return net.run_config()
+    if name == "hw":
+        from lava.magma.core.run_configs import Loihi2HwCfg
+
+        return Loihi2HwCfg()
+    raise ValueError(f"unknown run configuration {name!r}; known: {', '.join(RUN_CONFIGS)}")
+
+
 def simulate(graph, pixels, *, steps: int, chunk: int, perturb: Optional[dict] = None,
-             on_progress: Optional[Callable[[int, int], None]] = None, phases: Optional[dict] = None):
-    """Run the Lava network for ``steps`` steps: ``(spikes {p: bool [S, *shape]}, readout [S, K])``.
+             on_progress: Optional[Callable[[int, int], None]] = None, phases: Optional[dict] = None,
+             run_config: str = "fixed_pt"):
+    """Run the Lava network for ``steps`` steps with the run configuration ``run_config``
+    (:func:`make_run_config`): ``(spikes {p: bool [S, *shape]}, readout [S, K])``.
 
     ``phases`` (if given) receives the seconds spent building, starting, running and stopping."""
     import numpy as np
@@ -113,7 +133,7 @@ def simulate(graph, pixels, *, steps: int, chunk: int, perturb: Optional[dict] =
     phases["build"] = time.monotonic() - t
     t = time.monotonic()
 
-    cfg = net.run_config()
+    cfg = make_run_config(net, run_config)
     parts_s: dict[str, list] = {name: [] for name in net.probes}
     parts_r = []
     done = 0
@@ -166,7 +186,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         pixels = np.load(work / "pixels.npy")
         phases = {"load": time.monotonic() - t}
         spikes, readout = simulate(graph, pixels, steps=int(job["steps"]), chunk=int(job["chunk"]),
-                                   perturb=job.get("perturb"), on_progress=progress, phases=phases)
+                                   perturb=job.get("perturb"), on_progress=progress, phases=phases,
+                                   run_config=job["run_config"])
         names = list(spikes)
         arrays = {f"spike_{i}": spikes[n] for i, n in enumerate(names)}
         tmp = work / "result.tmp.npz"

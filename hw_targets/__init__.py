@@ -4,10 +4,11 @@ Targets (:data:`TARGETS`, :func:`get_target`):
 
 * ``loihi2`` (default, :mod:`hw_targets.loihi2`): Intel Loihi 2 hardware; dispatch needs lava-loihi.
 * ``lava-sim`` (:mod:`hw_targets.lava_sim`): Lava's CPU simulator; no dispatch.
-* ``onnx``: reserved for the ONNX export target (``hw_targets/onnx.py``, written separately); it
-  registers itself with :func:`register_target`.
+* ``onnx`` (:mod:`hw_targets.onnx`): the float model per timestep for ONNX Runtime; no dispatch. It
+  imports torch and onnx, so it registers itself (:func:`register_target`) only when first asked for.
 
-An unknown name raises :class:`~hw_targets.base.UnknownTargetError` (a usage error, exit code 2).
+:func:`available_targets` lists them all, registered or not. An unknown name raises
+:class:`~hw_targets.base.UnknownTargetError` (a usage error, exit code 2) naming every target.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from .loihi2 import LOIHI2
 
 DEFAULT_TARGET = "loihi2"
 TARGETS: dict[str, HwTarget] = {LOIHI2.name: LOIHI2, LAVA_SIM.name: LAVA_SIM}
-#: Names reserved for targets implemented elsewhere (not registered until their module is).
+#: Targets registered by their module when first asked for (name -> module).
 RESERVED_TARGETS = {"onnx": "hw_targets.onnx"}
+
+
+def available_targets() -> list[str]:
+    """Every target name, the default first, the lazily registered ones included."""
+    return [DEFAULT_TARGET] + sorted((set(TARGETS) | set(RESERVED_TARGETS)) - {DEFAULT_TARGET})
 
 
 def register_target(target: HwTarget) -> None:
@@ -43,10 +49,10 @@ def get_target(name: Optional[str] = None) -> HwTarget:
                 raise
         if name in TARGETS:
             return TARGETS[name]
-        raise UnknownTargetError(f"target {name!r} is not available yet (module {RESERVED_TARGETS[name]} "
+        raise UnknownTargetError(f"target {name!r} is not available (module {RESERVED_TARGETS[name]} "
                                  f"is missing); available: {', '.join(sorted(TARGETS))}")
-    raise UnknownTargetError(f"unknown target {name!r}; available: {', '.join(sorted(TARGETS))}")
+    raise UnknownTargetError(f"unknown target {name!r}; available: {', '.join(available_targets())}")
 
 
 __all__ = ["DEFAULT_TARGET", "TARGETS", "HwTarget", "Limit", "NoHardwareError", "System", "UnknownTargetError",
-           "get_target", "register_target"]
+           "available_targets", "get_target", "register_target"]

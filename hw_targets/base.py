@@ -8,9 +8,10 @@ publication, or inferred, and that cannot be verified without Intel's proprietar
 
 Errors raised here (exit codes of :mod:`xoresnet.errors`):
 
-* :class:`UnknownTargetError` (exit code 2, a usage error): ``get_target("nonsense")``.
+* :class:`UnknownTargetError` (a :class:`~xoresnet.errors.UsageError`, exit code 2):
+  ``get_target("nonsense")``.
 * :class:`NoHardwareError` (a :class:`~xoresnet.errors.DispatchUnavailableError`, exit code 7):
-  ``dispatch`` on a target that has no hardware behind it (the Lava CPU simulator).
+  ``dispatch`` on a target that has no hardware behind it (the Lava CPU simulator, ONNX).
 """
 
 from __future__ import annotations
@@ -18,16 +19,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from xoresnet.errors import DispatchUnavailableError, XoresnetError
+from xoresnet.errors import DispatchUnavailableError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .energy import EnergyTable
 
 
-class UnknownTargetError(XoresnetError):
+class UnknownTargetError(UsageError):
     """An unknown target or system name (a usage error)."""
-
-    exit_code = 2
 
 
 class NoHardwareError(DispatchUnavailableError):
@@ -72,6 +71,8 @@ class HwTarget:
     ``limits``: by name (see :mod:`hw_targets.loihi2` for the names the design-rule check uses).
     ``systems``: the systems a mapped network can be checked against, smallest first.
     ``has_hardware``: whether :meth:`dispatch` can ever run on a chip.
+    ``no_dispatch``: for a target without hardware, one line saying why it cannot dispatch and what
+    to do instead (:meth:`dispatch_status` reports it, :meth:`dispatch` raises it).
     """
 
     name: str
@@ -80,6 +81,7 @@ class HwTarget:
     systems: tuple[System, ...]
     has_hardware: bool
     notes: tuple[str, ...] = field(default_factory=tuple)
+    no_dispatch: str = ""
 
     def limit(self, name: str) -> Limit:
         return self.limits[name]
@@ -100,11 +102,12 @@ class HwTarget:
         return EnergyTable.default()
 
     def dispatch_status(self) -> tuple[bool, str]:
-        """``(available, one-line explanation)``; never raises."""
-        return False, f"target {self.name} cannot dispatch"
+        """``(available, one-line explanation)``; never raises. A target with hardware overrides it."""
+        return False, self.no_dispatch or f"target {self.name} has no hardware to dispatch to"
 
-    def dispatch(self, export_dir, pixels=None, **kwargs) -> Any:  # pragma: no cover - overridden
-        raise NoHardwareError(f"target {self.name} has no hardware to dispatch to")
+    def dispatch(self, export_dir, pixels=None, **kwargs) -> Any:
+        """Run an export on the hardware; a target without hardware raises :class:`NoHardwareError`."""
+        raise NoHardwareError(self.dispatch_status()[1])
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description for the report (``target`` section)."""

@@ -1,8 +1,9 @@
 """``xoresnet-report DIR``: re-render ``DIR/report.html`` from ``DIR/report.json``.
 
-The JSON is validated first (schema ``xoresnet-report`` version 1); a missing, corrupt or invalid
-file is a one-line error with exit code 3 (:class:`hw_targets.report.ReportError`), usage errors
-exit with 2 (argparse), success with 0.
+The JSON is validated first (schema ``xoresnet-report`` version 1, see :mod:`hw_targets.report`);
+a missing, corrupt or invalid file is a one-line error with exit code 3
+(:class:`hw_targets.report.ReportError`), a usage error one line with exit code 2
+(:class:`xoresnet.errors.OneLineArgumentParser`), success exits with 0.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from xoresnet.errors import run_cli
+from xoresnet.errors import OneLineArgumentParser, UsageError, run_cli
 
 
 def report_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="xoresnet-report",
         description="Re-render DIR/report.html from DIR/report.json (validated against the report schema; "
                     "see docs/report-schema.md).")
@@ -32,11 +33,13 @@ def _report(args: argparse.Namespace) -> int:
         raise ReportError(f"{d} is not a directory")
     report = load_report(d)
     out = Path(args.output) if args.output else d / REPORT_HTML
-    _atomic_write(out, render_html(report))
+    try:
+        _atomic_write(out, render_html(report))
+    except OSError as e:
+        raise UsageError(f"cannot write {out} ({type(e).__name__}: {e.strerror or e})") from None
     print(f"wrote {out}")
     return 0
 
 
 def report_main(argv: Optional[list[str]] = None) -> None:
-    args = report_parser().parse_args(argv)
-    run_cli("xoresnet-report", lambda: _report(args))
+    run_cli("xoresnet-report", lambda: _report(report_parser().parse_args(argv)))

@@ -24,6 +24,7 @@ per-operation figure). Every assumption is listed in the result's ``assumptions`
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Optional
@@ -31,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph
+from xoresnet.errors import DataError
 
 LOIHI1_LABEL = "Loihi-1-calibrated estimate"
 HOROWITZ_LABEL = "45 nm estimate (Horowitz 2014)"
@@ -102,7 +104,10 @@ class EnergyTable:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EnergyTable":
         """A table from JSON: keys of :meth:`to_dict`; missing keys keep the defaults. An operation may be
-        a number (pJ, source "user table") or ``{"pj", "source", "label"}``."""
+        a number (pJ, source "user table") or ``{"pj", "source", "label"}``; energies and
+        ``hops_per_spike`` are finite and >= 0. Raises ``ValueError`` (one line) naming the bad key."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an energy table is a JSON object, got {type(d).__name__}")
         base = cls()
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
@@ -113,25 +118,45 @@ class EnergyTable:
             if op not in d:
                 continue
             v = d[op]
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if _non_negative(v):
                 kw[op] = OpEnergy(float(v), "user energy table", "user figure")
-            elif isinstance(v, dict) and isinstance(v.get("pj"), (int, float)):
+            elif isinstance(v, dict) and _non_negative(v.get("pj")):
                 kw[op] = OpEnergy(float(v["pj"]), str(v.get("source", "user energy table")),
                                   str(v.get("label", "user figure")))
             else:
-                raise ValueError(f"energy table: {op} must be a number of pJ or {{'pj': ...}}, got {v!r}")
+                raise ValueError(f"energy table: {op} must be a number of pJ >= 0 or {{'pj': ...}}, got {v!r}")
         if "name" in d:
             kw["name"] = str(d["name"])
         if "hops_per_spike" in d:
+            if not _non_negative(d["hops_per_spike"]):
+                raise ValueError(f"energy table: hops_per_spike must be a number >= 0, got {d['hops_per_spike']!r}")
             kw["hops_per_spike"] = float(d["hops_per_spike"])
         if "calibration_points" in d:
-            kw["calibration_points"] = tuple(dict(p) for p in d["calibration_points"])
+            points = d["calibration_points"]
+            if not isinstance(points, list) or not all(isinstance(q, dict) for q in points):
+                raise ValueError("energy table: calibration_points must be a list of objects")
+            kw["calibration_points"] = tuple(dict(q) for q in points)
         return replace(base, **kw)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "EnergyTable":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """:meth:`from_dict` of a JSON file; a missing, unreadable or invalid file raises
+        :class:`~xoresnet.errors.DataError` (exit code 3), one line."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except OSError as e:
+            raise DataError(f"energy table {path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"energy table {path}: not valid JSON (line {e.lineno}, column {e.colno}: "
+                            f"{e.msg})") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"energy table {path}: {e}") from None
+
+
+def _non_negative(v: Any) -> bool:
+    """Whether ``v`` is a JSON number (not a boolean), finite and >= 0."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 # ---------------------------------------------------------------------- ANN MACs

@@ -6,16 +6,16 @@ limits (cores, neurons and synaptic memory per core, axons, chips) do not bind a
 are checked as *non-enforced*: exceeding them is a warning ("would not fit Loihi 2"), not an error.
 Energy figures are the Loihi 2 estimates (what the simulated network would cost on the chip).
 
-:meth:`LavaSimTarget.dispatch` raises :class:`~hw_targets.base.NoHardwareError`;
+``dispatch`` raises :class:`~hw_targets.base.NoHardwareError` (:meth:`HwTarget.dispatch
+<hw_targets.base.HwTarget.dispatch>` with the target's ``no_dispatch`` line);
 :meth:`LavaSimTarget.simulate` runs the graph in Lava (``deploy.lava_run.run_lava``).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from .base import HwTarget, NoHardwareError
+from .base import HwTarget
 from .loihi2 import LIMITS as LOIHI2_LIMITS
 from .loihi2 import SYSTEMS
 
@@ -27,13 +27,6 @@ LIMITS = {k: (replace(v, enforced=False) if k in CAPACITY_LIMITS else v) for k, 
 
 
 class LavaSimTarget(HwTarget):
-    def dispatch_status(self) -> tuple[bool, str]:
-        return False, "lava-sim is Lava's CPU simulator: there is no hardware to dispatch to (use target loihi2)"
-
-    def dispatch(self, export_dir, pixels=None, **kwargs) -> Any:
-        raise NoHardwareError("target lava-sim is Lava's CPU simulator and has no hardware to dispatch to; "
-                              "dispatch with --target loihi2 (needs lava-loihi) or simulate with lava-sim")
-
     def simulate(self, graph, pixels, *, timeout: float = 600.0, **kwargs):
         """Run ``graph`` in Lava's fixed-point CPU simulator (:func:`deploy.lava_run.run_lava`)."""
         from deploy.lava_run import run_lava
@@ -48,4 +41,6 @@ LAVA_SIM = LavaSimTarget(
     systems=SYSTEMS,
     has_hardware=False,
     notes=("Capacity limits are reported for Loihi 2 but do not bind the CPU simulator (warnings only).",),
+    no_dispatch="target lava-sim is Lava's CPU simulator and has no hardware to dispatch to; dispatch with "
+                "--target loihi2 (needs lava-loihi) or simulate with lava-sim",
 )

@@ -34,16 +34,23 @@ the neuro-core (``nc``) and embedded-C (``c``) process models, subcompilers and 
 constructed but can never select a neuro-core model. :func:`missing_loihi2_modules` lists which of
 those modules (and the NxCore driver, and the profiler that ``lava.utils.loihi.is_installed``
 checks) cannot be imported.
+
+Dispatch runs an export folder, never a bare graph: the parity certificate travels with the
+artifacts (``manifest.json``: the verdict and the SHA-256 of every artifact) and
+:func:`read_parity_certificate` checks it against the files before anything runs. The run itself
+goes through :func:`deploy.lava_run.run_lava` with ``run_config="hw"``: the child-process runner of
+the CPU simulation, with its wall-clock timeout and process / shared-memory cleanup.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any, Optional
 
-from xoresnet.errors import DispatchUnavailableError, LavaRunError, ParityError
+from xoresnet.errors import DispatchUnavailableError, ParityError
 
 from .base import HwTarget, Limit, System
 
@@ -180,6 +187,12 @@ def unavailable_message(missing: list[str]) -> str:
 
 # ---------------------------------------------------------------------- the target
 
+#: The artifacts dispatch reads from an export folder.
+GRAPH_FILE, PARITY_FILE, MANIFEST_FILE = "integer_graph.h5", "parity.json", "manifest.json"
+#: Default wall-clock limit of a hardware run, seconds (``xoresnet-export --timeout``'s default).
+DISPATCH_TIMEOUT = 900.0
+
+
 class Loihi2Target(HwTarget):
     """Loihi 2 hardware. :meth:`dispatch` runs an exported integer graph on a chip via lava-loihi."""
 
@@ -192,22 +205,22 @@ class Loihi2Target(HwTarget):
                            "(SLURM) or set NXSDKHOST (lava.utils.loihi.use_ethernet_host)")
         return True, "lava-loihi is installed and a Loihi 2 host is configured"
 
-    def dispatch(self, export_dir, pixels=None, *, parity: Any = None, graph_file: str = "integer_graph.h5",
-                 partition: Optional[str] = None, board: Optional[str] = None, steps: Optional[int] = None,
-                 force: bool = False) -> dict[str, Any]:
-        """Run the exported graph on Loihi 2 and return ``{"spikes", "readout", "predictions", "steps"}``.
+    def dispatch(self, export_dir, pixels=None, *, timeout: float = DISPATCH_TIMEOUT, progress: bool = False,
+                 partition: Optional[str] = None, board: Optional[str] = None):
+        """Run the export in ``export_dir`` on Loihi 2; return the run's
+        :class:`~deploy.lava_run.LavaRunResult` (``run_config == "hw"``: spikes, readout, predictions).
 
-        ``export_dir/graph_file``: the scheduled integer graph (:func:`~calibration.integer_graph.
-        save_integer_graph`); ``pixels``: ``[N, C, H, W]`` integers, one stream of ``N`` samples.
-        ``parity``: the parity verdict of the export (a dict with ``passed``/``samples``/``summary`` or a
-        ``deploy.parity.ParityReport``); dispatch is refused (:class:`ParityError`)
-        unless it passed, or ``force=True``. The design rules are checked first
-        (:class:`~xoresnet.errors.DesignRuleError`).
+        ``pixels``: ``[N, C, H, W]`` integers, one stream of ``N`` samples. ``timeout``: wall-clock
+        seconds for the whole run (:func:`deploy.lava_run.run_lava`, the child-process runner of the
+        CPU simulation: killed and cleaned up on expiry, :class:`~xoresnet.errors.LavaRunError`).
 
-        Raises :class:`~xoresnet.errors.DispatchUnavailableError` (exit code 7) naming the missing
-        modules when lava-loihi is not installed - checked before anything else.
+        Checked in this order: lava-loihi is installed (else
+        :class:`~xoresnet.errors.DispatchUnavailableError`, exit code 7, naming the missing modules);
+        the folder's parity certificate holds (:func:`read_parity_certificate`, else
+        :class:`~xoresnet.errors.ParityError`, exit code 5); the graph is scheduled and passes the
+        design rules (:class:`~xoresnet.errors.DesignRuleError`); a Loihi 2 host is configured.
 
-        The hardware path builds the same Lava process graph as the CPU simulation
+        The hardware run builds the same Lava process graph as the CPU simulation
         (``deploy.lava_graph.build_lava_network``) and runs it with ``Loihi2HwCfg``. It could not be
         tested here (no lava-loihi). On hardware, the host-side ``RingBuffer`` input and
         ``Extractor`` probes may need lava-loihi's embedded I/O adapters (``lava.proc.embedded_io``)
@@ -216,74 +229,75 @@ class Loihi2Target(HwTarget):
         missing = missing_loihi2_modules()
         if missing:
             raise DispatchUnavailableError(unavailable_message(missing))
-        from .report import parity_section
-
-        verdict = parity_section(parity)
-        if not force and not (verdict and verdict["passed"]):
-            raise ParityError("Loihi 2 dispatch is blocked: " + (
-                f"the parity check failed ({verdict['summary']})" if verdict else
-                "no passed parity verdict for this export (run the parity check first, or force=True)"))
-        import numpy as np
-
+        if pixels is None:
+            raise ValueError("Loihi 2 dispatch needs input pixels [N, C, H, W]")
         from calibration.integer_graph import load_integer_graph
+        from deploy.lava_run import run_lava
 
         from .resources import check_design_rules, require_design_rules
 
-        path = Path(export_dir) / graph_file
-        if not path.is_file():
-            raise DispatchUnavailableError(f"{path} does not exist: export the model first")
-        graph = load_integer_graph(path)
+        export_dir = Path(export_dir)
+        read_parity_certificate(export_dir)
+        graph = load_integer_graph(export_dir / GRAPH_FILE)
         if not graph.scheduled:
-            raise DispatchUnavailableError(f"{path} is not scheduled (no reset interval): re-export it")
+            raise DispatchUnavailableError(f"{export_dir / GRAPH_FILE} is not scheduled (no reset interval): "
+                                           "re-export it")
         require_design_rules(check_design_rules(graph, self))
-        if pixels is None:
-            raise DispatchUnavailableError("Loihi 2 dispatch needs input pixels [N, C, H, W]")
-        pixels = np.asarray(pixels).astype(np.int64)
         if partition or board:
             from lava.utils import loihi
 
             loihi.use_slurm_host(partition=partition, board=board)
         elif not _host_configured():
             raise DispatchUnavailableError(self.dispatch_status()[1])
-        return _run_on_loihi2(graph, pixels, steps)
+        return run_lava(graph, pixels, timeout=timeout, progress=progress, run_config="hw")
+
+
+def read_parity_certificate(export_dir: Path) -> dict[str, Any]:
+    """The parity certificate of the export in ``export_dir``: its ``manifest.json``, checked.
+
+    Raises :class:`~xoresnet.errors.ParityError` (exit code 5: dispatch blocked), one line, unless
+    the manifest is an ``xoresnet-export`` manifest whose verdict is ``parity: passed`` with
+    ``dispatch_allowed``, it lists ``integer_graph.h5`` and ``parity.json`` among its artifacts,
+    every listed artifact exists with the SHA-256 recorded, and ``parity.json`` says ``passed``.
+    Returns the manifest (a dict).
+    """
+    from deploy.cli import MANIFEST_FORMAT
+    from xoresnet.checkpoint import file_sha256
+
+    def blocked(why: str) -> ParityError:
+        return ParityError(f"Loihi 2 dispatch is blocked: {why}")
+
+    path = export_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise blocked(f"{path} does not exist (no parity certificate: export the model first)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise blocked(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise blocked(f"{path} is not an {MANIFEST_FORMAT} manifest")
+    verdict = manifest.get("verdict") or {}
+    if verdict.get("parity") != "passed" or verdict.get("dispatch_allowed") is not True:
+        raise blocked(f"the manifest's verdict is not a passed parity check ({path})")
+    artifacts = manifest.get("artifacts") or {}
+    for name in (GRAPH_FILE, PARITY_FILE):
+        if name not in artifacts:
+            raise blocked(f"the manifest does not cover {name} ({path})")
+    for name, digest in sorted(artifacts.items()):
+        f = export_dir / name
+        if not f.is_file():
+            raise blocked(f"{f} is missing (the parity certificate covers it)")
+        if file_sha256(f) != digest:
+            raise blocked(f"{f} is not the file the parity certificate covers (its SHA-256 differs from "
+                          f"{path}): re-export the model")
+    parity = json.loads((export_dir / PARITY_FILE).read_text(encoding="utf-8"))
+    if parity.get("passed") is not True:
+        raise blocked(f"the parity check failed ({parity.get('summary', 'no summary')})")
+    return manifest
 
 
 def _host_configured() -> bool:
     return any(os.environ.get(k) for k in ("SLURM", "PARTITION", "BOARD", "NXSDKHOST"))
-
-
-def _run_on_loihi2(graph, pixels, steps: Optional[int]) -> dict[str, Any]:  # pragma: no cover - hardware
-    """Build the Lava network of ``graph`` and run it with ``Loihi2HwCfg``."""
-    import numpy as np
-
-    from deploy.lava_compat import lava_ready
-    from deploy.reference import stream_steps
-
-    lava_ready()
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2HwCfg
-
-    from deploy.lava_graph import build_lava_network
-
-    S = int(steps or stream_steps(graph, int(pixels.shape[0])))
-    net = build_lava_network(graph, pixels, steps=S)
-    try:
-        net.root.run(condition=RunSteps(num_steps=S, blocking=True), run_cfg=Loihi2HwCfg())
-        spikes, readout = net.receive(S)
-    except Exception as e:  # noqa: BLE001 - one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise LavaRunError(f"the Loihi 2 run failed: {type(e).__name__}: {first}") from e
-    finally:
-        try:
-            net.root.stop()
-        except Exception:  # noqa: BLE001 - stopping a failed runtime
-            pass
-    from deploy.lava_run import LavaRunResult
-    from deploy.reference import readout_latency_of
-
-    result = LavaRunResult(spikes, readout, S, 0.0, int(pixels.shape[0]), graph.reset_interval, graph.timesteps,
-                           readout_latency_of(graph), np.asarray(graph.readout_bias, dtype=np.int64), pixels=pixels)
-    return {"spikes": spikes, "readout": readout, "predictions": result.predictions(), "steps": S}
 
 
 LOIHI2 = Loihi2Target(

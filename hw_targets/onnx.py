@@ -56,8 +56,8 @@ difference moves the logits of most samples, and is not excused.
 does not describe an SNN run step by step; the figure reported is the MACs of the step model run
 ``T`` times (every conv and linear MAC at every step) x 4.6 pJ, with its assumptions.
 
-**Dispatch**: none; :meth:`OnnxTarget.dispatch` raises :class:`~hw_targets.base.NoHardwareError`
-(run ``model.onnx`` with ONNX Runtime).
+**Dispatch**: none; ``dispatch`` raises :class:`~hw_targets.base.NoHardwareError` with the
+target's ``no_dispatch`` line (run ``model.onnx`` with ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ from xoresnet.network import XOResNet
 from xoresnet.neuron import CubaLIF, Current, cuba_lif_step
 
 from . import register_target
-from .base import HwTarget, NoHardwareError
+from .base import HwTarget
 
 #: Largest |logit difference| (per step) between ONNX Runtime and PyTorch, threshold flips aside.
 LOGIT_TOLERANCE = 1e-3
@@ -589,13 +589,6 @@ def step_macs(model: XOResNet) -> dict[str, Any]:
 class OnnxTarget(HwTarget):
     """The ONNX target: no Loihi limits, no systems, no dispatch; an energy estimate of its own."""
 
-    def dispatch_status(self) -> tuple[bool, str]:
-        return False, "the onnx target has no hardware dispatch: run model.onnx with onnxruntime"
-
-    def dispatch(self, export_dir, pixels=None, **kwargs) -> Any:
-        raise NoHardwareError("the onnx target has no hardware dispatch: run model.onnx with onnxruntime "
-                              "(CPU/GPU), feeding u_next.*/v_next.* back as u.*/v.* for T steps")
-
     def energy(self, model: XOResNet, timesteps: Optional[int] = None, table=None) -> dict[str, Any]:
         """MACs per inference of the step model run ``T`` times, and their 45 nm FP32 energy."""
         t = table or self.energy_table()  # an EnergyTable: its ann_mac figure (45 nm FP32 MAC)
@@ -635,6 +628,8 @@ ONNX = OnnxTarget(
     has_hardware=False,
     notes=("No Loihi limits apply: the float model runs on conventional hardware through ONNX Runtime.",
            "Energy: MACs of the step model run T times x 4.6 pJ (45 nm FP32 estimate), see OnnxTarget.energy."),
+    no_dispatch="the onnx target has no hardware dispatch: run model.onnx with onnxruntime (CPU/GPU), feeding "
+                "u_next.*/v_next.* back as u.*/v.* for T steps",
 )
 
 register_target(ONNX)

@@ -1,7 +1,8 @@
-"""``report.json`` (schema ``xoresnet-report`` version 1, ``docs/report-schema.md``) and ``report.html``.
+"""``report.json`` (schema ``xoresnet-report`` version 1.1, ``docs/report-schema.md``) and ``report.html``.
 
 * :func:`make_report`: everything from an integer graph and a dataset split (one reference run).
-* :func:`build_report`: assemble the JSON from already computed parts.
+* :func:`build_report`: assemble the JSON from already computed parts; :func:`lava_section` the
+  ``lava`` part from a Lava run and the reference's stream on the parity samples.
 * :func:`validate_report` / :func:`report_problems`: check required keys and types (hand-written
   schema below, no dependency).
 * :func:`render_html`: one self-contained page (plots are base64 PNGs drawn with matplotlib's
@@ -27,7 +28,10 @@ import numpy as np
 from xoresnet.errors import XoresnetError
 
 SCHEMA = "xoresnet-report"
+#: ``version`` changes when a field is removed or retyped (a reader refuses other versions);
+#: ``minor`` when keys are added (:data:`ADDED_IN_MINOR`; a reader accepts newer minors).
 VERSION = 1
+MINOR = 1
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
@@ -92,6 +96,10 @@ LATENCY = obj({"timesteps": INT, "scheduled": BOOL, "reset_interval": OINT, "max
                "readout_latency": OINT, "latency_steps": OINT, "steps_per_sample": OINT})
 ENERGY_MODEL = obj({"label": STR, "total_pj": NUM, "total_uj": NUM, "breakdown_pj": mapping(NUM),
                     "counts": mapping(NUM), "per_op_pj": mapping(NUM)})
+LAVA = obj({"run_config": STR, "samples": INT, "timesteps": INT, "steps": INT, "seconds": NUM,
+            "layers": arr(obj({"name": STR, "spikes_per_sample": arr(INT), "reference_spikes_per_sample": arr(INT),
+                               "equal": BOOL})),
+            "equal": BOOL, "predictions": arr(INT), "reference_predictions": arr(INT)}, nullable=True)
 
 REPORT_SCHEMA = obj({
     "schema": STR, "version": INT, "created": STR,
@@ -122,7 +130,18 @@ REPORT_SCHEMA = obj({
                    "populations": mapping(obj({"neurons": INT, "t": arr(INT), "n": arr(INT), "total": INT,
                                                "truncated": BOOL}))}, nullable=True),
     "warnings": arr(STR),
-})
+}, optional={"minor": INT})
+#: Top-level keys added by each minor version: required in reports of that minor or later, checked
+#: when present in older ones.
+ADDED_IN_MINOR = {1: {"lava": LAVA}}
+
+
+def _schema(minor: int) -> dict:
+    """:data:`REPORT_SCHEMA` as it stands in minor version ``minor``."""
+    keys, optional = dict(REPORT_SCHEMA["keys"]), dict(REPORT_SCHEMA["optional"])
+    for m, added in ADDED_IN_MINOR.items():
+        (keys if m <= minor else optional).update(added)
+    return obj(keys, optional)
 
 
 def _type_ok(v: Any, kind: str) -> bool:
@@ -176,7 +195,8 @@ def _check(v: Any, node: dict, path: str, out: list[str], limit: int) -> None:
 
 
 def report_problems(report: Any, limit: int = 20) -> list[str]:
-    """Every problem (up to ``limit``) of ``report`` against schema version 1; empty when valid."""
+    """Every problem (up to ``limit``) of ``report`` against schema version 1 (any minor: a report
+    without ``minor`` is 1.0); empty when valid."""
     out: list[str] = []
     if not isinstance(report, dict):
         return [f"report: expected an object, got {type(report).__name__}"]
@@ -184,7 +204,13 @@ def report_problems(report: Any, limit: int = 20) -> list[str]:
         out.append(f"report.schema: expected {SCHEMA!r}, got {report.get('schema')!r}")
     if report.get("version") != VERSION:
         out.append(f"report.version: this reader knows version {VERSION}, got {report.get('version')!r}")
-    _check(report, REPORT_SCHEMA, "report", out, limit)
+    minor = report.get("minor", 0)
+    if not _type_ok(minor, "int") or minor < 0:
+        out.append(f"report.minor: expected a non-negative integer, got {minor!r}")
+        minor = 0
+    _check(report, _schema(minor), "report", out, limit)
+    if not out and report.get("lava"):
+        out += _lava_problems(report["lava"])
     raster = report.get("raster")
     if not out and raster:
         for name, r in raster["populations"].items():
@@ -194,6 +220,21 @@ def report_problems(report: Any, limit: int = 20) -> list[str]:
                              or max(r["n"]) >= r["neurons"]):
                 out.append(f"report.raster.populations[{name!r}]: spike index out of range")
     return out[:limit]
+
+
+def _lava_problems(lava: dict) -> list[str]:
+    """Consistency of a (well-typed) ``lava`` section: one count per sample, ``equal`` as stated."""
+    out = []
+    for i, layer in enumerate(lava["layers"]):
+        where = f"report.lava.layers[{i}]"
+        if len(layer["spikes_per_sample"]) != lava["samples"] or \
+                len(layer["reference_spikes_per_sample"]) != lava["samples"]:
+            out.append(f"{where}: expected {lava['samples']} counts per sample")
+        elif layer["equal"] != (layer["spikes_per_sample"] == layer["reference_spikes_per_sample"]):
+            out.append(f"{where}.equal: does not match the counts")
+    if not out and lava["equal"] != all(layer["equal"] for layer in lava["layers"]):
+        out.append("report.lava.equal: does not match the layers")
+    return out
 
 
 def validate_report(report: Any) -> dict:
@@ -273,10 +314,29 @@ def parity_section(parity: Any) -> Optional[dict[str, Any]]:
     return d
 
 
+def lava_section(graph, lava, reference) -> dict[str, Any]:
+    """The ``lava`` section: per population, the spikes the Lava run ``lava``
+    (:class:`~deploy.lava_run.LavaRunResult`) recorded in each sample's window, beside those of the
+    reference's Loihi-timing stream ``reference`` (:class:`~deploy.reference.StreamResult`, one
+    stream) on the same samples (:func:`~hw_targets.stats.window_spike_counts`)."""
+    from deploy.lava_worker import RUN_CONFIGS
+
+    from .stats import window_spike_counts
+
+    got, ref = window_spike_counts(graph, lava), window_spike_counts(graph, reference)
+    layers = [{"name": name, "spikes_per_sample": got[name], "reference_spikes_per_sample": ref[name],
+               "equal": got[name] == ref[name]} for name in graph.populations]
+    return {"run_config": RUN_CONFIGS[lava.run_config][1], "samples": int(lava.samples),
+            "timesteps": int(lava.timesteps), "steps": int(lava.steps), "seconds": round(float(lava.seconds), 2),
+            "layers": layers, "equal": all(layer["equal"] for layer in layers),
+            "predictions": [int(x) for x in lava.predictions()],
+            "reference_predictions": [int(x) for x in reference.predictions()[0]]}
+
+
 def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str, Any], raster: Optional[dict],
                  model: dict[str, Any], dataset: Optional[dict[str, Any]] = None, parity: Any = None,
-                 warnings: Optional[list[str]] = None) -> dict[str, Any]:
-    """Assemble a version-1 report (validated) from its parts."""
+                 lava: Optional[dict[str, Any]] = None, warnings: Optional[list[str]] = None) -> dict[str, Any]:
+    """Assemble a version-1.1 report (validated) from its parts; ``lava``: :func:`lava_section` or None."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -290,8 +350,11 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
                             "reference for this export")
     elif not parity["passed"]:
         all_warnings.append(f"parity FAILED: {parity['summary']}")
+    if lava is not None and not lava["equal"]:
+        all_warnings.append("Lava's spike counts per sample differ from the integer reference's in "
+                            + ", ".join(layer["name"] for layer in lava["layers"] if not layer["equal"]))
     report = {
-        "schema": SCHEMA, "version": VERSION,
+        "schema": SCHEMA, "version": VERSION, "minor": MINOR,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "generator": {"package": "xoresnet", "version": pkg_version},
         "model": model,
@@ -303,6 +366,7 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
         "accuracy": stats["accuracy"],
         "latency": stats["latency"],
         "parity": parity,
+        "lava": lava,
         "raster": raster,
         "warnings": all_warnings,
     }
@@ -600,6 +664,29 @@ footer{color:#777;font-size:11px;margin-top:30px}
 """
 
 
+#: Samples shown as columns of the Lava table (all of them are in report.json).
+LAVA_COLUMNS = 8
+
+
+def _lava_html(lava: dict) -> str:
+    """The Lava section: per population, Lava's spikes in each parity sample's window and whether they
+    equal the reference's."""
+    N = lava["samples"]
+    shown = min(N, LAVA_COLUMNS)
+    rows = [[_e(l["name"])] + [_num(c) for c in l["spikes_per_sample"][:shown]]
+            + [_num(sum(l["spikes_per_sample"])), _num(sum(l["reference_spikes_per_sample"])),
+               "<span class='ok'>yes</span>" if l["equal"] else "<span class='bad'>no</span>"]
+            for l in lava["layers"]]
+    verdict = ("<span class='ok'>equal</span>" if lava["equal"] else "<span class='bad'>not equal</span>")
+    more = f" (the first {shown} shown; all {N} in report.json)" if N > shown else ""
+    return (f"<h2>Lava on the {N} parity samples</h2><p class='meta'>{_e(lava['run_config'])}: {lava['steps']} "
+            f"steps in {_num(lava['seconds'])} s. Spikes per population in each sample's {lava['timesteps']}-step "
+            f"window, as Lava recorded them{more}; per sample {verdict} to the integer reference's. Predictions: "
+            f"Lava {_e(lava['predictions'])}, reference {_e(lava['reference_predictions'])}.</p>"
+            + _table(["layer"] + [f"sample {n}" for n in range(shown)]
+                     + [f"Lava total ({N})", f"reference total ({N})", "equal per sample"], rows))
+
+
 def render_html(report: dict) -> str:
     """The self-contained HTML page of a (valid) report."""
     r = report
@@ -611,7 +698,7 @@ def render_html(report: dict) -> str:
     title = f"xoresnet deployment report: {m.get('name') or 'model'} on {tgt['name']}"
     parts.append(f"<h1>{_e(title)}</h1>")
     meta = [f"created {_e(r['created'])}", f"generator {_e(r['generator']['package'])} {_e(r['generator']['version'])}",
-            f"schema {_e(r['schema'])} v{r['version']}"]
+            f"schema {_e(r['schema'])} v{r['version']}.{r.get('minor', 0)}"]
     if m.get("checkpoint"):
         meta.append(f"checkpoint {_e(m['checkpoint'])}")
     if m.get("sha256"):
@@ -726,6 +813,8 @@ def render_html(report: dict) -> str:
                      "Coincidence: coincident / union of the branch spikes. XOR removed: block-input spikes the XOR "
                      "selection cancelled (S AND P). Branch balance: backbone / (backbone + shortcut) spikes into the "
                      "merge (0.5 = balanced). Counts from xoresnet.stats.block_counts.</p>")
+    if r.get("lava"):
+        parts.append(_lava_html(r["lava"]))
     # limits
     rows = [[_e(l["name"]), _num(l["value"]), _e(l["unit"]), est if l["estimate"] else "",
              "yes" if l["enforced"] else "no", _e(l["source"])]
@@ -735,7 +824,8 @@ def render_html(report: dict) -> str:
     parts.append(_table(["limit", "value", "unit", "", "enforced", "source"], rows, "wrap", left=6))
     if tgt["notes"]:
         parts.append("<ul class='findings'>" + "".join(f"<li>{_e(n)}</li>" for n in tgt["notes"]) + "</ul>")
-    parts.append(f"<footer>Rendered from report.json (schema {_e(r['schema'])} version {r['version']}) by "
+    parts.append(f"<footer>Rendered from report.json (schema {_e(r['schema'])} version {r['version']}."
+                 f"{r.get('minor', 0)}) by "
                  "hw_targets.report. Figures marked 'estimate' are not verified against Intel's compiler.</footer>")
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"

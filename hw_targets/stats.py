@@ -33,16 +33,22 @@ output of the one before it (the stem's output for the first).
 The raster (:attr:`StatsAccumulator.raster`) keeps the spikes of the first sample as (timestep,
 neuron) pairs, at most ``raster_cap`` per population, evenly subsampled in (t, n) order when
 there are more.
+
+:func:`window_spike_counts` counts the spikes of each sample's window in a Loihi-timing stream
+(the reference's :class:`~deploy.reference.StreamResult` or a Lava run's
+:class:`~deploy.lava_run.LavaRunResult`): the per-sample figures of the report's ``lava`` section.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph
 from xoresnet.stats import block_counts
@@ -312,18 +318,38 @@ def latency(graph: IntegerGraph) -> dict[str, Any]:
 
 def collect_statistics(graph: IntegerGraph, pixels, labels=None, *, float_accuracy: Optional[float] = None,
                        batch_size: int = 150, device: str = "cpu", conns: Optional[dict[str, SynapseConn]] = None,
-                       sim=None) -> tuple[dict[str, Any], StatsAccumulator]:
-    """Run the zero-delay reference once over ``pixels`` (batched) and summarise it.
+                       sim=None, progress: bool = False) -> tuple[dict[str, Any], StatsAccumulator]:
+    """Run the zero-delay reference once over ``pixels [N, C, H, W]`` (batched) and summarise it.
 
-    Returns ``(summary, accumulator)``; the raster is ``accumulator.raster``.
+    ``progress``: a progress bar over the ``N`` images on stderr. Returns ``(summary,
+    accumulator)``; the raster is ``accumulator.raster``.
     """
     from deploy.reference import ReferenceSimulator
 
     sim = sim or ReferenceSimulator(graph, device=device)
     acc = StatsAccumulator(graph, conns)
     N = len(pixels)
-    for start in range(0, N, batch_size):
-        x = pixels[start:start + batch_size]
-        y = None if labels is None else labels[start:start + batch_size]
-        acc.update(sim.run_zero_delay(x), x, y)
+    with tqdm(total=N, desc="integer reference", unit="img", file=sys.stderr, disable=not progress,
+              leave=False) as bar:
+        for start in range(0, N, batch_size):
+            x = pixels[start:start + batch_size]
+            y = None if labels is None else labels[start:start + batch_size]
+            acc.update(sim.run_zero_delay(x), x, y)
+            bar.update(len(x))
     return acc.summary(float_accuracy), acc
+
+
+def window_spike_counts(graph: IntegerGraph, result) -> dict[str, list[int]]:
+    """Spikes of every population in each sample's window of a Loihi-timing stream: ``{p: [N]}``.
+
+    ``result``: a :class:`~deploy.reference.StreamWindows` (the reference's ``StreamResult``,
+    spikes ``[S, 1, *shape]``, or a Lava run's ``LavaRunResult``, spikes ``[S, *shape]``) of
+    ``result.samples`` samples. Sample ``n``'s window of population ``p`` is its ``T`` steps from
+    ``result.step_index(n, 0, p.latency)``: the spikes that sample caused in ``p``.
+    """
+    out = {}
+    for p in graph.populations.values():
+        s = result.spikes[p.name]
+        out[p.name] = [int(s[start:start + result.timesteps].sum())
+                       for start in (result.step_index(n, 0, p.latency) for n in range(result.samples))]
+    return out

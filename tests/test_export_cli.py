@@ -70,11 +70,184 @@ def test_export_writes_every_artifact_with_a_parity_certificate(exported):
 
 
 def test_dispatch_without_the_hardware_stack_exits_7_after_parity(exported, tmp_path):
+    from hw_targets.loihi2 import missing_loihi2_modules
+
     out = tmp_path / "d"
     r = run_export(str(MODEL), "--out", str(out), "--parity-samples", "1", "--eval-samples", "20", "--dispatch")
     assert r.returncode == 7, r.stderr
-    assert "lava-loihi" in error_line(r.stderr)
+    line = error_line(r.stderr)
+    assert "lava-loihi" in line and all(m in line for m in missing_loihi2_modules())
     assert (out / "manifest.json").exists()  # the export itself succeeded; only dispatch is unavailable
+
+
+def test_summary_compares_accuracies_on_the_same_images(exported):
+    """--eval-samples 200 on the QAT model: its float parent is evaluated on the same 200 images."""
+    from xoresnet.checkpoint import load_model
+    from xoresnet.data import IntImageDataset, load_dataset
+    from xoresnet.training import evaluate
+
+    out, r = exported
+    m = re.search(r"accuracy on (\d+) test images: Loihi integer ([\d.]+)%, the float model it was fine-tuned "
+                  r"from \(models/xoresnet-digits.pt\) ([\d.]+)%", r.stdout)
+    assert m, r.stdout
+    test = load_dataset("digits", "test", limit=200)
+    parent, _ = load_model(REPO / "models" / "xoresnet-digits.pt")
+    acc = evaluate(parent, IntImageDataset(test.pixels, test.labels, test.info))["accuracy"]
+    report = json.loads((out / "report.json").read_text())
+    assert int(m.group(1)) == 200 == report["accuracy"]["samples"]
+    assert m.group(2) == f"{100 * report['accuracy']['integer']:.2f}" and m.group(3) == f"{100 * acc:.2f}"
+
+
+def test_float_baseline_without_the_parent_is_this_checkpoint_on_the_same_images(tmp_path):
+    import argparse
+
+    ckpt = load_checkpoint(MODEL)
+    ckpt.meta["float_parent"] = {**ckpt.meta["float_parent"], "path": str(tmp_path / "gone.pt")}
+    args = argparse.Namespace(checkpoint=str(MODEL), timesteps=None)
+    b = export_cli.float_baseline(args, ckpt, None, 0.75, False)
+    assert b["accuracy"] == 0.75 and "gone.pt was not found" in b["what"]
+
+
+def test_manifest_records_the_images_used_and_the_seeds(exported):
+    out, _ = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = manifest["data"]
+    assert manifest["version"] == export_cli.MANIFEST_VERSION
+    assert data["test_split_images"] == 450
+    assert (data["evaluation_images"], data["parity_images"], data["calibration_images"]) == (200, 3, 64)
+    assert data["evaluation"] == "test split, first 200 of 450 images"
+    assert data["parity"] == "test split, first 3 of 450 images"
+    assert data["seeds"] == {"training": load_checkpoint(MODEL).meta["options"]["seed"], "export": None}
+    assert data["randomness"].startswith("none")
+
+
+def test_report_has_lava_spike_counts_per_parity_sample(exported):
+    """The lava section: Lava's spikes per population in each parity sample's window, equal to the
+    zero-delay reference's per-sample counts (computed here independently) and flagged so."""
+    from calibration.integer_graph import load_integer_graph
+    from deploy.reference import ReferenceSimulator
+    from xoresnet.data import load_dataset
+
+    out, _ = exported
+    report = validate_report(json.loads((out / "report.json").read_text()))
+    lava = report["lava"]
+    assert report["minor"] == 1 and lava["samples"] == 3 and lava["equal"]
+    assert lava["run_config"] == "Loihi2SimCfg(select_tag='fixed_pt')"
+    graph = load_integer_graph(out / "integer_graph.h5")
+    zero_delay = ReferenceSimulator(graph).run_zero_delay(load_dataset("digits", "test", limit=3).pixels)
+    assert [layer["name"] for layer in lava["layers"]] == list(graph.populations)
+    for layer in lava["layers"]:
+        expected = zero_delay.spikes[layer["name"]].flatten(2).sum((0, 2)).tolist()  # [T, B, ...] -> [B]
+        assert layer["spikes_per_sample"] == expected == layer["reference_spikes_per_sample"], layer["name"]
+        assert layer["equal"]
+    assert sum(sum(layer["spikes_per_sample"]) for layer in lava["layers"]) > 0
+    assert lava["predictions"] == lava["reference_predictions"] == json.loads(
+        (out / "parity.json").read_text())["predictions"]["reference"]
+    assert "Lava on the 3 parity samples" in (out / "report.html").read_text()
+
+
+def test_report_schema_minor_version_checks_the_lava_section(exported):
+    import copy
+
+    from hw_targets.report import report_problems
+
+    report = json.loads((exported[0] / "report.json").read_text())
+    bad = copy.deepcopy(report)
+    del bad["lava"]
+    assert "report.lava: required key is missing" in report_problems(bad)
+    old = copy.deepcopy(bad)
+    del old["minor"]  # a version 1.0 report: no lava section, still valid
+    assert report_problems(old) == []
+    bad = copy.deepcopy(report)
+    bad["lava"]["layers"][0]["spikes_per_sample"].pop()
+    assert any("report.lava.layers[0]: expected 3 counts" in p for p in report_problems(bad))
+    bad = copy.deepcopy(report)
+    bad["lava"]["layers"][1]["spikes_per_sample"][0] += 1
+    assert any("report.lava.layers[1].equal" in p for p in report_problems(bad))
+    bad = copy.deepcopy(report)
+    bad["minor"] = -1
+    assert any("report.minor" in p for p in report_problems(bad))
+
+
+def test_integer_reference_statistics_show_progress(exported, capsys):
+    from calibration.integer_graph import load_integer_graph
+    from hw_targets.stats import collect_statistics
+    from xoresnet.data import load_dataset
+
+    graph = load_integer_graph(exported[0] / "integer_graph.h5")
+    pixels = load_dataset("digits", "test", limit=6).pixels
+    collect_statistics(graph, pixels, batch_size=2)
+    assert capsys.readouterr().err == ""
+    collect_statistics(graph, pixels, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "integer reference" in err and "0/6" in err
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--system", "foo"], "argument --system: invalid choice: 'foo'"),
+    (["--eval-samples", "-3"], "argument --eval-samples: must be >= 0, got -3"),
+    (["--parity-samples", "0"], "argument --parity-samples: must be >= 1, got 0"),
+    (["--parity-samples", "-1"], "argument --parity-samples: must be >= 1, got -1"),
+    (["--calib-samples", "-5"], "argument --calib-samples: must be >= 1, got -5"),
+    (["--calib-samples", "many"], "argument --calib-samples: 'many' is not an integer"),
+    (["--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+    (["--timeout", "nan"], "argument --timeout: must be > 0, got nan"),
+    (["--timesteps", "0"], "argument --timesteps/-T: must be >= 1, got 0"),
+    (["--target", "truenorth"], "unknown target 'truenorth'; available: loihi2, lava-sim, onnx"),
+    (["--target", "lava-sim", "--dispatch"], "--dispatch needs a target with hardware"),
+    (["--out", str(MODEL)], "exists and is not a folder"),
+    (["--out", "/proc/xoresnet-test/out"], "cannot create the artifact folder"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_are_usage_errors_before_any_work(monkeypatch, capsys, flags, needle):
+    import xoresnet.checkpoint
+
+    monkeypatch.setattr(xoresnet.checkpoint, "load_model", lambda *a: pytest.fail("work started before the check"))
+    with pytest.raises(SystemExit) as e:
+        export_cli.export_main([str(MODEL), *flags, "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("xoresnet-export: error: "), err
+    assert needle in err
+    assert not list(MODEL.parent.glob(".*.partial-*"))
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "cannot be read (FileNotFoundError"),
+    ("{", "not valid JSON"),
+    ('{"synop": -1}', "synop must be a number of pJ >= 0"),
+    ('{"synop": "fast"}', "synop must be a number of pJ >= 0"),
+    ('{"hops_per_spike": null}', "hops_per_spike must be a number >= 0"),
+    ('{"synapse_op": 1}', "unknown energy table keys: synapse_op"),
+    ("[1, 2]", "an energy table is a JSON object"),
+])
+def test_bad_energy_table_exits_3_before_any_work(monkeypatch, capsys, tmp_path, content, needle):
+    import xoresnet.checkpoint
+
+    table = tmp_path / "energy.json"
+    if content is not None:
+        table.write_text(content)
+    monkeypatch.setattr(xoresnet.checkpoint, "load_model", lambda *a: pytest.fail("work started before the check"))
+    with pytest.raises(SystemExit) as e:
+        export_cli.export_main([str(MODEL), "--energy-table", str(table), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 3 and err.count("\n") == 1 and f"energy table {table}: " in err and needle in err, err
+
+
+@pytest.mark.parametrize("exe,args", [("xoresnet-export", [str(MODEL), "--system", "foo"]),
+                                      ("xoresnet-export", []),
+                                      ("xoresnet-report", []),
+                                      ("xoresnet-report", ["a", "b"])])
+def test_argparse_errors_are_one_line(exe, args):
+    r = subprocess.run([str(EXE.parent / exe), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"{exe}: error: ") and "usage:" not in r.stderr
+
+
+def test_unknown_target_lists_every_target():
+    """Also the lazily registered onnx target, before anything imported it."""
+    code = "from hw_targets import get_target\ntry:\n    get_target('tpu')\nexcept Exception as e:\n    print(e)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.stdout.strip() == "unknown target 'tpu'; available: loihi2, lava-sim, onnx", r.stderr
 
 
 @pytest.mark.parametrize("case,code,needle", [
@@ -131,9 +304,23 @@ def test_parity_failure_exits_5_and_writes_nothing(tmp_path, monkeypatch, capsys
     assert e.value.code == 5
     err = capsys.readouterr().err
     assert "parity FAILED" in err and "layer1.0.neurons.1" in err and "dispatch is blocked" in err
-    assert not out.exists()
+    assert f"details in {tmp_path / 'out.parity-failure.json'};" in err.strip().splitlines()[-1]
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
     failure = json.loads((tmp_path / "out.parity-failure.json").read_text())
     assert failure["first_divergence"]["population"] == "layer1.0.neurons.1"
+
+
+def test_successful_export_removes_a_stale_parity_failure_file(tmp_path):
+    out = tmp_path / "out"
+    failed = export_cli.ArtifactDir(out)
+    failed.write_failure({"passed": False})
+    failed.discard()
+    assert failed.failure_file.is_file() and not out.exists()
+    ok = export_cli.ArtifactDir(out)
+    ok.write_json("parity.json", {"passed": True})
+    ok.commit()
+    assert (out / "parity.json").is_file() and not failed.failure_file.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_lava_timeout_exits_6(tmp_path):
