@@ -210,4 +210,6 @@ def project_to_ranges(model: XOResNet) -> None:
         lo, hi = fx.weight_range(fx.sign_mode(w * factor))
         bound_hi = torch.where(factor > 0, (hi + 0.5) / factor, (lo - 0.5) / factor) * (1 - 1e-9)
         bound_lo = torch.where(factor > 0, (lo - 0.5) / factor, (hi + 0.5) / factor) * (1 - 1e-9)
-        cb.conv.weight.copy_(torch.minimum(torch.maximum(w, bound_lo), bound_hi).to(cb.conv.weight.dtype))
+        # a channel whose batch-norm scale is 0 (zero-init) maps every weight to integer 0: no bound
+        clamped = torch.where(factor == 0, w, torch.minimum(torch.maximum(w, bound_lo), bound_hi))
+        cb.conv.weight.copy_(clamped.to(cb.conv.weight.dtype))

@@ -103,3 +103,20 @@ def test_projection_keeps_weights_inside_loihi_ranges():
         w = cb.quant.integer_weight(cb).detach()
         quantize_weight(w, allow_exp=False, what=name)  # raises RangeError if outside
     calibrate_nir(export_nir(model), pixels[:0], spec=spec)  # the export accepts it
+
+
+def test_projection_leaves_channels_with_zero_batch_norm_scale_finite():
+    """A zero-initialised batch-norm scale (an identity block's last BN, untrained) folds every weight
+    of its channel to 0: the projection must leave those weights alone, not clamp them to -inf."""
+    cfg = small_config()
+    model = firing_model(cfg, seed=7)
+    pixels = random_pixels(4, cfg, 4)
+    cb, _ = next(iter(v for k, v in synapse_targets(model).items() if k.endswith("convs.1")))
+    with torch.no_grad():
+        cb.bn.weight[0] = 0.0
+    enable_qat(model, calibrate_nir(export_nir(model), pixels, candidates=1).spec)
+    before = cb.conv.weight.detach().clone()
+    project_to_ranges(model)
+    assert torch.isfinite(cb.conv.weight).all()
+    assert torch.equal(cb.conv.weight[0], before[0])
+    assert torch.equal(cb.quant.integer_weight(cb).detach()[0], torch.zeros_like(before[0], dtype=torch.float64))

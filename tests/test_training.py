@@ -17,7 +17,7 @@ from xoresnet.checkpoint import load_checkpoint, load_model, save_checkpoint
 from xoresnet.cli import eval_main
 from xoresnet.config import NetworkConfig
 from xoresnet.data import load_dataset
-from xoresnet.errors import CheckpointError, ConfigError
+from xoresnet.errors import CheckpointError, ConfigError, UnsupportedModelError
 from xoresnet.network import build_network
 from xoresnet.training import DistContext, TrainOptions, eval_shard, evaluate, train
 
@@ -182,7 +182,12 @@ def test_refuses_bad_files(tmp_path):
     nan = tmp_path / "nan.pt"
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
-    save_checkpoint(nan, model, {})
+    with pytest.raises(UnsupportedModelError, match="not writing .*head.weight.*NaN"):
+        save_checkpoint(good, model, {})  # a diverged model is not written; the file keeps what it held
+    load_checkpoint(good)
+    payload = torch.load(good, weights_only=True)
+    payload["state_dict"]["head.weight"] = model.head.weight.detach().clone()
+    torch.save(payload, nan)
     with pytest.raises(CheckpointError, match="head.weight.*NaN"):
         load_checkpoint(nan)
     payload = torch.load(good, weights_only=True)

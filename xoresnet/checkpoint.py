@@ -36,7 +36,7 @@ from typing import Any, Optional
 import torch
 
 from .config import NetworkConfig, has_json_kind, json_kind_name, shown
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, UnsupportedModelError
 from .network import XOResNet, build_network
 
 FORMAT = "xoresnet-checkpoint"
@@ -94,12 +94,20 @@ def save_checkpoint(
     quant: Optional[dict[str, Any]] = None,
     train_state: Optional[dict[str, Any]] = None,
 ) -> None:
-    """Atomically write ``model`` (config + tensors) and JSON metadata to ``path``."""
+    """Atomically write ``model`` (config + tensors) and JSON metadata to ``path``.
+
+    A model with a NaN/Inf tensor (a diverged training run) is not written: ``path`` keeps what it
+    held and :class:`~xoresnet.errors.UnsupportedModelError` (exit code 4) names the tensor."""
+    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    bad = first_non_finite(state_dict)
+    if bad:
+        raise UnsupportedModelError(f"not writing {path}: tensor '{bad[0]}' has {bad[1]} NaN/Inf value(s) (training "
+                                    "diverged: lower --lr)")
     payload: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "config": model.config.to_json(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
         "meta": json.dumps(meta, sort_keys=True),
     }
     if quant is not None:
@@ -109,6 +117,16 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def first_non_finite(state_dict: dict[str, torch.Tensor]) -> Optional[tuple[str, int]]:
+    """``(name, count)`` of the first floating-point tensor holding NaN/Inf values, or None."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return name, bad
+    return None
 
 
 def _json_field(payload: dict, key: str, path: Path) -> Any:
@@ -186,11 +204,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                    for k, v in state_dict.items()):
         raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
-    for name, tensor in state_dict.items():
-        if tensor.is_floating_point():
-            bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise CheckpointError(f"{path}: tensor '{name}' has {bad} NaN/Inf value(s)")
+    bad = first_non_finite(state_dict)
+    if bad:
+        raise CheckpointError(f"{path}: tensor '{bad[0]}' has {bad[1]} NaN/Inf value(s)")
     meta = _json_field(payload, "meta", path)
     _check_fields(meta, META_FIELDS, f"{path}: 'meta'")
     if meta.get("float_parent") is not None:
