@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
@@ -60,15 +62,15 @@ def load_average() -> list[float]:
 
 def code_version() -> dict[str, Any]:
     """The checked-out commit and whether library files differ from it (the repository is shared)."""
-    def git(*a):
+    def git(*a) -> str:
         try:
-            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10, cwd=REPO).stdout.strip()
+            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10, cwd=REPO).stdout
         except (OSError, subprocess.SubprocessError):
             return ""
 
     dirty = git("status", "--porcelain", "--", "xoresnet", "deploy", "calibration", "hw_targets")
-    return {"commit": git("rev-parse", "--short", "HEAD") or None,
-            "library_modified_files": [ln[3:] for ln in dirty.splitlines()]}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None,
+            "library_modified_files": [ln[3:] for ln in dirty.splitlines() if ln.strip()]}
 
 
 def machine_info() -> dict[str, Any]:
@@ -104,6 +106,29 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def load_lines(m: dict[str, Any]) -> str:
     return f"load at start: {m['uptime_start']}\nload at end:   {m.get('uptime_end', '?')}"
+
+
+def add_network_args(p: argparse.ArgumentParser, *, repeats: int, timeout: float) -> None:
+    """The options the Lava benchmarks share: the random-weight networks, the digits model, samples."""
+    p.add_argument("--input-size", type=int, default=32, help="input height = width (random-weight networks)")
+    p.add_argument("--timesteps", type=int, default=4, help="T (random-weight networks)")
+    p.add_argument("--samples", type=int, default=2, help="samples in the Lava stream (Lava is slow)")
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds over all models (interleaved)")
+    p.add_argument("--calib-samples", type=int, default=16, help="calibration images for the random networks (setup)")
+    p.add_argument("--digits-checkpoint", default=str(DIGITS_QAT), help="the bundled digits model")
+    p.add_argument("--timeout", type=float, default=timeout, help="wall-clock limit of one Lava run (s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+
+
+def emit_json(result: dict[str, Any], as_json: bool) -> bool:
+    """With ``as_json``: print ``result`` as JSON and return True (the caller prints nothing more);
+    else print the load at the end of the run and return False."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return True
+    print(f"load at end:   {result['machine']['uptime_end']}")
+    return False
 
 
 def summary(values: list[float]) -> dict[str, Any]:

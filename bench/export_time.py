@@ -11,7 +11,7 @@ simulations left out. The stages, timed one by one with the library functions th
 2. ``nir_export``: :func:`deploy.nir_export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
 3. ``calibrate``: :func:`deploy.pipeline.calibrate_checkpoint` on ``--calib-samples`` images
    (which exports the NIR graph a second time, runs the float64 NIR interpreter on the images and
-   searches 4 threshold candidates per population); ``schedule``: :func:`deploy.schedule.schedule`;
+   searches up to 32 threshold candidates per population); ``schedule``: :func:`deploy.schedule.schedule`;
 4. ``graph_write``: :func:`calibration.integer_graph.save_integer_graph` (``integer_graph.h5``)
    + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
    ``lava_graph.json``;
@@ -415,10 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "skip": args.skip, "stage_timeout_s": args.stage_timeout,
                          "memory_measure": "ru_maxrss of a fresh subprocess per (architecture, round)"},
               "results": results, "profiles": profiles}
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if benchlib.emit_json(result, args.json):
         return result
-    print(f"load at end:   {machine['uptime_end']}")
     print(f"\nexport stages (s, median of {args.repeats} round(s)); peak RSS = ru_maxrss of a fresh process per model")
     cols = ("load", "nir_export", "nir_write", "calibrate", "schedule", "graph_write", "lava_describe", "connectivity",
             "design_rules")

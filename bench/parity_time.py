@@ -33,7 +33,6 @@ calibration on ``--calib-samples`` random images, scheduling) is not timed. Load
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -117,18 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sweep", default="xoresnet18,xoresnet34,xoresnet50,xoresnet101",
                    help="comma-separated architectures of the depth sweep at --sweep-width ('' for none)")
     p.add_argument("--sweep-width", type=float, default=0.03125, help="width factor of the depth sweep")
-    p.add_argument("--input-size", type=int, default=32, help="input height = width (random-weight networks)")
-    p.add_argument("--timesteps", type=int, default=4, help="T (random-weight networks)")
-    p.add_argument("--samples", type=int, default=2, help="parity samples per run")
-    p.add_argument("--repeats", type=int, default=2, help="timed rounds over all models (interleaved)")
-    p.add_argument("--calib-samples", type=int, default=16, help="calibration images for the random networks (setup)")
-    p.add_argument("--digits-checkpoint", default=str(benchlib.DIGITS_QAT), help="the bundled digits model")
-    p.add_argument("--timeout", type=float, default=1800.0, help="wall-clock limit of one Lava run (s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
+    benchlib.add_network_args(p, repeats=2, timeout=1800.0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--conv-cost", action=argparse.BooleanOptionalAction, default=True,
                    help="estimate the CPU time of Lava's Conv models in this process (what dominates the run phase)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = p.parse_args(argv)
 
     import torch
@@ -245,10 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "sweep_width": args.sweep_width, "input_size": args.input_size, "timesteps": args.timesteps,
                          "calib_samples": args.calib_samples, "seed": args.seed},
               "results": results, "growth": growth}
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if benchlib.emit_json(result, args.json):
         return result
-    print(f"load at end:   {machine['uptime_end']}")
     print(f"\nparity gate on {args.samples} samples, median of {args.repeats} rounds (s; min-max in brackets)")
     hdr = (f"{'model':22s} {'procs':>5s} {'pops':>4s} {'steps':>5s} {'s/sample':>9s} {'total':>8s} {'Lava':>8s} "
            f"{'ref':>6s} {'check':>6s} | {'load':>5s} {'build':>6s} {'start':>6s} {'run':>7s} {'stop':>5s} "

@@ -37,7 +37,6 @@ Network setup (model, calibration on ``--calib-samples`` random images, scheduli
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -75,20 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--models", default=",".join(MODELS),
                    help="comma-separated: architecture presets (xoresnet18, ...) and/or 'digits'")
     p.add_argument("--width", type=float, default=0.125, help="width factor of the random-weight networks")
-    p.add_argument("--input-size", type=int, default=32, help="input height = width (random-weight networks)")
-    p.add_argument("--timesteps", type=int, default=4, help="T (random-weight networks)")
+    benchlib.add_network_args(p, repeats=3, timeout=1200.0)
     p.add_argument("--batch", type=int, default=64, help="reference zero-delay batch size")
-    p.add_argument("--samples", type=int, default=2, help="samples in the Lava stream (Lava is slow)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (each: reference, Lava, reference stream)")
-    p.add_argument("--calib-samples", type=int, default=16, help="calibration images for the random networks (setup)")
-    p.add_argument("--digits-checkpoint", default=str(benchlib.DIGITS_QAT), help="the bundled digits model")
-    p.add_argument("--timeout", type=float, default=1200.0, help="wall-clock limit of one Lava run (s)")
     p.add_argument("--target", type=float, default=1000.0, help="target ratio reference / Lava")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and inputs")
     p.add_argument("--threads", default="1,default",
                    help="comma-separated torch thread counts for the reference ('default' = torch's default); each "
                         "is timed in every round (Lava does not use torch)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = p.parse_args(argv)
 
     import torch
@@ -182,10 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "reference_threads": thread_list,
                          "peak_rss_mib_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
               "results": results}
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if benchlib.emit_json(result, args.json):
         return result
-    print(f"load at end:   {machine['uptime_end']}")
     print(f"\nthroughput in samples x timesteps / s (median of {args.repeats} rounds; time min-max in brackets)")
     for label, r in results.items():
         s, thr = r["seconds"], r["throughput_sample_timesteps_per_s"]

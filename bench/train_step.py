@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402  (puts the checkout on sys.path)
 
 import snntorch  # noqa: E402
 
@@ -90,16 +92,6 @@ def swap_neurons(model: nn.Module) -> int:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, SnnTorchLIF(lif))
     return len(targets)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt) -> float:
@@ -229,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     stats = {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "max_ms": 1e3 * max(v),
                  "mean_ms": 1e3 * statistics.fmean(v)} for k, v in times.items()}
     result = {
-        "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": benchlib.cpu_model(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
                     "snntorch": snntorch.__version__, "python": platform.python_version(),
                     "torch_threads": torch.get_num_threads()},
         "config": {"arch": args.arch, "width_factor": args.width_factor, "input_size": args.input_size,

@@ -246,7 +246,7 @@ def estimate_energy(stats: dict[str, Any], graph: IntegerGraph, table: Optional[
         "loihi: one synaptic operation per (spike, nonzero synapse) pair, the readout synapses included.",
         "loihi: the 8-bit input is sent as graded spikes at every timestep (zero pixels send none); each graded "
         f"synaptic operation is billed as one synaptic operation ({t.graded_input_op.pj:g} pJ).",
-        f"loihi: every neuron is updated every timestep (neurons x T"
+        "loihi: every neuron is updated every timestep (neurons x T"
         + (f"; in a pipelined stream a neuron runs reset_interval = {P} steps per sample, not counted"
            if P and P != T else "") + "); an update is 'active' when the neuron fires in that step, 'inactive' "
         "otherwise (Davies et al. do not define 'active' further).",

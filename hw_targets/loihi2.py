@@ -105,8 +105,8 @@ AXONS_OUT_PER_CORE = Limit(
     estimate=True, description="Loihi 1 figure used for Loihi 2.")
 WEIGHT_BITS = Limit(
     "weight_bits", 8, "bits per weight",
-    f"Lava Dense/Sparse fixed-point models, num_weight_bits 1..8; mixed sign keeps 7 magnitude bits + sign "
-    f"(even values, [-256, 254]), single sign 0..255 [CODE] (loihi2-fixed-point.md section 2.1)",
+    "Lava Dense/Sparse fixed-point models, num_weight_bits 1..8; mixed sign keeps 7 magnitude bits + sign "
+    "(even values, [-256, 254]), single sign 0..255 [CODE] (loihi2-fixed-point.md section 2.1)",
     estimate=False)
 DELAY_MAX = Limit(
     "delay_max", 62, "steps of synaptic delay",
