@@ -32,11 +32,12 @@ temporary folder, in its own subprocess. Calibration images: ``random_pixels`` (
 Memory: every (architecture, round) runs in a **fresh subprocess**, which reports
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak RSS of that process, KiB on Linux) after the
 imports (baseline) and after every stage, so the stage that sets the peak is visible; tracemalloc
-is not used (it does not see torch's allocations). The calibration keeps the float64 spikes and
-membranes of every neuron population for all calibration images: ``--mem-budget-gib`` caps the
-estimated size of that trace (``(2 x neurons + gate neurons) x T x N x 8`` bytes, from the NIR
-graph), and an architecture whose 64-image trace would exceed it is calibrated on the largest
-power-of-two N that fits; the output says so (no extrapolation). ``--stage-timeout`` stops a
+is not used (it does not see torch's allocations). The calibration keeps the float model's spikes
+(bool) of every population for all calibration images, and the integer spikes of the populations
+still to be read: ``--mem-budget-gib`` caps the estimated size of both (``2 x (neurons + gate
+neurons) x T x N`` bytes, from the NIR graph), and an architecture whose 64-image trace would
+exceed it is calibrated on the largest power-of-two N that fits; the output says so (no
+extrapolation). ``--stage-timeout`` stops a
 worker; its finished stages are still reported and the unfinished one is named.
 
 Timing: ``--repeats`` rounds over the architectures (interleaved); medians (min/max shown).
@@ -252,7 +253,7 @@ def run_json_lines(cmd: list[str], timeout: float, on_line=None) -> tuple[list[d
 
 def calib_samples_for(info: dict, args) -> tuple[int, float]:
     """Largest power-of-two N <= --calib-samples whose estimated calibration trace fits the budget."""
-    per_image = (2 * info["neurons"] + info["gate_neurons"]) * args.timesteps * 8
+    per_image = 2 * (info["neurons"] + info["gate_neurons"]) * args.timesteps
     n = args.calib_samples
     budget = args.mem_budget_gib * 2**30
     while n > 1 and per_image * n > budget:

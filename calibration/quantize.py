@@ -280,7 +280,7 @@ def drive_error(q: QuantizedPopulation, pop: FloatPopulation, syns: list[FloatSy
         bias = bias - torch.as_tensor(pop.bias) * p.scale
     T, B = inputs.float_spikes.shape[:2]
     err = float_current(residual, inputs.frames).view((T, B) + p.shape) + bias.to(torch.float32)
-    return float(torch.sqrt((err.double() ** 2).mean())) / (p.scale * inputs.vth)
+    return math.sqrt(float(err.square().sum(dtype=torch.float64)) / err.numel()) / (p.scale * inputs.vth)
 
 
 def integer_spikes(q: QuantizedPopulation, inputs: SampleInputs) -> torch.Tensor:
@@ -402,9 +402,15 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
     report: dict[str, Any] = {"calibration_samples": samples, "candidates": candidates,
                               "spec_given": spec is not None, "populations": {}}
     chosen: dict[str, int] = {}
+    readers = {name: sum(1 for s in fg.synapses if s.src == name and s.dst != READOUT) for name in fg.populations}
     for name, pop in fg.populations.items():
         syns = fg.incoming(name)
         inputs = sample_inputs(pop, syns, pixels, trace, int_spikes, T) if samples else None
+        for s in syns:  # free the integer spikes of sources no later population reads
+            if s.src != INPUT:
+                readers[s.src] -= 1
+                if readers[s.src] == 0:
+                    int_spikes.pop(s.src, None)
         entry: dict[str, Any] = {"kind": pop.kind, "op": pop.op, "block": pop.block}
         if pop.kind == "gate":
             q = quantize_population(pop, syns, levels, None)
@@ -416,9 +422,11 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
             chosen[name] = q.population.vth
             entry.update(search)
         if inputs is not None:
-            int_spikes[name] = integer_spikes(q, inputs)
+            spikes = integer_spikes(q, inputs)
             entry.update(current_rmse_vth=drive_error(q, pop, syns, inputs),
-                         spike_mismatch=float((int_spikes[name] != inputs.float_spikes).double().mean()))
+                         spike_mismatch=float((spikes != inputs.float_spikes).double().mean()))
+            if readers[name]:
+                int_spikes[name] = spikes
         p = q.population
         limit = current_limit(p.du)
         entry.update(scale=p.scale, vth_mant=p.vth, du=p.du, dv=p.dv, weight_rmse_rel=weight_error(q, syns),
@@ -469,6 +477,6 @@ def calibrate_nir(nir_graph, pixels: torch.Tensor, *, spec: Optional[QuantSpec] 
     if pixels.numel():
         populations = set(fg.populations)
         run = NIRInterpreter(nir_graph, dtype=torch.float64).run(pixels.to(torch.float64) / fg.input_levels,
-                                                                 keep=populations)
+                                                                 keep=populations, spikes_only=True)
         trace = {k: v for k, v in run.outputs.items() if k in populations}
     return calibrate(fg, pixels, trace, spec=spec, candidates=candidates)

@@ -87,6 +87,10 @@ def pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[-1]))
 
 
+#: Nodes whose outputs are spikes (0/1).
+SPIKING_NODES = NEURON_TYPES + (nir.Threshold,)
+
+
 class NIRInterpreter:
     """Run a NIR graph; ``dtype`` float32 (default, like the PyTorch model) or float64."""
 
@@ -106,10 +110,13 @@ class NIRInterpreter:
                 raise UnsupportedModelError(f"NIR node {name} of type {type(node).__name__} is not supported")
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, timesteps: Optional[int] = None, *, keep: Optional[set[str]] = None) -> Trace:
+    def run(self, x: torch.Tensor, timesteps: Optional[int] = None, *, keep: Optional[set[str]] = None,
+            spikes_only: bool = False) -> Trace:
         """``x``: analog input ``[B, C, H, W]`` (repeated over time) or a sequence ``[T, B, ...]``.
 
-        ``keep``: node names whose outputs to return (default: all).
+        ``keep``: node names whose outputs to return (default: all). ``spikes_only``: keep the
+        outputs of neuron and threshold nodes (0/1) as bool once no later node reads them, and
+        record no membranes: 1/8 of the memory or less, for long runs.
         """
         T = timesteps or self.timesteps
         x = x.to(self.device, self.dtype)
@@ -133,10 +140,14 @@ class NIRInterpreter:
                 total = ins[0] if len(ins) == 1 else torch.stack(torch.broadcast_tensors(*ins)).sum(0)
                 out = self._eval(name, node, total, membranes)
             values[name] = out
+            if spikes_only:
+                membranes.clear()
             for p in self.preds[name]:  # free intermediate sequences as soon as possible
                 remaining[p] -= 1
                 if remaining[p] == 0 and keep is not None and p not in keep and p != "output":
                     del values[p]
+                elif remaining[p] == 0 and spikes_only and isinstance(self.graph.nodes[p], SPIKING_NODES):
+                    values[p] = values[p] != 0
         if keep is not None:
             values = {k: v for k, v in values.items() if k in keep or k == "output"}
             membranes = {k: v for k, v in membranes.items() if k in keep}
