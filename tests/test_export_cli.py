@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -328,3 +331,47 @@ def test_lava_timeout_exits_6(tmp_path):
     r = run_export(str(MODEL), "--out", str(out), "--parity-samples", "1", "--eval-samples", "20", "--timeout", "0.5")
     assert r.returncode == 6, r.stderr
     assert "did not finish within" in error_line(r.stderr) and not out.exists()
+
+
+def lava_worker_pids() -> list[int]:
+    """Live processes started as ``python -m deploy.lava_worker`` (the Lava child and its forks)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
+        except OSError:
+            continue
+        if b"deploy.lava_worker" in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def test_ctrl_c_during_the_lava_run_exits_130_and_leaves_nothing(tmp_path):
+    """SIGINT to the command's process group (a terminal's Ctrl-C) while Lava runs: exit 130 with one
+    line; no Lava process, no orphaned shared-memory segment, no artifact or temporary folder left."""
+    from test_lava_lowering import orphaned_new_segments
+
+    assert lava_worker_pids() == []
+    before = set(os.listdir("/dev/shm"))
+    out = tmp_path / "digits"
+    p = subprocess.Popen([str(EXE), str(MODEL), "--out", str(out), "--eval-samples", "20", "--parity-samples", "16",
+                          "--no-progress"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    stderr = []
+    for line in p.stderr:
+        stderr.append(line)
+        if line.startswith("[6/8]"):
+            break
+    deadline = time.time() + 60
+    while time.time() < deadline and len(lava_worker_pids()) < 3:  # the runtime has forked its actors
+        time.sleep(0.2)
+    assert lava_worker_pids(), "Lava did not start"
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGINT)
+    _, rest = p.communicate(timeout=120)
+    assert p.returncode == 130, "".join(stderr) + rest
+    assert rest.strip().splitlines()[-1] == "xoresnet-export: interrupted" and "Traceback" not in rest
+    time.sleep(0.5)
+    assert lava_worker_pids() == []
+    assert orphaned_new_segments(before) == set()
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -423,3 +424,27 @@ def test_parity_section_accepts_report_objects():
     assert parity_section(None) is None
     with pytest.raises(ValueError):
         parity_section({"passed": True})
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium; .ci/run installs it)")
+def test_report_page_renders_in_headless_chromium(digits_report, tmp_path):
+    """The page loads offline in a real browser: the verdict and all four plots are there, and the
+    screenshot is a rendered page (thousands of colours), not a blank or error page."""
+    from PIL import Image
+
+    _, out = digits_report
+    uri = (out / "report.html").resolve().as_uri()
+    common = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(common + ["--dump-dom", uri], capture_output=True, text=True, timeout=120).stdout
+    assert "PARITY PASSED" in dom and dom.count("<img") == 4 and dom.count("data:image/png;base64,") == 4
+    png = tmp_path / "page.png"
+    subprocess.run(common + [f"--screenshot={png}", "--window-size=1280,2400", uri], capture_output=True,
+                   timeout=120)
+    with Image.open(png) as img:
+        assert img.size == (1280, 2400)
+        assert len(img.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 1000
