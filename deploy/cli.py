@@ -373,7 +373,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     drc = require_design_rules(check_design_rules(graph, target, system=args.system, conns=conns))
     say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
     stats, accumulator = collect_statistics(graph, eval_set.pixels, eval_set.labels,
-                                            float_accuracy=float_eval["accuracy"], conns=conns, progress=progress)
+                                            float_accuracy=baseline["accuracy"], conns=conns, progress=progress)
     energy = estimate_energy(stats, graph, energy_table)
     parity_pixels = test.pixels[: args.parity_samples]
     say(f"[6/8] Lava fixed-point simulation of {len(parity_pixels)} test images vs the integer reference "
