@@ -55,11 +55,25 @@ def rtz_shift(y: torch.Tensor, shift: int) -> torch.Tensor:
 
 
 def decay_rtz(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """``x * keep / 4096`` rounded toward zero (``keep`` = 4096 - effective decay), a new tensor."""
+    """``x * keep / 4096`` rounded toward zero (``keep`` = 4096 - effective decay), a new tensor.
+
+    int64 ``x``: the product, then a round-toward-zero shift. int32 ``x`` (``|x| < 2^31``): the
+    product does not fit, so ``x = q * 4096 + r`` (``q = x >> 12``, ``0 <= r < 4096``) and
+    ``floor(x * keep / 4096) = q * keep + (r * keep >> 12)``, plus one where ``x < 0`` and the
+    product has a remainder (round toward zero); every term stays below 2^31."""
     if keep == 0:
         return torch.zeros_like(x)
     if keep == DECAY_UNITY:
         return x.clone()
+    if x.dtype == torch.int32:
+        y = x >> DECAY_SHIFT
+        y *= keep
+        r = x & (DECAY_UNITY - 1)
+        r *= keep
+        y += (x < 0) & ((r & (DECAY_UNITY - 1)) != 0)
+        r >>= DECAY_SHIFT
+        y += r
+        return y
     y = x * keep
     r = y >> 63
     r &= DECAY_UNITY - 1
@@ -87,16 +101,19 @@ def bias_value(mant: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
 def lif_step(
     u: torch.Tensor, v: torch.Tensor, a: torch.Tensor, *, du: int, dv: int, bias: torch.Tensor, vth: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Loihi LIF step. All int64; ``bias`` in v-units (see :func:`bias_value`), ``vth`` mantissa.
+    """One Loihi LIF step. ``bias`` in v-units (see :func:`bias_value`), ``vth`` mantissa.
 
-    Returns ``(u, h, s, v)``: new current, pre-reset voltage, spikes (bool) and post-reset voltage.
+    All int64, or all int32 where :func:`int32_is_exact` holds for ``a`` (then nothing overflows
+    and the int32 wraps of Lava's arithmetic are no-ops). Returns ``(u, h, s, v)``: new current,
+    pre-reset voltage, spikes (bool) and post-reset voltage.
     """
-    x = wrap_int32(a << ACT_SHIFT)
+    narrow = a.dtype == torch.int32
+    x = a << ACT_SHIFT if narrow else wrap_int32(a << ACT_SHIFT)
     keep_u, keep_v = DECAY_UNITY - (du + 1), DECAY_UNITY - dv
     if keep_u:  # du = 4095: no current memory, u = a << 6
         d = decay_rtz(u, keep_u)
         d += x
-        x = wrap_int32(d)
+        x = d if narrow else wrap_int32(d)
     u = wrap_u(x)
     h = decay_rtz(v, keep_v)  # in place from here on: large temporaries cost more than the arithmetic
     h += u
@@ -114,18 +131,38 @@ def wrap_u(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > UV_HALF, x - 2 * UV_HALF, torch.where(x <= -UV_HALF, x + 2 * UV_HALF, x))
 
 
+#: With |a| <= 2^18 (``a << 6`` <= 2^24) a step keeps |u| <= 2^23 by induction: ``x`` = decayed u +
+#: ``a << 6`` stays within 3 * 2^23, one wrap brings it back into (-2^23, 2^23], and ``h`` stays
+#: within 3 * 2^23 before its clip. Every intermediate then fits int32 with room to spare and no
+#: int32 wrap of Lava's arithmetic can occur. (Calibration bounds |a| by 2^17.)
+INT32_A_LIMIT = (1 << (24 - ACT_SHIFT)) + 1
+
+
+def int32_is_exact(a: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether :func:`lif_step` may run on int32 for the inputs ``a`` and ``bias`` (half the memory
+    traffic of int64, the same integers)."""
+    if not a.numel():
+        return True
+    lo, hi = torch.aminmax(a)
+    b = int(bias.abs().max()) if bias.numel() else 0
+    return max(-int(lo), int(hi)) < INT32_A_LIMIT and b <= UV_HALF
+
+
 def integrate(a: torch.Tensor, *, du: int, dv: int, bias: torch.Tensor, vth: int, record_state: bool = False
               ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Run :func:`lif_step` over the input sequence ``a [T, ...]`` (int64 a-units) from zero state.
+    """Run :func:`lif_step` over the input sequence ``a [T, ...]`` (int64 a-units) from zero state,
+    on int32 where :func:`int32_is_exact`.
 
     Returns ``(s, u, v)``: spikes (bool ``[T, ...]``) and, with ``record_state``, the post-step
     current and post-reset voltage (int64 v-units, ``[T, ...]``; else ``None``).
     """
+    if int32_is_exact(a, bias):
+        a, bias = a.to(torch.int32), bias.to(torch.int32)
     u = torch.zeros_like(a[0])
     v = torch.zeros_like(a[0])
     s_seq = torch.empty(a.shape, dtype=torch.bool, device=a.device)
-    u_seq = torch.empty_like(a) if record_state else None
-    v_seq = torch.empty_like(a) if record_state else None
+    u_seq = torch.empty(a.shape, dtype=torch.int64, device=a.device) if record_state else None
+    v_seq = torch.empty_like(u_seq) if record_state else None
     for t in range(a.shape[0]):
         u, _h, s_seq[t], v = lif_step(u, v, a[t], du=du, dv=dv, bias=bias, vth=vth)
         if record_state:
@@ -137,6 +174,8 @@ def integrate(a: torch.Tensor, *, du: int, dv: int, bias: torch.Tensor, vth: int
 # Sums of integer products run in floating point, exactly: in float32 when every partial sum is an
 # integer below 2^24 in magnitude (bounded by max over outputs of sum |w| times max |x|), else in
 # float64 (exact below 2^53, far above any Loihi sum). float32 convolutions are ~15x faster on CPU.
+# Outputs are int64, or int32 when every value is provably below 2^23 in magnitude (half the
+# memory traffic; sums of up to 255 of them still fit int32).
 
 def exact_float_dtype(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dtype, float]:
     """``(dtype, bound)``: the float type that sums ``weight`` (``[n_out, ...]``) times ``x`` exactly,
@@ -153,8 +192,9 @@ def conv_current(x: torch.Tensor, weight: torch.Tensor, *, stride, padding, grou
     layout (cross-correlation), cast to int32 and wrapped to signed 24 bits. No weight exponent."""
     dtype, bound = exact_float_dtype(x, weight)
     y = torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), stride=stride, padding=padding, groups=groups)
-    out = y.to(torch.int64)  # exact integers: the cast does not round
-    return out if bound < UV_HALF else wrap24(wrap_int32(out))  # |sum| < 2^23: nothing can wrap
+    if bound < UV_HALF:  # nothing can wrap; exact integers: the cast does not round
+        return y.to(torch.int32)
+    return wrap24(wrap_int32(y.to(torch.int64)))
 
 
 def dense_current(x: torch.Tensor, weight: torch.Tensor, weight_exp: int) -> torch.Tensor:
@@ -168,18 +208,20 @@ def identity_current(x: torch.Tensor, weight: torch.Tensor, weight_exp: int) -> 
     """A diagonal ``Sparse`` synapse: element-wise ``(w * x) << weight_exp``. For spikes (bool
     ``x``) that is ``w << weight_exp`` where a spike arrived (floor ``>>`` is exact on 0 and w)."""
     if x.dtype == torch.bool:
-        return x * shift_exp(weight.to(torch.int64), weight_exp)
+        w = shift_exp(weight.to(torch.int64), weight_exp)
+        return x * (w.to(torch.int32) if w.numel() and int(w.abs().max()) < UV_HALF else w)
     return shift_exp(x.to(torch.int64) * weight.to(torch.int64), weight_exp)
 
 
 def synapse_current(syn, x: torch.Tensor, weight: torch.Tensor, shape: Optional[tuple[int, ...]] = None
                     ) -> torch.Tensor:
-    """Integer output (int64 a-units, ``[N, ...]``) of the integer-graph synapse ``syn`` (its ``kind``,
+    """Integer output (a-units, ``[N, ...]``; int64, or int32 when every value is below 2^23 in
+    magnitude) of the integer-graph synapse ``syn`` (its ``kind``,
     ``graded``, ``weight_exp``, ``stride``, ``padding``, ``groups``) with ``weight`` (``syn.weight``
     as a tensor on ``x``'s device) for source values ``x [N, *source_shape]``: pixels for a graded
     synapse, else spikes (any non-zero value counts 1, as Lava's binary ``num_message_bits = 0``).
     Dense outputs are ``[N, n_out]``, or ``[N, *shape]`` when the target's ``shape`` is given."""
-    x = x if syn.graded else (x != 0)
+    x = x if syn.graded or x.dtype == torch.bool else (x != 0)
     if syn.kind == "conv":
         return conv_current(x, weight, stride=syn.stride, padding=syn.padding, groups=syn.groups)
     if syn.kind == "dense":

@@ -1,8 +1,9 @@
 """The integer reference simulator: what Loihi 2 must compute, bit for bit, for an integer graph.
 
-Arithmetic: :mod:`calibration.fixed_point` (lava-nc 0.10.0 ``fixed_pt``), int64 throughout; conv
-and dense sums run as float64 matrix products (exact: every partial sum is far below 2^53) and
-are rounded back to int64. Conv outputs wrap to 24 bits, dense/identity sums take their weight
+Arithmetic: :mod:`calibration.fixed_point` (lava-nc 0.10.0 ``fixed_pt``) on int64, or on int32
+where the values are provably small enough that no wrap can differ; conv and dense sums run as
+float32 or float64 matrix products chosen so every partial sum is an exact integer, cast back to
+integers without rounding. Conv outputs wrap to 24 bits, dense/identity sums take their weight
 exponent. Batched over samples, on CPU or CUDA.
 
 Two timings of the same graph:
@@ -200,16 +201,25 @@ class ReferenceSimulator:
 
 def zero_delay_current(syns: list[Synapse], weights: list[torch.Tensor], sources: list[torch.Tensor],
                        shape: tuple[int, ...], T: int, B: int, device: torch.device) -> torch.Tensor:
-    """Zero-delay synaptic input ``a [T, B, *shape]`` (int64 a-units, summed over ``syns``) of a
+    """Zero-delay synaptic input ``a [T, B, *shape]`` (a-units, int64 or int32: see
+    :func:`calibration.fixed_point.synapse_current`; summed over ``syns``) of a
     population of ``shape``. ``weights[i]``: ``syns[i].weight`` as a tensor; ``sources[i]``: the
     input pixels ``[B, C, H, W]`` (the same at every step) for a synapse from the input, else its
     source population's spikes ``[T, B, *source_shape]``."""
-    a = torch.zeros((T, B) + tuple(shape), dtype=torch.int64, device=device)
+    size = (T, B) + tuple(shape)
+    a = None
     for syn, w, x in zip(syns, weights, sources):
         every_step = syn.src == INPUT  # the pixels: one current, added at every step
         y = fx.synapse_current(syn, x if every_step else x.flatten(0, 1), w, shape)
-        a += y.view((1,) + tuple(y.shape)) if every_step else y.reshape(a.shape)
-    return a
+        y = y.view((1,) + tuple(y.shape)) if every_step else y.view((T, B) + tuple(y.shape[1:]))
+        if a is None and tuple(y.shape) == size:
+            a = y  # a new tensor: the sum starts from it
+        else:
+            a = torch.zeros(size, dtype=y.dtype, device=device) if a is None else a
+            if a.dtype != y.dtype:
+                a = a.to(torch.int64)  # int32 outputs are below 2^23: sums of a few fit, wider ones widen
+            a += y  # broadcasts a current of one step (the pixels) over all steps
+    return a if a is not None else torch.zeros(size, dtype=torch.int64, device=device)
 
 
 def readout_latency_of(graph: IntegerGraph) -> int:

@@ -257,6 +257,35 @@ def test_lif_step_dtypes_are_int64(du, dv):
     assert u.dtype == h.dtype == v.dtype == I64 and s.dtype == torch.bool
 
 
+@pytest.mark.parametrize("keep", [1, 7, 2048, 2049, 4000, 4095])
+def test_int32_decay_equals_the_int64_product(keep):
+    """The int32 decay splits the product (it would overflow): the same round-toward-zero result on
+    every residue class, both signs and the extremes of the 24-bit range."""
+    from calibration.fixed_point import decay_rtz
+    x = torch.cat([torch.arange(-5000, 5000), torch.tensor([-(1 << 23), (1 << 23), (1 << 23) - 1, -(1 << 23) + 1]),
+                   torch.randint(-(1 << 24), 1 << 24, (100_000,), generator=torch.Generator().manual_seed(keep))])
+    wide = decay_rtz(x.to(I64), keep)
+    narrow = decay_rtz(x.to(torch.int32), keep)
+    assert narrow.dtype == torch.int32 and torch.equal(narrow.to(I64), wide)
+
+
+@pytest.mark.parametrize("du,dv", [(4095, 2048), (2047, 100), (0, 0), (-1, 4095), (1000, 3)])
+def test_integrate_on_int32_equals_int64_step_by_step(du, dv):
+    """Inputs inside int32_is_exact's bound integrate on int32 and give exactly the int64 trace,
+    wraps and saturation of u and v included; outside it integrate stays on int64."""
+    from calibration.fixed_point import INT32_A_LIMIT, integrate, int32_is_exact
+    g = torch.Generator().manual_seed(du + 7 * dv)
+    a = torch.randint(-(1 << 17), 1 << 17, (12, 3000), generator=g)  # big enough to wrap u and saturate v
+    bias = torch.randint(-(1 << 15), 1 << 15, (3000,), generator=g)
+    assert int32_is_exact(a, bias) and not int32_is_exact(a * 0 + INT32_A_LIMIT, bias)
+    s, u, v = integrate(a, du=du, dv=dv, bias=bias, vth=5000, record_state=True)
+    uu, vv = torch.zeros(3000, dtype=I64), torch.zeros(3000, dtype=I64)
+    for k in range(12):
+        uu, _h, ss, vv = lif_step(uu, vv, a[k], du=du, dv=dv, bias=bias, vth=5000)
+        assert torch.equal(s[k], ss) and torch.equal(u[k], uu) and torch.equal(v[k], vv), k
+    assert int(u.abs().max()) > 1 << 22 and int(s.sum()) > 0  # the test reaches the edges
+
+
 # ---------------------------------------------------------------------- shared helpers (reference, calibration, QAT)
 
 def test_decay_codes_have_the_du_offset():
