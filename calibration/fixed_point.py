@@ -57,29 +57,29 @@ def rtz_shift(y: torch.Tensor, shift: int) -> torch.Tensor:
 def decay_rtz(x: torch.Tensor, keep: int) -> torch.Tensor:
     """``x * keep / 4096`` rounded toward zero (``keep`` = 4096 - effective decay), a new tensor.
 
-    int64 ``x``: the product, then a round-toward-zero shift. int32 ``x`` (``|x| < 2^31``): the
-    product does not fit, so ``x = q * 4096 + r`` (``q = x >> 12``, ``0 <= r < 4096``) and
-    ``floor(x * keep / 4096) = q * keep + (r * keep >> 12)``, plus one where ``x < 0`` and the
-    product has a remainder (round toward zero); every term stays below 2^31."""
+    Round toward zero is a floor after adding ``4095`` to negative products. int64 ``x``: the
+    product, then that shift. int32 ``x`` (``|x| <= 2^25``; u and v stay within 2^24): the product
+    would overflow, so ``keep = 64 * kh + kl`` (``kh, kl < 64``) and ``floor((x * keep + c) / 4096)
+    = (x * kh + ((x * kl + c) >> 6)) >> 6`` (nested floors of positive divisors), every term below
+    2^31."""
     if keep == 0:
         return torch.zeros_like(x)
     if keep == DECAY_UNITY:
         return x.clone()
+    c = x >> (x.element_size() * 8 - 1)  # -1 where negative, else 0
+    c &= DECAY_UNITY - 1
     if x.dtype == torch.int32:
-        y = x >> DECAY_SHIFT
-        y *= keep
-        r = x & (DECAY_UNITY - 1)
-        r *= keep
-        y += (x < 0) & ((r & (DECAY_UNITY - 1)) != 0)
-        r >>= DECAY_SHIFT
-        y += r
+        kh, kl = divmod(keep, 64)
+        if kl:
+            c += x * kl
+        c >>= 6
+        y = x * kh
+        y += c
+        y >>= 6
         return y
-    y = x * keep
-    r = y >> 63
-    r &= DECAY_UNITY - 1
-    y += r
-    y >>= DECAY_SHIFT
-    return y
+    c += x * keep
+    c >>= DECAY_SHIFT
+    return c
 
 
 def shift_exp(acc: torch.Tensor, exp: int) -> torch.Tensor:

@@ -257,12 +257,13 @@ def test_lif_step_dtypes_are_int64(du, dv):
     assert u.dtype == h.dtype == v.dtype == I64 and s.dtype == torch.bool
 
 
-@pytest.mark.parametrize("keep", [1, 7, 2048, 2049, 4000, 4095])
+@pytest.mark.parametrize("keep", [1, 7, 63, 64, 65, 2048, 2049, 4000, 4095])
 def test_int32_decay_equals_the_int64_product(keep):
     """The int32 decay splits the product (it would overflow): the same round-toward-zero result on
-    every residue class, both signs and the extremes of the 24-bit range."""
+    every residue class, both signs, both halves of the split of keep and the extremes of the range."""
     from calibration.fixed_point import decay_rtz
-    x = torch.cat([torch.arange(-5000, 5000), torch.tensor([-(1 << 23), (1 << 23), (1 << 23) - 1, -(1 << 23) + 1]),
+    edges = [-(1 << 25), 1 << 25, -(1 << 23), (1 << 23), (1 << 23) - 1, -(1 << 23) + 1]
+    x = torch.cat([torch.arange(-5000, 5000), torch.tensor(edges),
                    torch.randint(-(1 << 24), 1 << 24, (100_000,), generator=torch.Generator().manual_seed(keep))])
     wide = decay_rtz(x.to(I64), keep)
     narrow = decay_rtz(x.to(torch.int32), keep)
