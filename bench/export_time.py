@@ -137,9 +137,9 @@ def worker(args) -> int:
     state: dict = {}
 
     def jdump(obj, name):
-        from deploy.cli import _json_default
+        from deploy.export_dir import json_text
 
-        (out / name).write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        (out / name).write_text(json_text(obj))
 
     def s_load():
         state["model"], state["ckpt"] = load_model(args.worker)

@@ -22,12 +22,8 @@ input file (exit code 3). Exit codes: see :mod:`xoresnet.errors`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,13 +32,21 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from deploy.export_dir import (CALIBRATION_FILE, GRAPH_FILE, LAVA_GRAPH_FILE, MANIFEST_FILE, MANIFEST_FORMAT,
+                               MANIFEST_VERSION, NIR_FILE, PARITY_FILE, ArtifactDir)
 from hw_targets import available_targets, get_target
 from hw_targets.loihi2 import DISPATCH_TIMEOUT
-from xoresnet.errors import DataError, OneLineArgumentParser, UnsupportedModelError, UsageError, number, run_cli
+from xoresnet.checkpoint import file_sha256
+from xoresnet.errors import (
+    DataError,
+    OneLineArgumentParser,
+    UnsupportedModelError,
+    UsageError,
+    number,
+    run_cli,
+)
 
 PROG = "xoresnet-export"
-MANIFEST_FORMAT = "xoresnet-export"
-MANIFEST_VERSION = 2
 #: What the export draws at random (recorded in the manifest).
 EXPORT_RANDOMNESS = ("none: every image set is the first N images of its split in the dataset's fixed order, and "
                      "the export draws no random numbers")
@@ -69,7 +73,8 @@ def export_parser() -> argparse.ArgumentParser:
                         "at most the test split)")
     p.add_argument("--parity-samples", type=number(int, minimum=1, inclusive=True), default=4,
                    help="test images run on Lava and compared bit for bit with the reference, >= 1 (default 4)")
-    p.add_argument("--timesteps", "-T", type=number(int, minimum=1, inclusive=True), help="override the model's number of timesteps (>= 1)")
+    p.add_argument("--timesteps", "-T", type=number(int, minimum=1, inclusive=True),
+                   help="override the model's number of timesteps (>= 1)")
     p.add_argument("--timeout", type=number(float), default=DISPATCH_TIMEOUT,
                    help=f"wall-clock limit of each Lava run (simulation, hardware dispatch) in seconds, > 0 "
                         f"(default {DISPATCH_TIMEOUT:g})")
@@ -95,12 +100,6 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def sha256(path: Path) -> str:
-    from xoresnet.checkpoint import file_sha256
-
-    return file_sha256(path)
-
-
 def load_pixels_npy(path: str, shape: tuple[int, ...], levels: int) -> torch.Tensor:
     try:
         arr = np.load(path, allow_pickle=False)
@@ -113,79 +112,6 @@ def load_pixels_npy(path: str, shape: tuple[int, ...], levels: int) -> torch.Ten
     if arr.min() < 0 or arr.max() > levels:
         raise DataError(f"--calib-data {path}: pixel values must lie in 0..{levels}")
     return torch.as_tensor(arr.astype(np.int64))
-
-
-class ArtifactDir:
-    """Collects the artifacts in a temporary folder beside ``out`` and swaps it in at the end.
-
-    Nothing is ever written into ``out`` before :meth:`commit`; a failed parity check leaves its
-    details beside it, in :attr:`failure_file` (``<out>.parity-failure.json``), which a later
-    successful export removes."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        except OSError as e:
-            raise UsageError(f"--out {out}: cannot create the artifact folder ({type(e).__name__}: "
-                             f"{e.strerror or e})") from None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final folder follows the umask
-        self.files: dict[str, Path] = {}
-
-    @property
-    def failure_file(self) -> Path:
-        return self.out.with_name(f"{self.out.name}.parity-failure.json")
-
-    def path(self, name: str) -> Path:
-        self.files[name] = self.tmp / name
-        return self.files[name]
-
-    def write_json(self, name: str, data: Any) -> Path:
-        p = self.path(name)
-        p.write_text(_dumps(data))
-        return p
-
-    def write_failure(self, data: Any) -> Path:
-        """Write ``data`` to :attr:`failure_file` (atomically: temporary name, then rename)."""
-        tmp = self.tmp.with_name(f".{self.failure_file.name}.tmp-{os.getpid()}")
-        tmp.write_text(_dumps(data))
-        os.replace(tmp, self.failure_file)
-        return self.failure_file
-
-    def hashes(self) -> dict[str, str]:
-        return {name: sha256(p) for name, p in sorted(self.files.items())}
-
-    def commit(self) -> None:
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        self.failure_file.unlink(missing_ok=True)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n"
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON-able: {type(x).__name__}")
 
 
 def check_flags(args: argparse.Namespace):
@@ -244,7 +170,7 @@ def export(args: argparse.Namespace) -> int:
         manifest = summary.pop("manifest")
         manifest["artifacts"] = artifacts.hashes()
         manifest["seconds"] = summary["seconds"]
-        artifacts.write_json("manifest.json", manifest)
+        artifacts.write_json(MANIFEST_FILE, manifest)
         artifacts.commit()
     except BaseException:
         artifacts.discard()
@@ -295,7 +221,7 @@ def find_float_parent(ckpt, checkpoint_path: str) -> Optional[Path]:
         return None
     recorded = Path(parent["path"])
     for path in (recorded, Path(checkpoint_path).parent / recorded.name):
-        if path.is_file() and sha256(path) == parent.get("sha256"):
+        if path.is_file() and file_sha256(path) == parent.get("sha256"):
             return path
     return None
 
@@ -335,7 +261,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     from deploy.reference import ReferenceSimulator
     from deploy.schedule import schedule
     from hw_targets.energy import estimate_energy
-    from hw_targets.report import build_report, lava_section, model_section, write_report
+    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, model_section, write_report
     from hw_targets.resources import check_design_rules, connectivity, require_design_rules
     from hw_targets.stats import collect_statistics
     from xoresnet.data import IntImageDataset
@@ -349,8 +275,8 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     float_eval = evaluate(model, eval_set, progress=progress)
     baseline = float_baseline(args, ckpt, eval_set, float_eval["accuracy"], progress)
     nir_graph = export_nir(model)
-    write_nir(nir_graph, artifacts.path("model.nir"))
-    nir_check = compare_nir_to_model(model, read_nir(artifacts.files["model.nir"]), eval_set.pixels)  # the file
+    write_nir(nir_graph, artifacts.path(NIR_FILE))
+    nir_check = compare_nir_to_model(model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels)  # the file
     if not nir_check["passed"]:
         raise UnsupportedModelError(
             f"the NIR interpreter, on model.nir as written, disagrees with PyTorch on "
@@ -365,9 +291,9 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         + (" (scales from quantization-aware training)" if ckpt.quant else f" on {len(calib_pixels)} images"))
     calibration = calibrate_checkpoint(model, ckpt, calib_pixels)
     graph = schedule(calibration.graph)
-    save_integer_graph(graph, artifacts.path("integer_graph.h5"))
-    artifacts.write_json("calibration.json", {"spec": calibration.spec.to_dict(), "report": calibration.report})
-    artifacts.write_json("lava_graph.json", describe_lava_network(graph))
+    save_integer_graph(graph, artifacts.path(GRAPH_FILE))
+    artifacts.write_json(CALIBRATION_FILE, {"spec": calibration.spec.to_dict(), "report": calibration.report})
+    artifacts.write_json(LAVA_GRAPH_FILE, describe_lava_network(graph))
     say(f"[4/8] design rules and packing for {target.name}")
     conns = connectivity(graph)
     drc = require_design_rules(check_design_rules(graph, target, system=args.system, conns=conns))
@@ -386,7 +312,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         failure = artifacts.write_failure(parity_dict)
         raise ParityError(f"{parity.summary()}; details in {failure}; nothing was written to {artifacts.out} and "
                           "dispatch is blocked")
-    artifacts.write_json("parity.json", parity_dict)
+    artifacts.write_json(PARITY_FILE, parity_dict)
     say("[7/8] writing the report and the manifest")
     report = build_report(graph=graph, target=target, drc=drc, stats=stats, energy=energy,
                           raster=accumulator.raster, model=model_section(graph, checkpoint=ckpt),
@@ -394,7 +320,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
                           parity=parity_dict, lava=lava_section(graph, lava, reference))
     report["nir_check"] = nir_check
     json_path, html_path = write_report(artifacts.tmp, report)
-    artifacts.files["report.json"], artifacts.files["report.html"] = json_path, html_path
+    artifacts.files[REPORT_JSON], artifacts.files[REPORT_HTML] = json_path, html_path
     manifest = base_manifest(args, ckpt, target, {
         "dataset": dataset, "test_split_images": len(test),
         "calibration": calib_what + (" (quantization-aware training fixed the scales; the images only measure the "
@@ -414,7 +340,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         "integer_accuracy": stats["accuracy"]["integer"], "baseline": baseline,
         "eval_samples": n_eval, "energy_uj": energy["loihi"]["total_pj"] / 1e6,
         "cores": drc.packing.num_cores, "chips": drc.packing.chips,
-        "latency_steps": stats["latency"]["latency_steps"], "report": "report.html",
+        "latency_steps": stats["latency"]["latency_steps"], "report": REPORT_HTML,
         "parity_pixels": parity_pixels.numpy(), "reference_predictions": parity.predictions["reference"],
     }
 
@@ -422,13 +348,13 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
 def export_onnx_target(args, model, ckpt, target, test, artifacts: ArtifactDir, dataset: str) -> dict:
     """The onnx target: ``model.onnx`` checked with onnxruntime on the first ``8 x --parity-samples``
     test images (``test``: the whole test split)."""
-    from hw_targets.onnx import export_onnx_artifacts
+    from hw_targets.onnx import CHECK_FILE, MODEL_FILE, export_onnx_artifacts
 
     pixels = test.pixels[: args.parity_samples * 8]
     say(f"[2/3] exporting the float model per timestep to ONNX and checking it with onnxruntime on {len(pixels)} "
         "test images")
     check = export_onnx_artifacts(model, artifacts.tmp, pixels, model.config.timesteps)
-    for name in ("model.onnx", "onnx_check.json"):
+    for name in (MODEL_FILE, CHECK_FILE):
         artifacts.files[name] = artifacts.tmp / name
     if not check["passed"]:
         raise UnsupportedModelError(f"the ONNX model disagrees with PyTorch: {check.get('summary', check)}")

@@ -37,7 +37,7 @@ checks) cannot be imported.
 
 Dispatch runs an export folder, never a bare graph: the parity certificate travels with the
 artifacts (``manifest.json``: the verdict and the SHA-256 of every artifact) and
-:func:`read_parity_certificate` checks it against the files before anything runs. The run itself
+:func:`deploy.export_dir.read_parity_certificate` checks it against the files before anything runs. The run itself
 goes through :func:`deploy.lava_run.run_lava` with ``run_config="hw"``: the child-process runner of
 the CPU simulation, with its wall-clock timeout and process / shared-memory cleanup.
 """
@@ -45,12 +45,12 @@ the CPU simulation, with its wall-clock timeout and process / shared-memory clea
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from xoresnet.errors import DispatchUnavailableError, ParityError
+from deploy.export_dir import GRAPH_FILE, read_parity_certificate
+from xoresnet.errors import DispatchUnavailableError
 
 from .base import HwTarget, Limit, System
 
@@ -187,8 +187,6 @@ def unavailable_message(missing: list[str]) -> str:
 
 # ---------------------------------------------------------------------- the target
 
-#: The artifacts dispatch reads from an export folder.
-GRAPH_FILE, PARITY_FILE, MANIFEST_FILE = "integer_graph.h5", "parity.json", "manifest.json"
 #: Default wall-clock limit of a hardware run, seconds (``xoresnet-export --timeout``'s default).
 DISPATCH_TIMEOUT = 900.0
 
@@ -216,7 +214,7 @@ class Loihi2Target(HwTarget):
 
         Checked in this order: lava-loihi is installed (else
         :class:`~xoresnet.errors.DispatchUnavailableError`, exit code 7, naming the missing modules);
-        the folder's parity certificate holds (:func:`read_parity_certificate`, else
+        the folder's parity certificate holds (:func:`deploy.export_dir.read_parity_certificate`, else
         :class:`~xoresnet.errors.ParityError`, exit code 5); the graph is scheduled and passes the
         design rules (:class:`~xoresnet.errors.DesignRuleError`); a Loihi 2 host is configured.
 
@@ -250,50 +248,6 @@ class Loihi2Target(HwTarget):
         elif not _host_configured():
             raise DispatchUnavailableError(self.dispatch_status()[1])
         return run_lava(graph, pixels, timeout=timeout, progress=progress, run_config="hw")
-
-
-def read_parity_certificate(export_dir: Path) -> dict[str, Any]:
-    """The parity certificate of the export in ``export_dir``: its ``manifest.json``, checked.
-
-    Raises :class:`~xoresnet.errors.ParityError` (exit code 5: dispatch blocked), one line, unless
-    the manifest is an ``xoresnet-export`` manifest whose verdict is ``parity: passed`` with
-    ``dispatch_allowed``, it lists ``integer_graph.h5`` and ``parity.json`` among its artifacts,
-    every listed artifact exists with the SHA-256 recorded, and ``parity.json`` says ``passed``.
-    Returns the manifest (a dict).
-    """
-    from deploy.cli import MANIFEST_FORMAT
-    from xoresnet.checkpoint import file_sha256
-
-    def blocked(why: str) -> ParityError:
-        return ParityError(f"Loihi 2 dispatch is blocked: {why}")
-
-    path = export_dir / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise blocked(f"{path} does not exist (no parity certificate: export the model first)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise blocked(f"{path} cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise blocked(f"{path} is not an {MANIFEST_FORMAT} manifest")
-    verdict = manifest.get("verdict") or {}
-    if verdict.get("parity") != "passed" or verdict.get("dispatch_allowed") is not True:
-        raise blocked(f"the manifest's verdict is not a passed parity check ({path})")
-    artifacts = manifest.get("artifacts") or {}
-    for name in (GRAPH_FILE, PARITY_FILE):
-        if name not in artifacts:
-            raise blocked(f"the manifest does not cover {name} ({path})")
-    for name, digest in sorted(artifacts.items()):
-        f = export_dir / name
-        if not f.is_file():
-            raise blocked(f"{f} is missing (the parity certificate covers it)")
-        if file_sha256(f) != digest:
-            raise blocked(f"{f} is not the file the parity certificate covers (its SHA-256 differs from "
-                          f"{path}): re-export the model")
-    parity = json.loads((export_dir / PARITY_FILE).read_text(encoding="utf-8"))
-    if parity.get("passed") is not True:
-        raise blocked(f"the parity check failed ({parity.get('summary', 'no summary')})")
-    return manifest
 
 
 def _host_configured() -> bool:
