@@ -60,7 +60,11 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="xoresnet checkpoint (.pt)")
     p.add_argument("--target", default="loihi2",
                    help=f"deployment target: {', '.join(available_targets())} (default loihi2)")
-    p.add_argument("--out", help="artifact folder (default: out/<checkpoint name>); replaced atomically")
+    p.add_argument("--out", help="artifact folder (default: out/<checkpoint name>); replaced atomically when it is "
+                                 "absent, empty or an earlier export; any other folder is refused unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="add the artifacts to an --out folder that holds other files (nothing there is deleted, and "
+                        "no file we did not write is overwritten)")
     p.add_argument("--dataset", help="dataset for calibration, evaluation and parity images (default: the one the "
                                      "checkpoint was trained on)")
     p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits)")
@@ -115,20 +119,19 @@ def load_pixels_npy(path: str, shape: tuple[int, ...], levels: int) -> torch.Ten
 
 
 def check_flags(args: argparse.Namespace):
-    """Check what argparse cannot, before any work: the target, ``--dispatch`` on it, ``--out``, the
-    energy table. Returns ``(target, out, energy_table or None)``; raises
-    :class:`~hw_targets.base.UsageError` (exit code 2) or, for an unreadable or invalid
-    ``--energy-table``, :class:`~xoresnet.errors.DataError` (exit code 3)."""
+    """Check what argparse cannot, before any work: the target, ``--dispatch`` on it, the energy table,
+    ``--out`` (:class:`~deploy.export_dir.ArtifactDir` refuses a folder it may not replace). Returns
+    ``(target, artifact folder, energy_table or None)``; raises :class:`~hw_targets.base.UsageError`
+    (exit code 2) or, for an unreadable or invalid ``--energy-table``,
+    :class:`~xoresnet.errors.DataError` (exit code 3)."""
     from hw_targets.energy import EnergyTable
 
     target = get_target(args.target)
     if args.dispatch and not target.has_hardware:
         raise UsageError(f"--dispatch needs a target with hardware (loihi2): {target.dispatch_status()[1]}")
-    out = Path(args.out or Path("out") / Path(args.checkpoint).stem)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
     table = EnergyTable.from_json(args.energy_table) if args.energy_table else None
-    return target, out, table
+    out = Path(args.out or Path("out") / Path(args.checkpoint).stem)
+    return target, ArtifactDir(out, force=args.force), table
 
 
 def load_inputs(args: argparse.Namespace, target):
@@ -157,9 +160,9 @@ def load_inputs(args: argparse.Namespace, target):
 
 
 def export(args: argparse.Namespace) -> int:
-    target, out, energy_table = check_flags(args)
+    target, artifacts, energy_table = check_flags(args)
+    out = artifacts.out
     t_start = time.time()
-    artifacts = ArtifactDir(out)
     try:
         model, ckpt, dataset, test, calib_pixels = load_inputs(args, target)
         if target.name == "onnx":

@@ -281,11 +281,14 @@ def test_bad_inputs_give_one_line_errors(tmp_path, case, code, needle):
         save_checkpoint(ckpt, model, {"dataset": "digits"})
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("an earlier export")
+    earlier = '{"format": "xoresnet-export", "artifacts": {}}'
+    (out / "manifest.json").write_text(earlier)  # an earlier export of ours: replaceable, so no usage error
     r = run_export(str(ckpt), "--target", target, "--out", str(out), "--parity-samples", "1", "--eval-samples", "20")
     assert r.returncode == code, r.stderr
     assert re.search(needle, error_line(r.stderr)), r.stderr
-    assert (out / "keep.txt").read_text() == "an earlier export"  # a failed export leaves DIR untouched
+    assert (out / "manifest.json").read_text() == earlier  # a failed export leaves DIR untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"out", "m.pt"} & {"out", ckpt.name}
+                                                                if ckpt.exists() else {"out"})  # no leftovers
 
 
 def test_parity_failure_exits_5_and_writes_nothing(tmp_path, monkeypatch, capsys):

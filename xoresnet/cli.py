@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -113,6 +114,20 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_checkpoint_path(out: str) -> None:
+    """``--out`` of ``xoresnet-train``: a file path whose folder can hold it. Raises
+    :class:`~xoresnet.errors.UsageError` (exit 2), before any training, for a folder, a non-regular file
+    (a FIFO, a device) or a parent that is a file."""
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give the checkpoint's file path (e.g. {path / 'model.pt'})")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"--out {out}: exists and is not a regular file")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is not a folder")
+
+
 def train_main(argv: list[str] | None = None) -> None:
     def main() -> int:
         from .training import TrainOptions, train
@@ -120,6 +135,7 @@ def train_main(argv: list[str] | None = None) -> None:
         args = train_parser().parse_args(argv)
         if args.qat != bool(args.init):
             raise UsageError("--qat fine-tunes the float model of --init: give both or neither")
+        check_checkpoint_path(args.out)
         config = None if args.qat else network_config_from_args(args)
         opts = TrainOptions(
             dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
