@@ -271,3 +271,16 @@ def test_two_exports_committing_into_the_same_folder_at_the_same_instant(tmp_pat
         tag = json.loads((out / PARITY_FILE).read_text())["tag"]
         assert tag in (2 * round_, 2 * round_ + 1) and manifest["artifacts"][PARITY_FILE] == file_sha256(out / PARITY_FILE)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], round_
+
+
+def test_an_export_replaces_the_previous_one_and_leaves_no_marker(tmp_path):
+    """The temporary folder's ``.xoresnet-partial`` marker is not committed: the folder holds only our artifact
+    names, so the next export may replace it."""
+    out = tmp_path / "out"
+    for tag in range(2):
+        art = ArtifactDir(out)
+        art.write_json(PARITY_FILE, {"passed": True, "tag": tag})
+        art.write_json(MANIFEST_FILE, {**OURS, "artifacts": art.hashes()})
+        art.commit()
+        assert sorted(os.listdir(out)) == [MANIFEST_FILE, PARITY_FILE]
+    assert json.loads((out / PARITY_FILE).read_text())["tag"] == 1
