@@ -39,7 +39,8 @@ Cleanup policy (never touches other users' segments):
    existed before the run, or that other programs create meanwhile, are left alone (a snapshot
    diff alone would delete a concurrent Lava run's segments).
 
-The temporary directory (graph, pixels, results, logs, ``$TMPDIR``) is removed in every case.
+The temporary directory (graph, pixels, results, logs, ``$TMPDIR``) is removed in every case the parent
+can run code, and by the next run when the parent was killed (:func:`remove_stale_scratch`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ DEFAULT_CHUNK = 64
 KILL_GRACE = 1.0
 #: Seconds a finished child's helper processes get to exit on their own.
 EXIT_GRACE = 3.0
+#: The scratch folder of a run: ``$TMPDIR/xoresnet-lava-<parent pid>-<random>`` (:func:`remove_stale_scratch`).
+SCRATCH_PREFIX = "xoresnet-lava-"
 
 
 @dataclass
@@ -281,7 +284,8 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     N = int(pixels.shape[0])
     S = stream_steps(graph, N)
 
-    work = Path(tempfile.mkdtemp(prefix="xoresnet-lava-"))
+    remove_stale_scratch()
+    work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
     child: Optional[subprocess.Popen] = None
     before = _shm_names()
     cleanup: dict[str, Any] = {"session": None, "workdir": str(work), "processes_killed": 0, "segments_created": 0,
@@ -362,6 +366,36 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                          readout_latency=readout_latency_of(graph),
                          readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
                          phases=phases, pixels=pixels, run_config=run_config)
+
+
+def remove_stale_scratch() -> list[str]:
+    """Remove the scratch folders (``$TMPDIR/xoresnet-lava-PID-*``, holding a ``job.json``) of dead parents.
+
+    The folder dies with its parent: :func:`run_lava` removes it in every case it can run code (a signal
+    is an exception, see :mod:`xoresnet.interrupts`), the child's watchdog when the parent disappears during
+    the run; a parent killed (SIGKILL) after its child exited leaves it, and the next run removes it here.
+    Returns the names removed."""
+    removed = []
+    root = Path(tempfile.gettempdir())
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if not (entry.name.startswith(SCRATCH_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # the parent lives
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        if (Path(entry.path) / "job.json").is_file():
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _cleanup_segments(work: Path, held: set[str], before: set[str]) -> dict[str, Any]:

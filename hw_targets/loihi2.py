@@ -214,7 +214,7 @@ class Loihi2Target(HwTarget):
 
         Checked in this order: lava-loihi is installed (else
         :class:`~xoresnet.errors.DispatchUnavailableError`, exit code 7, naming the missing modules);
-        the folder's parity certificate holds (:func:`deploy.export_dir.read_parity_certificate`, else
+        the folder's parity certificate holds for ``pixels`` (:func:`deploy.export_dir.read_parity_certificate`, else
         :class:`~xoresnet.errors.ParityError`, exit code 5); the graph is scheduled and passes the
         design rules (:class:`~xoresnet.errors.DesignRuleError`); a Loihi 2 host is configured.
 
@@ -229,14 +229,12 @@ class Loihi2Target(HwTarget):
             raise DispatchUnavailableError(unavailable_message(missing))
         if pixels is None:
             raise ValueError("Loihi 2 dispatch needs input pixels [N, C, H, W]")
-        from calibration.integer_graph import load_integer_graph
         from deploy.lava_run import run_lava
 
         from .resources import check_design_rules, require_design_rules
 
         export_dir = Path(export_dir)
-        read_parity_certificate(export_dir)
-        graph = load_integer_graph(export_dir / GRAPH_FILE)
+        graph = read_parity_certificate(export_dir, pixels).graph
         if not graph.scheduled:
             raise DispatchUnavailableError(f"{export_dir / GRAPH_FILE} is not scheduled (no reset interval): "
                                            "re-export it")

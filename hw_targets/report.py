@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from xoresnet.files import read_bounded
 from xoresnet.errors import XoresnetError
 
 SCHEMA = "xoresnet-report"
@@ -433,21 +434,26 @@ def write_report(out_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
     return jpath, hpath
 
 
+#: The largest report.json read back (XOResNet-101's is a few MB).
+MAX_REPORT_BYTES = 256 << 20
+
+
 def load_report(path: str | os.PathLike) -> dict:
-    """Read and validate a report.json (a directory means ``DIR/report.json``); :class:`ReportError` else."""
+    """Read and validate a report.json (a directory means ``DIR/report.json``; a regular file of at most
+    :data:`MAX_REPORT_BYTES`); :class:`ReportError` else."""
     p = Path(path)
     if p.is_dir():
         p = p / REPORT_JSON
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bounded(p, what=str(p), limit=MAX_REPORT_BYTES, error=ReportError).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ReportError(f"{p} cannot be read ({type(e).__name__}: {e})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ReportError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise ReportError(f"{p} is JSON nested too deeply for a report") from None
     try:
         return validate_report(data)
     except ReportError as e:

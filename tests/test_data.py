@@ -34,6 +34,18 @@ def raises_data_error(*fragments: str):
         assert fragment in message, (fragment, message)
 
 
+def interleaved(labels) -> list[int]:
+    """The test split's order, written out plainly: round r takes the r-th sample of every class, by class id."""
+    per_class: dict[int, list[int]] = {}
+    for i, label in enumerate(list(labels)):
+        per_class.setdefault(int(label), []).append(i)
+    order, r = [], 0
+    while len(order) < len(labels):
+        order += [per_class[c][r] for c in sorted(per_class) if r < len(per_class[c])]
+        r += 1
+    return order
+
+
 # ---------------------------------------------------------------------------------------------
 # writers
 
@@ -118,7 +130,10 @@ def test_fashion_mnist_idx(tmp_path, gz):
     write_fashion(tmp_path, "t10k", test_x, test_y, gz=gz)
 
     assert_dataset(load_dataset("fashion-mnist", "train", tmp_path), "fashion-mnist", train_x[:, None], train_y)
-    assert_dataset(load_dataset("fashion-mnist", "test", str(tmp_path)), "fashion-mnist", test_x[:, None], test_y)
+    order = interleaved(test_y)
+    assert order == [1, 0]  # class 2 before class 7
+    assert_dataset(load_dataset("fashion-mnist", "test", str(tmp_path)), "fashion-mnist", test_x[order, None],
+                   test_y[order])
     limited = load_dataset("fashion-mnist", "train", tmp_path, limit=2)
     assert_dataset(limited, "fashion-mnist", train_x[:2, None], train_y[:2])
 
@@ -143,7 +158,9 @@ def test_cifar10_batches_in_order(tmp_path, style):
     train_pixels = np.concatenate([d for d, _ in batches]).reshape(-1, 3, 32, 32)
     train_labels = sum((lab for _, lab in batches), [])
     assert_dataset(load_dataset("cifar10", "train", tmp_path), "cifar10", train_pixels, train_labels)
-    assert_dataset(load_dataset("cifar10", "test", tmp_path), "cifar10", test_data.reshape(-1, 3, 32, 32), test_labels)
+    order = interleaved(test_labels)
+    assert_dataset(load_dataset("cifar10", "test", tmp_path), "cifar10", test_data.reshape(-1, 3, 32, 32)[order],
+                   np.array(test_labels)[order])
     assert_dataset(load_dataset("cifar10", "train", tmp_path, limit=4), "cifar10", train_pixels[:4], train_labels[:4])
 
 
@@ -165,7 +182,8 @@ def test_cifar100_fine_labels(tmp_path):
     write_cifar_batch(folder / "train", train_data, train_labels, "fine_labels", "python2")
     write_cifar_batch(folder / "test", test_data, test_labels, "fine_labels", "protocol5")
     assert_dataset(load_dataset("cifar100", "train", tmp_path), "cifar100", train_data.reshape(-1, 3, 32, 32), train_labels)
-    assert_dataset(load_dataset("cifar100", "test", tmp_path), "cifar100", test_data.reshape(-1, 3, 32, 32), test_labels)
+    assert_dataset(load_dataset("cifar100", "test", tmp_path), "cifar100", test_data.reshape(-1, 3, 32, 32)[::-1],
+                   test_labels[::-1])  # class 1 before class 98
 
 
 def save_png(path, hwc: np.ndarray):
@@ -220,7 +238,7 @@ def test_digits_fixed_stratified_split():
         assert float(x.max()) <= 1.0
     digits = load_digits()
     train_idx, test_idx = train_test_split(np.arange(1797), test_size=0.25, random_state=0, stratify=digits.target)
-    np.testing.assert_array_equal(test.labels.numpy(), digits.target[test_idx])
+    np.testing.assert_array_equal(test.labels.numpy(), digits.target[test_idx][interleaved(digits.target[test_idx])])
     np.testing.assert_array_equal(train.pixels[:, 0].numpy(), digits.images[train_idx])
     test_share = np.bincount(test.labels.numpy(), minlength=10) / np.bincount(digits.target, minlength=10)
     assert np.all(np.abs(test_share - 0.25) < 0.02)

@@ -72,7 +72,7 @@ def test_export_writes_every_artifact_with_a_parity_certificate(exported):
     assert lava_graph["delays"], "the inserted delays are listed"
 
 
-def test_dispatch_without_the_hardware_stack_exits_7_after_parity(exported, tmp_path):
+def test_dispatch_without_the_hardware_stack_exits_7_before_any_work(tmp_path):
     from hw_targets.loihi2 import missing_loihi2_modules
 
     out = tmp_path / "d"
@@ -80,7 +80,8 @@ def test_dispatch_without_the_hardware_stack_exits_7_after_parity(exported, tmp_
     assert r.returncode == 7, r.stderr
     line = error_line(r.stderr)
     assert "lava-loihi" in line and all(m in line for m in missing_loihi2_modules())
-    assert (out / "manifest.json").exists()  # the export itself succeeded; only dispatch is unavailable
+    assert "[1/8]" not in r.stderr and not out.exists()  # nothing was exported: dispatch could never have run
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_summary_compares_accuracies_on_the_same_images(exported):
@@ -215,7 +216,7 @@ def test_bad_flags_are_usage_errors_before_any_work(monkeypatch, capsys, flags, 
 
 
 @pytest.mark.parametrize("content,needle", [
-    (None, "cannot be read (FileNotFoundError"),
+    (None, "does not exist"),
     ("{", "not valid JSON"),
     ('{"synop": -1}', "synop must be a number of pJ >= 0"),
     ('{"synop": "fast"}', "synop must be a number of pJ >= 0"),

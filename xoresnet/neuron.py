@@ -58,6 +58,15 @@ def on_decay_grid(value: float, *, offset: int) -> bool:
     return abs(code - round(code)) < 1e-9 and 0 <= round(code) <= DECAY_GRID - 1
 
 
+def decay_problem(du: float, dv: float) -> Optional[str]:
+    """Why a neuron with decays ``du``, ``dv`` cannot be exported, or None: with ``du < 1`` (a synaptic current)
+    NIR's CubaLIF carries the per-step bias through its membrane time constant ``1/dv``, so ``dv`` must be > 0."""
+    if du < 1.0 and dv == 0.0:
+        return (f"du={du:g} < 1 with dv=0: NIR's CubaLIF needs a finite membrane time constant to carry the per-step "
+                "bias; use dv > 0 or du = 1")
+    return None
+
+
 def snap_to_decay_grid(value: torch.Tensor, *, offset: int) -> torch.Tensor:
     """Round a decay onto the Loihi grid with a straight-through gradient (for learned decays)."""
     lo, hi = offset / DECAY_GRID, (DECAY_GRID - 1 + offset) / DECAY_GRID

@@ -169,6 +169,17 @@ def dataset_mismatch(config: NetworkConfig, dataset: str) -> Optional[str]:
     return f"the network takes {text.format(*want)}, {dataset} has {text.format(*have)}"
 
 
+def require_dataset_fits(config: NetworkConfig, dataset: str, *, named_by_flag: bool, checkpoint) -> None:
+    """Refuse, before any data is read, a dataset whose images the network of ``config`` cannot take: a usage
+    error (exit 2) when ``--dataset`` named it (``named_by_flag``), else a bad checkpoint (exit 3: its meta
+    named it)."""
+    mismatch = dataset_mismatch(config, dataset)
+    if mismatch and named_by_flag:
+        raise UsageError(f"--dataset {dataset}: {mismatch}")
+    if mismatch:
+        raise CheckpointError(f"{checkpoint}: its meta names dataset {dataset!r}, but {mismatch}")
+
+
 def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet, dict[str, Any]]:
     """The float model of ``opts.init``, calibrated on the first ``calib_samples`` training samples and
     switched to its exact integer forward; returns it with the quantization spec (JSON-able)."""
