@@ -94,18 +94,6 @@ def connectivity(graph: IntegerGraph) -> dict[str, SynapseConn]:
 
 
 def stored_weight_bits(weight: np.ndarray, sign_mode: str) -> int:
-    """The smallest ``num_weight_bits`` that stores ``weight`` (see the module docstring)."""
-    w = np.asarray(weight).astype(np.int64)
-    if w.size == 0 or not np.any(w):
-        return 1
-    if sign_mode == "mixed":
-        m = w >> 1
-        lo, hi = int(m.min()), int(m.max())
-        return max(int(hi).bit_length(), int(-lo - 1).bit_length()) + 1
-    return max(1, int(np.abs(w).max()).bit_length())
-
-
-def stored_weight_bits(weight: np.ndarray, sign_mode: str) -> int:
     """The smallest ``num_weight_bits`` that stores ``weight`` unchanged in Lava's encoding
     (``loihi2-fixed-point.md`` section 2.1): single sign, the magnitude bits of the largest weight;
     mixed sign, the two's-complement bits of ``w >> 1`` (mixed weights are even: 7 magnitude bits

@@ -326,15 +326,15 @@ def rule_system_capacity(ctx: RuleContext) -> list[Finding]:
     cpc = ctx.limit("cores_per_chip")
     cap = sys_.chips * cpc.value
     evidence = max(sys_.evidence, cpc.evidence, key=L.EVIDENCE.index)  # the weaker of the two
-    lim = L.Limit(f"cores_of_{sys_.key}", cap, f"cores ({sys_.name}: {sys_.chips} chips x {cpc.value})",
+    chips = f"{sys_.chips} chip{'s' if sys_.chips != 1 else ''}"
+    lim = L.Limit(f"cores_of_{sys_.key}", cap, f"cores ({sys_.name}: {chips} x {cpc.value})",
                   f"{sys_.source}; {cpc.name}: {cpc.source}", evidence, enforced=cpc.enforced)
     over_layers = [(name, n) for name, n in pk.cores_per_layer.items() if n > cap]
     out = [ctx.finding(name, lim, n, f"layer {name}: needs {n} cores, more than {sys_.name}'s {cap} cores "
-                                     f"({sys_.chips} chips x {cpc.value})") for name, n in over_layers]
+                                     f"({chips} x {cpc.value})") for name, n in over_layers]
     if pk.num_cores > cap and not over_layers:
         out.append(ctx.finding("network", lim, pk.num_cores, f"network: needs {pk.num_cores} cores on {pk.chips} "
-                                                             f"chips, more than {sys_.name}'s {sys_.chips} chips "
-                                                             f"({cap} cores)"))
+                                                             f"chips, more than {sys_.name}'s {chips} ({cap} cores)"))
     elif NEAR_LIMIT * cap < pk.num_cores <= cap:
         out.append(ctx.finding("network", lim, pk.num_cores, f"network: {pk.num_cores} cores are "
                                                              f"{100 * pk.num_cores / cap:.0f}% of {sys_.name}'s "

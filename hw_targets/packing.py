@@ -14,7 +14,8 @@ layers of YOLO-KP and PilotNet, tile shapes and core counts, are reproduced by t
   head four 4x14x48, not three 16x14x16);
 * ``tx * ty * tc <= neurons_per_tile`` (3,584), and every per-core budget holds for the tile;
 * the compiler takes the fewest cores; ties go to the largest ``tc`` (YOLO-KP layers 6/7 split
-  channels only as far as synaptic memory forces), then the smallest allocation.
+  channels only as far as synaptic memory forces), then the smallest allocation, then the widest
+  tile no wider than tall (the spatial shape changes no cost).
 
 A population without a spatial shape (the readout, 1-D test populations) is cut into contiguous
 neuron ranges, each the longest that fits. Cores are not shared between layers: every logged core
@@ -304,8 +305,9 @@ def _spatial_tiling(spec: LayerSpec) -> Optional[LayerTiling]:
     if not ok.any():
         return None
     cores = -(-W // tx_) * -(-H // ty_) * -(-C // tc_)
-    # fewest cores, then the largest channel group, then the smallest allocation, then the tallest tile
-    order = np.lexsort((-ty_[ok], alloc[ok], -tc_[ok], cores[ok]))
+    # fewest cores, then the largest channel group, the smallest allocation, and the widest tile no
+    # wider than tall (Intel's own choice on 12 of the 15 logged layers; the others tie in every cost)
+    order = np.lexsort((-tx_[ok], tx_[ok] > ty_[ok], alloc[ok], -tc_[ok], cores[ok]))
     i = order[0]
     return grid_tiling(spec, int(tx_[ok][i]), int(ty_[ok][i]), int(tc_[ok][i]))
 

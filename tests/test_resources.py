@@ -67,7 +67,8 @@ def test_yolo_kp_core_counts_and_synmem(i):
     W, H, C, k, c_in, tile, cores, pct = YOLO_KP[i - 1]
     t = tile_layer(conv_layer(W, H, C, k, c_in))
     assert t.cores == cores  # every layer exactly
-    assert t.tile_shape[2] == tile[2]  # the same channel groups; equal-count spatial shapes may differ
+    # Intel's tile too, but for layers 6, 7, 9: 4x14x64 where Intel has 8x7x64, the same cores and SynMem
+    assert t.tile_shape == tile or (i in (6, 7, 9) and t.tile_shape == (4, 14, 64))
     synmem, logged = max(x.synmem_units for x in t.tiles), pct / 100 * 12000
     assert abs(synmem / logged - 1) <= YOLO_SYNMEM_OUTLIERS.get(i, 0.15), (synmem, logged)
 
