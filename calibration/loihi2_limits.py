@@ -62,11 +62,6 @@ class Limit:
         """True for figures inferred from logs or known only from memory."""
         return self.evidence in ESTIMATE_GRADES
 
-    def cite(self) -> str:
-        """``"synmem_units_per_core = 12000 SynMem units per core [LOG: source]"`` (for messages)."""
-        return f"{self.name} = {self.value} {self.unit} [{self.evidence}{', estimate' if self.estimate else ''}: " \
-               f"{self.source}]"
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["value"] = list(self.value) if isinstance(self.value, tuple) else self.value

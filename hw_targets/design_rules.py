@@ -168,15 +168,17 @@ class RuleContext:
     target: HwTarget
     packing: Packing
     system: System
-    conns: dict[str, SynapseConn]
     weight_bits: dict[str, int]  # synapse -> stored precision
 
     def limit(self, name: str) -> L.Limit:
         return self.target.limits[name]
 
     def finding(self, layer: str, limit: L.Limit, value: float, message: str, warning: bool = False) -> Finding:
-        """A finding of ``limit``; the message gets the limit and its source appended."""
-        return Finding(layer, limit.name, value, _jsonable(limit.value), f"{message} [{limit.cite()}]",
+        """A finding of ``limit``; the message gets the limit's name (unless it has it), evidence
+        grade and source appended: ``... [delay_max: CODE: lava-dl netx clamps ...]``."""
+        name = "" if limit.name in message else f"{limit.name}: "
+        grade = limit.evidence + (", estimate" if limit.estimate else "")
+        return Finding(layer, limit.name, value, _jsonable(limit.value), f"{message} [{name}{grade}: {limit.source}]",
                        limit.estimate, limit.source, limit.evidence, warning)
 
     def over(self, layer: str, limit: L.Limit, value: float, what: str, subject: Optional[str] = None) -> Finding:
@@ -184,9 +186,6 @@ class RuleContext:
         subject = subject or f"layer {layer}"
         return self.finding(layer, limit, value, f"{subject}: {what} {value:g} exceeds {limit.name} = "
                                                  f"{_fmt(limit.value)} {limit.unit}")
-
-    def cores_of(self, layer: str) -> list[Tile]:
-        return [t for lt in self.packing.tilings[layer] for t in lt.tiles]
 
 
 def _fmt(v: Any) -> str:
@@ -443,7 +442,7 @@ def check_design_rules(graph: IntegerGraph, target: HwTarget | str | None = None
     sys_ = target.system(system) if system else max(target.systems, key=lambda s: s.chips)
     bits = {s.name: weight_bits_of(s) for s in graph.synapses}
     packing = pack(graph, target.systems, target.limits["cores_per_chip"].value, bits)
-    ctx = RuleContext(graph, target, packing, sys_, conns, bits)
+    ctx = RuleContext(graph, target, packing, sys_, bits)
     violations, warnings = [], []
     for rule in rules:
         for f in rule(ctx):

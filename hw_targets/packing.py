@@ -106,9 +106,8 @@ def sparse_synapse_bits(weight_bits: int, delayed: bool) -> int:
 @dataclass(frozen=True)
 class ConvInput:
     """One conv synapse process into a layer, as far as its cost goes: ``ipg`` input channels per
-    group, ``groups``, ``opg`` output channels per group, ``taps = kh * kw``, stored at
-    ``weight_bits``. ``channels`` restricts it to a range of input channels per group (a fan-in
-    split part); ``None``: all of them."""
+    group (fewer in a fan-in split part, which reads a range of them), ``groups``, ``opg`` output
+    channels per group, ``taps = kh * kw``, stored at ``weight_bits``."""
 
     synapse: str
     ipg: int
@@ -241,7 +240,6 @@ class LayerTiling:
     spec: LayerSpec
     tiles: list[Tile]
     tile_shape: Optional[tuple[int, int, int]] = None
-    grid: Optional[tuple[int, int, int]] = None  # tiles along (x, y, c)
 
     @property
     def name(self) -> str:
@@ -335,7 +333,7 @@ def grid_tiling(spec: LayerSpec, tx: int, ty: int, tc: int) -> LayerTiling:
                                   tx * ty * tc, kernel_units + float(per_neuron[box].sum()),
                                   conv_axons + dense_axons + int(identity_sources[box].sum()),
                                   float(routes[box].sum())))
-    return LayerTiling(spec, tiles, (tx, ty, tc), (-(-W // tx), -(-H // ty), -(-C // tc)))
+    return LayerTiling(spec, tiles, (tx, ty, tc))
 
 
 def _range_cost(spec: LayerSpec, a: int, b: int, route_cum: np.ndarray) -> tuple[float, int, float]:
@@ -501,14 +499,17 @@ def split_fan_in(spec: LayerSpec, payload_bits: int) -> tuple[FanInSplit, list[L
                                                    sparse_synapse_bits(1, False), True) for i in range(parts)],
                                  routes=spec.routes)
             sum_tiling = tile_layer(sum_spec)
-            if sum_tiling is None:
+            if sum_tiling is None:  # more parts would only add inputs to the summing neurons
                 break
             split = FanInSplit(spec.name, spec.neurons, reason, float(need),
                                tuple(FanInPart(rng, t.cores, max(x.axons_in for x in t.tiles),
                                                max(x.synmem_units for x in t.tiles)) for rng, t in ranges),
                                sum_tiling.cores, payload_bits)
             return split, tilings + [sum_tiling]
-    raise ValueError(f"layer {spec.name}: no fan-in split fits a core")  # pragma: no cover - one input per part fits
+    # one input per part always fits (a kernel row of one channel, or one sparse synapse), and a
+    # summing neuron takes thousands of partial sums: only a neuron whose output routes alone fill a
+    # core (some 15,000 out-synapse processes) gets here
+    raise ValueError(f"layer {spec.name}: no fan-in split fits a core")
 
 
 # ---------------------------------------------------------------------- from an integer graph
@@ -552,24 +553,17 @@ def partial_sum_bits(graph: IntegerGraph, layer: str) -> int:
     for s in graph.incoming(layer):
         w = np.asarray(s.weight, np.int64)
         x = graph.input_levels if s.graded else 1
-        if s.kind == "conv":
-            per = w.reshape(w.shape[0], -1)
-        elif s.kind == "identity":
-            per = w.reshape(-1, 1)
-        else:
-            per = w.reshape(w.shape[0], -1)
+        per = w.reshape(-1, 1) if s.kind == "identity" else w.reshape(w.shape[0], -1)  # one row per neuron
         worst = max(worst, int(np.maximum(per.clip(min=0).sum(1), (-per).clip(min=0).sum(1)).max(initial=0)) * x)
     return worst.bit_length() + 1
 
 
-def synapse_routes(p: PointInput, src_size: int) -> np.ndarray:
+def synapse_routes(p: PointInput) -> np.ndarray:
     """Output-route units per source neuron of a sparse/dense synapse (its :class:`PointInput`
     ``p``): one for every source with a nonzero synapse, whatever the cores it reaches (PilotNet's
     and mnist's dense layers log AxonMap = their neuron count; a conv-shaped source feeding a
     12-core dense layer logs fewer units than neurons)."""
-    if p.identity:
-        return p.nonzero.astype(np.float64)
-    return p.nonzero.any(0).astype(np.float64)[:src_size]
+    return (p.nonzero if p.identity else p.nonzero.any(0)).astype(np.float64)
 
 
 def _overlaps(dst_edges: list[tuple[int, int]], src_edges: list[tuple[int, int]], stride: int, pad: int,
@@ -604,10 +598,8 @@ def conv_routes(s: Synapse, src: LayerTiling, dst: LayerTiling) -> np.ndarray:
         lo, hi = (a // opg) * ipg, ((b - 1) // opg + 1) * ipg
         for j, (s0, s1) in enumerate(_edges(C_in, stc)):
             cc[j] += s0 < hi and lo < s1
-    nx, ny = len(cx), len(cy)
-    # tiles are enumerated channel group, then y, then x (see _spatial_tiling)
-    return (cc[:, None, None] * cy[None, :, None] * cx[None, None, :]).reshape(-1).astype(np.float64)[
-        : len(cc) * ny * nx]
+    # tiles are enumerated channel group, then y, then x (grid_tiling)
+    return (cc[:, None, None] * cy[None, :, None] * cx[None, None, :]).reshape(-1).astype(np.float64)
 
 
 @dataclass
@@ -622,10 +614,6 @@ class Packing:
     method: str = ("lava-loihi tiling as logged: per layer tx x ty x tc tiles (tx a power of two, ty = ceil(H/2^j), "
                    "tc = ceil(C/2^k)), the fewest that meet every per-core budget, one tile per core; "
                    "readout/1-D layers in contiguous ranges; fan-in splits packed as partial-sum layers")
-
-    @property
-    def tiles(self) -> list[Tile]:
-        return [t for ts in self.tilings.values() for lt in ts for t in lt.tiles]
 
     @property
     def num_cores(self) -> int:
@@ -674,9 +662,10 @@ class Packing:
 def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.value,
          weight_bits: Optional[dict[str, int]] = None) -> Packing:
     """Tile every layer of ``graph`` (its sparse/dense output routes charged to its cores), split the
-    fan-in of layers one neuron of which overflows a core, then count the conv output routes of
-    every tile. ``systems``: the
-    :class:`~hw_targets.base.System` s to report (fits or not); ``weight_bits``: see :func:`layer_specs`."""
+    fan-in of layers one neuron of which overflows a core, then add the conv output routes of every
+    tile (a few units per core; the design rules check the total). ``systems``: the
+    :class:`~hw_targets.base.System` objects to report (fits or not); ``weight_bits``: see
+    :func:`layer_specs`."""
     specs = layer_specs(graph, weight_bits)
     out_syn: dict[str, list[Synapse]] = {name: [] for name in specs}
     for s in graph.synapses:
@@ -687,7 +676,7 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
     splits: list[FanInSplit] = []
     for name in specs:
         spec = specs[name]
-        spec.routes = sum((synapse_routes(points[s.name], spec.neurons) for s in out_syn[name] if s.kind != "conv"),
+        spec.routes = sum((synapse_routes(points[s.name]) for s in out_syn[name] if s.kind != "conv"),
                           np.zeros(spec.neurons))
         t = tile_layer(spec)
         if t is not None:
@@ -705,8 +694,7 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
                     continue
                 for tile, r in zip(src.tiles, conv_routes(s, src, d)):
                     tile.routes += float(r)
-    ordered = {name: tilings[name] for name in specs}
-    packing = Packing(ordered, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in specs.items()})
+    packing = Packing(tilings, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in specs.items()})
     packing.systems = [{"name": s.name, "key": s.key, "chips": s.chips, "cores": s.chips * cores_per_chip,
                         "fits": packing.num_cores <= s.chips * cores_per_chip, "chips_needed": packing.chips,
                         "core_utilization": packing.num_cores / (s.chips * cores_per_chip), "estimate": s.estimate}
