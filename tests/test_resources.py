@@ -173,13 +173,14 @@ def test_architecture_graph_extremes_bound_every_calibration():
 
 
 def test_export_refuses_a_network_that_cannot_fit_before_calibrating(tmp_path):
-    """XOResNet-50 at width 1.0 (8x8 digits) on one chip (--system oheo-gulch): even at the fewest
-    weight bits it needs 211 cores of the chip's 120, so the export stops with exit 4 and one line
-    naming the limit and its source, before calibration ([3/8]) starts."""
+    """XOResNet-101 (width 1/16, 8x8 digits) on one chip (--system oheo-gulch): its 159 layers take a
+    core each, more than the chip's 120 at any weight precision, so the export stops with exit 4
+    and one line naming the limit and its source, before calibration ([3/8]) starts. (XOResNet-50 at
+    width 1.0 is refused the same way: docs/resources.md.)"""
     from xoresnet.checkpoint import save_checkpoint
 
-    cfg = NetworkConfig.preset("xoresnet50", input_size=8, in_channels=1, input_levels=16)
-    ckpt = tmp_path / "r50.pt"
+    cfg = NetworkConfig.preset("xoresnet101", input_size=8, in_channels=1, input_levels=16, width_factor=0.0625)
+    ckpt = tmp_path / "r101.pt"
     save_checkpoint(ckpt, build_network(cfg), {"dataset": "digits"})
     exe = Path(sys.executable).parent / "xoresnet-export"
     started = time.perf_counter()
@@ -191,7 +192,7 @@ def test_export_refuses_a_network_that_cannot_fit_before_calibrating(tmp_path):
     assert "[3/8]" not in r.stderr and "Traceback" not in r.stderr
     line = err[-1]
     assert line.startswith("xoresnet-export: error:") and "before calibration" in line
-    assert "network: needs 211 cores" in line and "cores_of_oheo-gulch" in line and "NUM_VIRTUAL_CORES_L3" in line
+    assert "network: needs 159 cores" in line and "cores_of_oheo-gulch" in line and "NUM_VIRTUAL_CORES_L3" in line
     assert not (tmp_path / "out").exists()
     print(f"refused in {seconds:.1f} s")
 
