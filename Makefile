@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/reference_vs_lava.py
 	$(BIN)/python bench/parity_time.py
 	$(BIN)/python bench/export_time.py
+	$(BIN)/python bench/packing.py
 
 clean:
 	rm -rf $(VENV) out

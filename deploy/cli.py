@@ -4,9 +4,11 @@ Stages (each a function of :mod:`deploy` / :mod:`calibration` / :mod:`hw_targets
 
 1. load the checkpoint (weights-only) and the data (calibration images: the first N of the
    training split; evaluation and parity images: the first N of the test split);
-2. export the float NIR graph and check the NIR interpreter against PyTorch;
+2. export the float NIR graph; check the design rules on the architecture alone (seconds: a network
+   that cannot fit is refused before any calibration, :func:`deploy.pipeline.architecture_check`);
+   check the NIR interpreter against PyTorch;
 3. calibrate to Loihi 2 integers (or keep a QAT checkpoint's scales) and balance the delays;
-4. design-rule check and core packing for the target;
+4. design-rule check and core packing for the target with the calibrated weights;
 5. integer reference over the evaluation images: accuracy, spike statistics, energy;
 6. Lava (``Loihi2SimCfg('fixed_pt')``) on the parity images against the reference in Loihi timing:
    every population, neuron and step must be equal, or the export fails (exit 5);
@@ -373,12 +375,13 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     from deploy.nir_check import compare_nir_to_model
     from deploy.nir_export import export_nir, read_nir, write_nir
     from deploy.parity import check_parity
-    from deploy.pipeline import calibrate_checkpoint, calibration_pixels
+    from deploy.pipeline import architecture_check, calibrate_checkpoint, calibration_pixels
     from deploy.reference import ReferenceSimulator
     from deploy.schedule import schedule
     from hw_targets.energy import estimate_energy
     from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, model_section, write_report
-    from hw_targets.resources import check_design_rules, connectivity, require_design_rules
+    from hw_targets.connectivity import connectivity
+    from hw_targets.design_rules import check_design_rules, require_design_rules
     from hw_targets.stats import collect_statistics
     from xoresnet.data import IntImageDataset
     from xoresnet.training import evaluate
@@ -386,10 +389,16 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     progress = not args.no_progress
     n_eval = len(test) if args.eval_samples == 0 else min(args.eval_samples, len(test))
     eval_set = IntImageDataset(test.pixels[:n_eval], test.labels[:n_eval], test.info)
-    say(f"[2/8] float model on {n_eval} test images; NIR export and interpreter check")
+    say(f"[2/8] NIR export; design rules for {target.name} on the architecture (before calibration)")
+    nir_graph = export_nir(model)
+    arch = architecture_check(nir_graph, target, system=args.system)
+    pk = arch.drc.packing
+    say(f"      {pk.num_cores} neuro-cores on {pk.chips} chip(s) at 8-bit weights ({pk.bound_ratio:.2f}x the lower "
+        f"bound), smallest system {pk.smallest_system or 'none'} [{arch.seconds:.1f} s]"
+        + ("" if arch.passed else "; fits only if calibration stores fewer bits per weight: decided after it"))
+    say(f"      float model on {n_eval} test images; NIR interpreter check")
     float_eval = evaluate(model, eval_set, progress=progress)
     baseline = float_baseline(args, ckpt, eval_set, float_eval["accuracy"], progress)
-    nir_graph = export_nir(model)
     write_nir(nir_graph, artifacts.path(NIR_FILE))
     nir_check = compare_nir_to_model(model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels)  # the file
     if not nir_check["passed"]:
@@ -404,12 +413,12 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         calib_what = f"{args.calib_data} ({len(calib_pixels)} images)"
     say("[3/8] calibrating to Loihi 2 integers"
         + (" (scales from quantization-aware training)" if ckpt.quant else f" on {len(calib_pixels)} images"))
-    calibration = calibrate_checkpoint(model, ckpt, calib_pixels)
+    calibration = calibrate_checkpoint(model, ckpt, calib_pixels, nir_graph=nir_graph)
     graph = schedule(calibration.graph)
     save_integer_graph(graph, artifacts.path(GRAPH_FILE))
     artifacts.write_json(CALIBRATION_FILE, {"spec": calibration.spec.to_dict(), "report": calibration.report})
     artifacts.write_json(LAVA_GRAPH_FILE, describe_lava_network(graph))
-    say(f"[4/8] design rules and packing for {target.name}")
+    say(f"[4/8] design rules and packing for {target.name} with the calibrated weights")
     conns = connectivity(graph)
     drc = require_design_rules(check_design_rules(graph, target, system=args.system, conns=conns))
     say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
@@ -433,7 +442,8 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     report = build_report(graph=graph, target=target, drc=drc, stats=stats, energy=energy,
                           raster=accumulator.raster, model=model_section(graph, checkpoint=ckpt),
                           dataset={"name": dataset, "split": "test", "samples": stats["samples"]},
-                          parity=parity_dict, lava=lava_section(graph, lava, reference))
+                          parity=parity_dict, lava=lava_section(graph, lava, reference),
+                          architecture=arch.to_dict())
     report["nir_check"] = nir_check
     json_path, html_path = write_report(artifacts.tmp, report)
     artifacts.files[REPORT_JSON], artifacts.files[REPORT_HTML] = json_path, html_path
@@ -456,7 +466,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         "manifest": manifest, "target": target.name, "parity": parity.summary(),
         "integer_accuracy": stats["accuracy"]["integer"], "baseline": baseline,
         "eval_samples": n_eval, "energy_uj": energy["loihi"]["total_pj"] / 1e6,
-        "cores": drc.packing.num_cores, "chips": drc.packing.chips,
+        "cores": drc.packing.num_cores, "chips": drc.packing.chips, "system": drc.packing.smallest_system,
         "latency_steps": stats["latency"]["latency_steps"], "report": REPORT_HTML,
         "parity_pixels": parity_pixels.numpy(), "reference_predictions": parity.predictions["reference"],
     }
@@ -493,7 +503,8 @@ def print_summary(s: dict, out: Path) -> None:
         drop = 100 * (fa - ia)
         print(f"accuracy on {s['eval_samples']} test images: Loihi integer {100 * ia:.2f}%, {what} {100 * fa:.2f}% "
               f"({abs(drop):.2f} pp {'below' if drop >= 0 else 'above'})")
-        print(f"Loihi 2: {s['cores']} neuro-cores on {s['chips']} chip(s), latency {s['latency_steps']} timesteps"
+        print(f"Loihi 2: {s['cores']} neuro-cores on {s['chips']} chip(s) ({s['system'] or 'no known system'}), "
+              f"latency {s['latency_steps']} timesteps"
               + (f", ~{s['energy_uj']:.2f} uJ/inference (Loihi-1-calibrated estimate)" if s["energy_uj"] else ""))
         print(f"report: {out / s['report']}")
     what = "manifest.json, onnx_check.json" if s["target"] == "onnx" else "manifest.json is the parity certificate"

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import nn
 
-from calibration.ranges import DECAY_UNITY as DECAY_GRID  # Loihi 2 decays are 12-bit fractions of 4096
+from calibration.loihi2_limits import DECAY_UNITY as DECAY_GRID  # Loihi 2 decays are 12-bit fractions of 4096
 
 
 class Current(NamedTuple):
