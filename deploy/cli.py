@@ -77,7 +77,7 @@ def export_parser() -> argparse.ArgumentParser:
                         "no file we did not write is overwritten)")
     p.add_argument("--dataset", help="dataset for calibration, evaluation and parity images (default: the one the "
                                      "checkpoint was trained on)")
-    p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits)")
+    p.add_argument("--data-dir", help="folder with the dataset files (not needed for digits and mnist)")
     p.add_argument("--calib-data", metavar="NPY",
                    help="calibration images as a .npy of integer pixels [N, C, H, W] (default: training split)")
     p.add_argument("--calib-samples", type=number(int, minimum=1, inclusive=True), default=64,

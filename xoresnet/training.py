@@ -32,8 +32,8 @@ from .network import XOResNet, build_network
 from .stats import recording
 
 #: Default augmentation per dataset: random translation by up to ``pad`` pixels, optional flips.
-AUGMENT = {"digits": None, "fashion-mnist": ("translate", 2), "cifar10": ("flip", 4), "cifar100": ("flip", 4),
-           "miniimagenet": ("flip", 8)}
+AUGMENT = {"digits": None, "mnist": ("translate", 2), "fashion-mnist": ("translate", 2), "cifar10": ("flip", 4),
+           "cifar100": ("flip", 4), "miniimagenet": ("flip", 8)}
 
 
 @dataclass
