@@ -36,4 +36,4 @@ def test_bundled_mnist_qat_model_scores_its_recorded_accuracy_on_the_integer_ref
     calibration = calibrate_checkpoint(model, ckpt, test.pixels[:0])  # the trained scales: no images needed
     stats, _ = collect_statistics(calibration.graph, test.pixels, test.labels)
     assert stats["samples"] == 200
-    assert stats["accuracy"]["integer"] == pytest.approx(last["test_accuracy"], abs=1e-12) == pytest.approx(0.98)
+    assert stats["accuracy"]["integer"] == pytest.approx(last["test_accuracy"], abs=1e-12) == pytest.approx(0.975)
