@@ -422,6 +422,31 @@ def test_parity_gate_logic_without_lava():
     json.dumps(report.to_dict())
 
 
+def test_parity_coverage_and_the_silent_population_warning():
+    """The verdict says what it covered; a population silent in every parity image is named."""
+    graph = joined({"n": integer_graph(small_config(timesteps=3, blocks_per_stage=(1, 1)), 7)})
+    pixels = random_pixels(2, small_config(), 5).numpy()
+    reference = reference_stream(graph, pixels)
+    report = check_parity(graph, reference, as_lava_result(graph, reference, pixels))
+    c = report.coverage
+    P, T = graph.reset_interval, graph.timesteps
+    for name, pop in graph.populations.items():  # counted in each sample's T-step window
+        want = sum(int(reference.spikes[name][n * P + pop.latency: n * P + pop.latency + T].sum()) for n in range(2))
+        assert c["spikes_by_population"][name] == want, name
+    assert c["spikes_compared"] == sum(c["spikes_by_population"].values()) > 0
+    assert c["populations"] == len(graph.populations) and c["neurons"] == sum(p.size for p in graph.populations.values())
+    assert 0 < c["neurons_spiked_fraction"] <= 1 and c["neurons_spiked"] == round(c["neurons_spiked_fraction"] * c["neurons"])
+    assert f"coverage: {c['populations_spiked']} of {c['populations']} populations spiked" in report.summary()
+    # silence one population in the reference and in "Lava" alike: parity passes, with a warning naming it
+    quiet = next(name for name in graph.populations if c["spikes_by_population"][name])
+    reference.spikes[quiet][:] = False
+    report = check_parity(graph, reference, as_lava_result(graph, reference, pixels))
+    assert report.passed and report.coverage["silent_populations"] == [quiet]
+    assert report.summary().endswith(f"WARNING: 1 of {c['populations']} population silent in every parity image "
+                                     f"({quiet}): parity says nothing about it")
+    json.dumps(report.to_dict())
+
+
 # ---------------------------------------------------------------------- 5. timeouts, hangs and failures
 
 def tiny_graph(delay: int) -> IntegerGraph:
