@@ -1,6 +1,8 @@
 """Lower an :class:`~calibration.integer_graph.IntegerGraph` to a graph of Lava processes.
 
-Only stock ``lava.proc`` processes are used (Intel's tools check the process classes):
+Only stock ``lava.proc`` processes are used (Intel's tools check the process classes); the run
+configuration pins each to a process model (:func:`model_table`: ours from
+:mod:`deploy.lava_models` where we have one, computing Intel's integers fast, else Intel's):
 
 ===============================  ===========================================================
 integer graph                    Lava (lava-nc 0.10.0, ``Loihi2SimCfg(select_tag="fixed_pt")``)

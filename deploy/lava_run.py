@@ -4,8 +4,10 @@ processes or shared memory. One runner for both run configurations of
 Loihi 2 hardware (``hw``, ``Loihi2HwCfg``: :meth:`hw_targets.loihi2.Loihi2Target.dispatch`).
 
 Why a child process: Lava hangs instead of raising on some errors (an exception inside a
-model's ``run_spk`` deadlocks the runtime; spec section 4.4), and a killed Lava leaks its
-shared-memory channel buffers. :func:`run_lava` therefore runs the simulation in
+model's ``run_spk`` deadlocks the runtime, and its ``stop()`` then waits forever; spec section
+4.4), and a killed Lava leaks its shared-memory channel buffers. The child reports such an
+exception within about a second, naming the Lava process (:mod:`deploy.lava_worker`), and
+leaves; the timeout remains for runs that are slow or hang without an exception. :func:`run_lava` therefore runs the simulation in
 ``python -m deploy.lava_worker`` (:mod:`deploy.lava_worker`) started with
 ``start_new_session=True``: the child and everything it forks (Lava's actor processes, the
 ``SharedMemoryManager`` server, the watchdog monitors and ``multiprocessing``'s resource

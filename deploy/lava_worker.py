@@ -205,6 +205,15 @@ def cpu_by_class(runtime) -> dict:
     return {k: round(v, 2) for k, v in out.items()}
 
 
+def _informational(fn, runtime) -> dict:
+    """``fn(runtime)``, or ``{}`` if the runtime does not have what it reads (a record, never a
+    reason for a run to fail)."""
+    try:
+        return fn(runtime)
+    except (AttributeError, KeyError, IndexError, OSError, TypeError):
+        return {}
+
+
 class LavaProcessFailure(Exception):
     """A Lava actor process raised or died; the message names the process (one line)."""
 
@@ -352,7 +361,7 @@ def simulate(graph, pixels, *, steps: int, chunk: int, perturb: Optional[dict] =
         # (compile, allocate the channels, fork one actor per process)
         phases["start"] = time.monotonic() - t
         if ran is not None:
-            ran.update(models_that_ran(net.root._runtime))
+            ran.update(_informational(models_that_ran, net.root._runtime))
         t = time.monotonic()
         while done < steps:
             n = min(chunk, steps - done)
@@ -366,7 +375,7 @@ def simulate(graph, pixels, *, steps: int, chunk: int, perturb: Optional[dict] =
                 on_progress(done, steps)
         phases["run"] = time.monotonic() - t
         if cpu is not None:
-            cpu.update(cpu_by_class(net.root._runtime))
+            cpu.update(_informational(cpu_by_class, net.root._runtime))
         watch.stop()
         if watch.failures:
             raise LavaProcessFailure(watch.describe())

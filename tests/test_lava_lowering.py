@@ -23,7 +23,7 @@ import torch
 from calibration import fixed_point as fx
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
-from conftest import REPO, firing_model, random_pixels, small_config
+from conftest import REPO, firing_model, random_pixels, run_in_own_session, small_config
 from deploy import lava_run
 from deploy.lava_graph import (describe_lava_network, from_lava, lava_flat_order, lava_plan, lava_shape,
                                to_lava)
@@ -105,16 +105,7 @@ def reference_stream(graph: IntegerGraph, pixels):
 
 def run_child(code: str, timeout: float = 120) -> str:
     """Run ``code`` in a fresh Python (own session); on timeout kill the whole session."""
-    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        lava_run.stop_session(p.pid)
-        p.communicate()
-        pytest.fail(f"the Lava child did not finish within {timeout} s")
-    assert p.returncode == 0, err[-3000:]
-    return out.strip().splitlines()[-1]
+    return run_in_own_session([sys.executable, "-c", textwrap.dedent(code)], timeout).strip().splitlines()[-1]
 
 
 def orphaned_new_segments(before: set[str]) -> set[str]:

@@ -10,13 +10,13 @@ against Intel's convolution code called with Python integers.
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_in_own_session
 from deploy import lava_run
 from deploy.lava_compat import lava_ready
 from deploy.lava_graph import MODEL_SETS, XORESNET_MODELS, process_models
@@ -30,19 +30,11 @@ SIDE_BY_SIDE = REPO / "tests" / "lava_side_by_side.py"
 
 
 def run_side_by_side(tmp_path, cases: list[dict], arrays: dict[str, np.ndarray], timeout: float = 600) -> dict:
-    spec = tmp_path / "spec.npz"
-    out = tmp_path / "out.npz"
+    """Run ``cases`` in ``tests/lava_side_by_side.py`` (a child in its own session); its outputs."""
+    spec, out = tmp_path / "spec.npz", tmp_path / "out.npz"
     np.savez(spec, spec=np.array(json.dumps(cases)), **arrays)
-    p = subprocess.Popen([sys.executable, str(SIDE_BY_SIDE), str(spec), str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(REPO), **lava_run.CHILD_THREADS})
-    try:
-        _, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        lava_run.stop_session(p.pid)
-        p.communicate()
-        pytest.fail(f"the side-by-side Lava run did not finish within {timeout} s")
-    assert p.returncode == 0, err[-3000:]
+    run_in_own_session([sys.executable, str(SIDE_BY_SIDE), str(spec), str(out)], timeout,
+                       env={**os.environ, "PYTHONPATH": str(REPO), **lava_run.CHILD_THREADS})
     with np.load(out) as z:
         return {k: z[k] for k in z.files}
 
