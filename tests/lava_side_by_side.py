@@ -1,5 +1,7 @@
 """Run Lava process models side by side on the same inputs, step by step (a child of
-``tests/test_lava_models.py``: ``python tests/lava_side_by_side.py SPEC.npz OUT.npz``).
+``tests/test_lava_models.py``: ``python tests/lava_side_by_side.py SPEC.npz OUT.npz``; and
+``--lif-states N``: :func:`check_lif_states`). Lava's process models are imported only in such
+a child: importing them sets ``multiprocessing``'s start method, which a test process may have set.
 
 ``SPEC.npz`` holds ``spec`` (JSON: a list of cases) and the arrays the cases name. A case is
 ``{"kind", "models": [dotted model paths], "steps": S, "input": array name, "params": {...},
@@ -103,5 +105,38 @@ def main(spec_path: str, out_path: str) -> None:
     np.savez(out_path, **{k: np.stack(v) for k, v in out.items()})
 
 
+def check_lif_states(trials: int, seed: int = 2) -> None:
+    """Our LIF arithmetic (:func:`deploy.lava_models.arith.lif_subthreshold`) against Intel's
+    ``subthr_dynamics`` called on a ``PyLifResetModelBitAcc`` instance, on ``trials`` random states:
+    ``u``, ``v`` near the 24-bit limits, inputs that wrap int32 after the shift, every decay extreme,
+    negative bias exponents. Raises AssertionError on the first difference."""
+    from deploy.lava_compat import lava_ready
+    from deploy.lava_models.arith import lif_subthreshold
+
+    lava_ready()
+    from lava.proc.lif.models import PyLifResetModelBitAcc
+
+    rng = np.random.default_rng(seed)
+    n = 64
+    for trial in range(trials):
+        du, dv = int(rng.choice([0, 1, 99, 2047, 4094, 4095])), int(rng.choice([0, 1, 99, 2048, 4095]))
+        m = PyLifResetModelBitAcc({"reset_interval": 4, "reset_offset": 1})
+        m.du, m.dv, m.vth = du, dv, int(rng.integers(0, 2 ** 17))
+        m.bias_mant = rng.integers(-4096, 4096, n).astype(np.int16)
+        m.bias_exp = rng.integers(-3, 8, n).astype(np.int16)
+        m.u = rng.integers(-(2 ** 23) + 1, 2 ** 23, n).astype(np.int32)
+        m.v = rng.integers(-(2 ** 23) + 1, 2 ** 23, n).astype(np.int32)
+        m.scale_bias()
+        a = rng.integers(-(2 ** 26), 2 ** 26, n) if trial % 3 == 0 else rng.integers(-3000, 3000, n)
+        a = a.astype(np.int32)
+        u, v = lif_subthreshold(m.u.copy(), m.v.copy(), a, du=du, dv=dv, bias=m.effective_bias)
+        m.subthr_dynamics(a)
+        assert np.array_equal(u, m.u) and np.array_equal(v, m.v), (trial, du, dv)
+    print(f"{trials} random LIF states: equal")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--lif-states":
+        check_lif_states(int(sys.argv[2]))
+    else:
+        main(sys.argv[1], sys.argv[2])

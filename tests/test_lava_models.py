@@ -19,8 +19,8 @@ import pytest
 from conftest import REPO, run_in_own_session
 from deploy import lava_run
 from deploy.lava_compat import lava_ready
-from deploy.lava_graph import MODEL_SETS, XORESNET_MODELS, process_models
-from deploy.lava_models.arith import ExactConv, conv_exact, lif_subthreshold
+from deploy.lava_graph import MODEL_SETS, XORESNET_MODELS
+from deploy.lava_models.arith import ExactConv, conv_exact
 
 pytestmark = pytest.mark.lava
 
@@ -119,26 +119,11 @@ def test_intels_conv_arithmetic_overflows_with_its_int8_geometry_at_128():
 
 def test_lif_dynamics_equal_intels_on_random_states():
     """Our LIF arithmetic against Intel's ``subthr_dynamics`` (called on a model instance), with
-    states near the 24-bit limits, inputs that wrap int32 after the shift, every decay extreme."""
-    lava_ready()
-    from lava.proc.lif.models import PyLifResetModelBitAcc
-
-    rng = np.random.default_rng(2)
-    n = 64
-    for trial in range(300):
-        du, dv = int(rng.choice([0, 1, 99, 2047, 4094, 4095])), int(rng.choice([0, 1, 99, 2048, 4095]))
-        m = PyLifResetModelBitAcc({"reset_interval": 4, "reset_offset": 1})
-        m.du, m.dv, m.vth = du, dv, int(rng.integers(0, 2 ** 17))
-        m.bias_mant = rng.integers(-4096, 4096, n).astype(np.int16)
-        m.bias_exp = rng.integers(-3, 8, n).astype(np.int16)
-        m.u = rng.integers(-(2 ** 23) + 1, 2 ** 23, n).astype(np.int32)
-        m.v = rng.integers(-(2 ** 23) + 1, 2 ** 23, n).astype(np.int32)
-        m.scale_bias()
-        a = rng.integers(-(2 ** 26), 2 ** 26, n) if trial % 3 == 0 else rng.integers(-3000, 3000, n)
-        a = a.astype(np.int32)
-        u, v = lif_subthreshold(m.u.copy(), m.v.copy(), a, du=du, dv=dv, bias=m.effective_bias)
-        m.subthr_dynamics(a)
-        assert np.array_equal(u, m.u) and np.array_equal(v, m.v), trial
+    states near the 24-bit limits, inputs that wrap int32 after the shift, every decay extreme.
+    (In a child: importing Lava's process models sets multiprocessing's start method.)"""
+    out = run_in_own_session([sys.executable, str(SIDE_BY_SIDE), "--lif-states", "300"], 300,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.strip().splitlines()[-1] == "300 random LIF states: equal"
 
 
 # ---------------------------------------------------------------------- process models in Lava
@@ -249,8 +234,12 @@ def test_conv_model_at_128_pixels_and_128_to_512_channels(tmp_path):
 
 def test_every_model_of_ours_is_listed_and_loads():
     """The xoresnet model set differs from Intel's exactly by our models, each a ProcessModel of
-    the process class it is listed for (imports them, as the Lava worker does)."""
+    the process class it is listed for (imported in a child, as the Lava worker does)."""
     assert {k: v for k, v in OURS.items() if INTEL[k] != v} == XORESNET_MODELS
-    for key, (proc_cls, model) in process_models("xoresnet").items():
-        assert model.implements_process is proc_cls, key
-        assert model.__module__.startswith("deploy.lava_models." if key in XORESNET_MODELS else "lava.proc."), key
+    code = ("import json; from deploy.lava_graph import process_models; print(json.dumps({k: [m.implements_process "
+            "is p, p.__name__, m.__module__] for k, (p, m) in process_models('xoresnet').items()}))")
+    loaded = json.loads(run_in_own_session([sys.executable, "-c", code], 300).strip().splitlines()[-1])
+    assert set(loaded) == set(OURS)
+    for key, (implements, proc_name, module) in loaded.items():
+        assert implements and proc_name == key.split(":")[0], key
+        assert module.startswith("deploy.lava_models." if key in XORESNET_MODELS else "lava.proc."), key
