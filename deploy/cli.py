@@ -432,7 +432,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     lava = run_lava(graph, parity_pixels.numpy(), timeout=args.timeout, progress=progress)
     parity = check_parity(graph, reference, lava)
     parity_dict = {**parity.to_dict(), "summary": parity.summary(), "lava_seconds": round(lava.seconds, 2),
-                   "reference_sha256": stream_sha256(reference)}
+                   "reference_sha256": stream_sha256(reference), "lava_process_models": lava.process_models}
     if not parity.passed:
         failure = artifacts.write_failure(parity_dict)
         raise ParityError(f"{parity.summary()}; details in {failure}; nothing was written to {artifacts.out} and "
@@ -455,12 +455,15 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         "evaluation": first_images("test", n_eval, len(test)), "evaluation_images": n_eval,
         "parity": first_images("test", len(parity_pixels), len(test)), "parity_images": len(parity_pixels),
         "parity_pixels_sha256": pixels_sha256(parity_pixels), "calibration_pixels_sha256": pixels_sha256(calib_pixels)})
+    coverage = {k: v for k, v in parity.coverage.items() if k != "spikes_by_population"}  # all of it: parity.json
     manifest["verdict"] = {
         "parity": "passed", "parity_samples": parity.samples, "neuron_steps_compared": parity.neuron_steps_compared,
+        "coverage": coverage, "lava_process_models": lava.process_models,
         "predictions_equal": parity.predictions_equal, "nir_check": "passed", "design_rules": "passed",
         "dispatch_allowed": True,
-        "statement": "Lava's Loihi2SimCfg('fixed_pt') run of integer_graph.h5 equals the xoresnet integer reference "
-                     "bit for bit on every population, neuron and timestep of the parity images",
+        "statement": "Lava's Loihi2SimCfg('fixed_pt') run of integer_graph.h5, with the process models listed in "
+                     "lava_process_models, equals the xoresnet integer reference bit for bit on every population, "
+                     "neuron and timestep of the parity images",
     }
     return {
         "manifest": manifest, "target": target.name, "parity": parity.summary(),

@@ -101,7 +101,8 @@ ENERGY_MODEL = obj({"label": STR, "total_pj": NUM, "total_uj": NUM, "breakdown_p
 LAVA = obj({"run_config": STR, "samples": INT, "timesteps": INT, "steps": INT, "seconds": NUM,
             "layers": arr(obj({"name": STR, "spikes_per_sample": arr(INT), "reference_spikes_per_sample": arr(INT),
                                "equal": BOOL})),
-            "equal": BOOL, "predictions": arr(INT), "reference_predictions": arr(INT)}, nullable=True)
+            "equal": BOOL, "predictions": arr(INT), "reference_predictions": arr(INT)}, nullable=True,
+           optional={"process_models": mapping(obj({"model": STR, "origin": STR, "processes": INT}))})
 
 REPORT_SCHEMA = obj({
     "schema": STR, "version": INT, "created": STR,
@@ -353,7 +354,8 @@ def lava_section(graph, lava, reference) -> dict[str, Any]:
     got, ref = window_spike_counts(graph, lava), window_spike_counts(graph, reference)
     layers = [{"name": name, "spikes_per_sample": got[name], "reference_spikes_per_sample": ref[name],
                "equal": got[name] == ref[name]} for name in graph.populations]
-    return {"run_config": RUN_CONFIGS[lava.run_config][1], "samples": int(lava.samples),
+    return {"run_config": RUN_CONFIGS[lava.run_config][1], "process_models": dict(lava.process_models),
+            "samples": int(lava.samples),
             "timesteps": int(lava.timesteps), "steps": int(lava.steps), "seconds": round(float(lava.seconds), 2),
             "layers": layers, "equal": all(layer["equal"] for layer in layers),
             "predictions": [int(x) for x in lava.predictions()],
@@ -380,6 +382,10 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
                             "reference for this export")
     elif not parity["passed"]:
         all_warnings.append(f"parity FAILED: {parity['summary']}")
+    silent = (parity or {}).get("coverage", {}).get("silent_populations") or []
+    if silent:
+        all_warnings.append(f"{len(silent)} population(s) silent in every parity image, so parity says nothing about "
+                            f"them: {', '.join(silent)}")
     if lava is not None and not lava["equal"]:
         all_warnings.append("Lava's spike counts per sample differ from the integer reference's in "
                             + ", ".join(layer["name"] for layer in lava["layers"] if not layer["equal"]))
@@ -716,8 +722,12 @@ def _lava_html(lava: dict) -> str:
             for l in lava["layers"]]
     verdict = ("<span class='ok'>equal</span>" if lava["equal"] else "<span class='bad'>not equal</span>")
     more = f" (the first {shown} shown; all {N} in report.json)" if N > shown else ""
+    origin = {"xoresnet": "ours, proved equal to Intel's", "lava": "Intel's, as lava-nc ships it"}
+    models = "; ".join(f"{_e(cls)} x{m['processes']}: {_e(m['model'])} ({origin.get(m['origin'], _e(m['origin']))})"
+                       for cls, m in (lava.get("process_models") or {}).items())
     return (f"<h2>Lava on the {N} parity samples</h2><p class='meta'>{_e(lava['run_config'])}: {lava['steps']} "
-            f"steps in {_num(lava['seconds'])} s. Spikes per population in each sample's {lava['timesteps']}-step "
+            f"steps in {_num(lava['seconds'])} s" + (f". Process models that ran: {models}" if models else "")
+            + f". Spikes per population in each sample's {lava['timesteps']}-step "
             f"window, as Lava recorded them{more}; per sample {verdict} to the integer reference's. Predictions: "
             f"Lava {_e(lava['predictions'])}, reference {_e(lava['reference_predictions'])}.</p>"
             + _table(["layer"] + [f"sample {n}" for n in range(shown)]

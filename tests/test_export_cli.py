@@ -66,6 +66,15 @@ def test_export_writes_every_artifact_with_a_parity_certificate(exported):
     assert manifest["versions"]["lava-nc"] == "0.10.0" and manifest["versions"]["torch"]
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and parity["samples"] == 3 and parity["mismatching_neuron_steps"] == 0
+    # what the verdict covered, and which process models ran, in parity.json, the manifest and on stdout
+    coverage = parity["coverage"]
+    assert coverage["spikes_compared"] > 0 and 0 < coverage["neurons_spiked_fraction"] <= 1
+    assert {k: v for k, v in coverage.items() if k != "spikes_by_population"} == manifest["verdict"]["coverage"]
+    assert f"coverage: {coverage['populations_spiked']} of {coverage['populations']} populations spiked" in r.stdout
+    ran = manifest["verdict"]["lava_process_models"]
+    assert ran == parity["lava_process_models"] == validate_report(json.loads((out / "report.json").read_text())
+                                                                   )["lava"]["process_models"]
+    assert ran["Conv"]["origin"] == "xoresnet" and ran["RingBuffer"]["origin"] == "lava"
     report = validate_report(json.loads((out / "report.json").read_text()))
     assert report["parity"]["passed"] and report["accuracy"]["integer"] > 0.9
     lava_graph = json.loads((out / "lava_graph.json").read_text())
