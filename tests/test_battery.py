@@ -482,8 +482,8 @@ CASES: list[Case] = [
              r"entry 'meta' is JSON nested too deeply", klass="config"),
     # --- flags (exit 2) and mismatches found up front
     export_row("flag-timesteps-1e5", "flags", ["--timesteps", "100000"], 2, r"--timesteps/-T: must be at most 4096"),
-    export_row("flag-timesteps-3000-memory", "flags", ["--timesteps", "3000"], 2,
-               r"T=3000: the export would need about [\d.]+ GiB of memory \(the NIR check of 256 images x 3000 "
+    export_row("flag-timesteps-3000-memory", "flags", ["--timesteps", "3000", "--calib-samples", "512"], 2,
+               r"T=3000: the export would need about [\d.]+ GiB of memory \(calibration on 512 images x 3000 "
                r"timesteps x 7,168 LIF neurons; an estimate\), and this machine has [\d.]+ GiB available"),
     export_row("flag-target-empty", "flags", ["--target", ""], 2, r"unknown target ''; available: loihi2"),
     Case("flag-seed-2**64", "flags", "train", lambda t: TRAIN + ["--out", str(t / "m.pt"), "--seed", str(2**64)], 2,
@@ -937,21 +937,29 @@ def test_battery_covers_every_class():
 
 
 def test_memory_estimate_names_what_it_needs_and_what_fits(monkeypatch):
-    """The estimate follows T and the images (measured figures: module docstring of deploy.memory); with 4 GiB
-    available the digits model exports at T=4 and is refused at T=64 with both figures and the T that fits."""
+    """The estimate follows T and the images (measured figures: module docstring of deploy.memory). With 4 GiB
+    available the NIR check halves its batch until it fits (T=128: 256 images at once would need 6.6 GB), and
+    an export whose calibration cannot fit (T=1024) is refused with both figures and the T that fits."""
     from deploy import memory
     from xoresnet.checkpoint import load_checkpoint
     from xoresnet.errors import UsageError
 
     config = load_checkpoint(QAT_MODEL).config
-    images = dict(eval_images=450, calib_images=64, parity_images=4)
+    images = dict(check_batch=256, calib_images=64, parity_images=4)
     need4, what = memory.estimate_export_memory(config, **images)
     need64, _ = memory.estimate_export_memory(config.replace(timesteps=64), **images)
-    assert what == "the NIR check of 256 images x 4 timesteps x 7,168 LIF neurons"
+    assert what == "the NIR check of 256 images at once x 4 timesteps x 7,168 LIF neurons"
     assert need64 - memory.BASE_BYTES == 16 * (need4 - memory.BASE_BYTES)
     assert 3.0 < need64 / 2**30 < 4.0  # measured: 3.8 GB peak RSS for the whole export at T=64
-    monkeypatch.setattr(memory, "available_memory", lambda: 4 << 30)
-    memory.check_export_memory(config, **images)
-    with pytest.raises(UsageError, match=r"T=128: the export would need about 6\.\d GiB .* this machine has 4\.0 GiB "
-                                         r"available \(at most T=\d\d fits with these images\)"):
-        memory.check_export_memory(config.replace(timesteps=128), **images)
+    four = 4 << 30
+    assert memory.nir_check_batch(config, eval_images=450, available=None) == 256
+    assert memory.nir_check_batch(config, eval_images=100, available=four) == 100
+    t128 = config.replace(timesteps=128)
+    batch = memory.nir_check_batch(t128, eval_images=450, available=four)
+    assert batch == 128 and memory.estimate_export_memory(t128, **{**images, "check_batch": batch})[0] <= four
+    monkeypatch.setattr(memory, "available_memory", lambda: four)
+    flags = dict(eval_images=450, calib_images=64, parity_images=4)
+    memory.check_export_memory(t128, **flags)
+    with pytest.raises(UsageError, match=r"T=1024: the export would need about 5\.\d GiB of memory \(calibration on 64 images.* "
+                                         r"this machine has 4\.0 GiB available \(at most T=\d+ fits with these images\)"):
+        memory.check_export_memory(config.replace(timesteps=1024), **flags)
