@@ -176,8 +176,8 @@ def random_network_graph(arch: str, width: float, *, input_size: int = 32, times
     """``(cfg, scheduled integer graph)`` of an untrained ``firing_model`` network, calibrated on
     ``calib_samples`` random images."""
     from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
-    from deploy.schedule import schedule
+    from xoresnet.nir.export import export_nir
+    from calibration.schedule import schedule
 
     firing_model, random_pixels = import_test_helpers()
     cfg = random_config(arch, width, input_size, timesteps)
@@ -195,7 +195,7 @@ def digits_graph(path: Path = DIGITS_QAT, calib_samples: int = 64):
     """``(cfg, scheduled integer graph, test pixels [N, 1, 8, 8])`` of the bundled digits model, as
     ``xoresnet-export`` builds it (a QAT checkpoint keeps its trained scales)."""
     from deploy.pipeline import calibrate_checkpoint, calibration_pixels
-    from deploy.schedule import schedule
+    from calibration.schedule import schedule
     from xoresnet.checkpoint import load_model
     from xoresnet.data import load_dataset
 

@@ -8,10 +8,10 @@
 simulations left out. The stages, timed one by one with the library functions the CLI calls:
 
 1. ``load``: :func:`xoresnet.checkpoint.load_model` (weights-only load, validation, sha256, model);
-2. ``nir_export``: :func:`deploy.nir_export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
+2. ``nir_export``: :func:`xoresnet.nir.export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
 3. ``calibrate``: :func:`deploy.pipeline.calibrate_checkpoint` on ``--calib-samples`` images
    (which exports the NIR graph a second time, runs the float64 NIR interpreter on the images and
-   searches up to 32 threshold candidates per population); ``schedule``: :func:`deploy.schedule.schedule`;
+   searches up to 32 threshold candidates per population); ``schedule``: :func:`calibration.schedule.schedule`;
 4. ``graph_write``: :func:`calibration.integer_graph.save_integer_graph` (``integer_graph.h5``)
    + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
    ``lava_graph.json``;
@@ -93,8 +93,8 @@ def make_checkpoint(args) -> int:
         torch.set_num_threads(args.threads)
     import nir
 
-    from deploy.nir_export import export_nir
-    from deploy.nir_interpreter import NEURON_TYPES
+    from xoresnet.nir.export import export_nir
+    from xoresnet.nir.interpreter import NEURON_TYPES
     from xoresnet.checkpoint import save_checkpoint
 
     t0 = time.perf_counter()
@@ -121,9 +121,9 @@ def worker(args) -> int:
         torch.set_num_threads(args.threads)
     from calibration.integer_graph import save_integer_graph
     from deploy.lava_graph import describe_lava_network
-    from deploy.nir_export import export_nir, write_nir
+    from xoresnet.nir.export import export_nir, write_nir
     from deploy.pipeline import calibrate_checkpoint
-    from deploy.schedule import schedule
+    from calibration.schedule import schedule
     from hw_targets import get_target
     from hw_targets.resources import check_design_rules, connectivity
     from xoresnet.checkpoint import load_model

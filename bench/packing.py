@@ -42,9 +42,9 @@ def model_of(arch: str, size: int):
 def measure(arch: str, size: int) -> dict:
     from calibration.architecture import architecture_graph
     from calibration.float_graph import nir_to_float_graph
-    from deploy.nir_export import export_nir
+    from xoresnet.nir.export import export_nir
     from deploy.pipeline import architecture_check
-    from deploy.schedule import schedule
+    from calibration.schedule import schedule
     from hw_targets import get_target
     from hw_targets.packing import pack
 

@@ -2,7 +2,7 @@
 
 Calibration decides the scales, hence the integer weights; everything else the design rules and
 the packer read (populations and their shapes, synapse kinds and shapes, strides, groups, which
-weights are nonzero, graded inputs, and after :func:`deploy.schedule.schedule` the relays and
+weights are nonzero, graded inputs, and after :func:`calibration.schedule.schedule` the relays and
 delays) is fixed by the architecture. :func:`architecture_graph` builds that graph from the float
 graph with every nonzero weight at one extreme of what calibration can give:
 

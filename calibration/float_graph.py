@@ -10,7 +10,7 @@ population becomes synapses, one per (source population, target population) pair
   dense synapse per source population (the pooling folded into the weights).
 
 Neuron parameters map onto Loihi's ``v = v(1 - dv) + u + bias``, ``u = u(1 - du) + gain * x``
-(our discretization, :mod:`deploy.nir_interpreter`): IF ``gain = dt r``; LIF ``dv = dt/tau``,
+(our discretization, :mod:`xoresnet.nir.interpreter`): IF ``gain = dt r``; LIF ``dv = dt/tau``,
 ``gain = dv r``, ``bias = dv v_leak``; CubaLIF ``du = dt/tau_syn``, ``dv = dt/tau_mem``,
 ``gain = du w_in dv r``, ``bias = dv v_leak``. ``du``/``dv``/``vth``/``gain`` must be uniform over a
 population (Loihi holds them per population) and on the 12-bit decay grid; ``v_reset`` must be 0.
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deploy.nir_export import read_meta
-from deploy.nir_interpreter import NEURON_TYPES, pair, predecessors, topological_order
+from xoresnet.nir.export import read_meta
+from xoresnet.nir.interpreter import NEURON_TYPES, pair, predecessors, topological_order
 from xoresnet.errors import UnsupportedModelError
 
 from .integer_graph import INPUT, READOUT

@@ -18,7 +18,7 @@ an 8-bit graded **input** and read out on the host. Every number is a Loihi regi
 
 Shapes use PyTorch's ``(C, H, W)`` order; the Lava lowering converts to Lava's ``(X, Y, C)``.
 Timing fields (``latency``, ``delay``, ``reset_interval``) are set by
-:func:`deploy.schedule.schedule` and are ignored by zero-delay simulation.
+:func:`calibration.schedule.schedule` and are ignored by zero-delay simulation.
 
 Files: :func:`save_integer_graph` / :func:`load_integer_graph` (HDF5, documented in
 ``docs/formats.md``); :meth:`IntegerGraph.validate` checks every value against Loihi's ranges
@@ -131,6 +131,20 @@ class IntegerGraph:
         out += [{"relay": p.name, "latency": p.latency} for p in self.populations.values() if p.kind == "relay"]
         return out
 
+    # ------------------------------------------------------------------ stream timing (after scheduling)
+    def readout_latency(self) -> int:
+        """Steps from a sample's first input step to its first readout value (a scheduled graph: every
+        readout synapse arrives at the same latency, else ``ValueError``)."""
+        lat = {self.populations[s.src].latency + 1 + s.delay for s in self.readout}
+        if len(lat) != 1:
+            raise ValueError(f"readout synapses arrive at different latencies {sorted(lat)}: graph not scheduled")
+        return lat.pop()
+
+    def stream_steps(self, samples: int) -> int:
+        """Stream steps until the last timestep of the last of ``samples`` samples reaches the readout (one
+        sample every :attr:`reset_interval` steps)."""
+        return (samples - 1) * self.reset_interval + self.timesteps + self.readout_latency()
+
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise :class:`RangeError` naming the first value outside Loihi 2's ranges
@@ -190,6 +204,33 @@ class IntegerGraph:
 
 
 # ---------------------------------------------------------------------- HDF5 files
+
+class StreamWindows:
+    """Where a sample's timesteps sit in a stream (Loihi timing); shared by the reference's and Lava's
+    results. Needs ``reset_interval``, ``timesteps``, ``readout_latency``, ``readout`` (steps first)
+    and ``readout_bias``."""
+
+    def step_index(self, sample: int, timestep: int, latency: int) -> int:
+        """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
+        return sample * self.reset_interval + timestep + latency
+
+    def logits(self, sample: int):
+        """Per-timestep logits of ``sample``, ``[T, ..., K]`` (readout bias included)."""
+        start = self.step_index(sample, 0, self.readout_latency)
+        return self.readout[start:start + self.timesteps] + self.readout_bias
+
+    def window_spike_counts(self, graph: "IntegerGraph") -> dict[str, list[int]]:
+        """Spikes of every population of ``graph`` in each sample's window: ``{p: [samples]}``. Needs
+        ``spikes[p]`` with steps first (the reference's ``[S, 1, *shape]``, Lava's ``[S, *shape]``) and
+        ``samples``. Sample ``n``'s window of population ``p`` is its ``T`` steps from ``step_index(n, 0,
+        p.latency)``: the spikes that sample caused in ``p``."""
+        out = {}
+        for p in graph.populations.values():
+            s = self.spikes[p.name]
+            out[p.name] = [int(s[start:start + self.timesteps].sum())
+                           for start in (self.step_index(n, 0, p.latency) for n in range(self.samples))]
+        return out
+
 
 def _compact(values: np.ndarray) -> np.ndarray:
     """int16 when every value fits (weights, biases of valid graphs), else int64: never a silent wrap."""

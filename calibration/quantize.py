@@ -38,8 +38,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from deploy.nir_interpreter import NIRInterpreter
-from deploy.reference import zero_delay_current
+from xoresnet.nir.interpreter import NIRInterpreter
+from calibration.reference import zero_delay_current
 from xoresnet.errors import RangeError, UnsupportedModelError
 
 from . import fixed_point as fx

@@ -41,7 +41,7 @@ from deploy.export_dir import (CALIBRATION_FILE, GRAPH_FILE, LAVA_GRAPH_FILE, MA
                                resolve_out, stream_sha256)
 from hw_targets import available_targets, get_target
 from hw_targets.loihi2 import DISPATCH_TIMEOUT
-from xoresnet.checkpoint import file_sha256
+from xoresnet.files import file_sha256
 from xoresnet.config import MAX_TIMESTEPS
 from xoresnet.errors import (
     DataError,
@@ -297,7 +297,9 @@ def dispatch_export(args: argparse.Namespace, target, out: Path, pixels: Optiona
         calib = (load_pixels_npy(args.calib_data, shape, model.config.input_levels) if args.calib_data else
                  calibration_pixels(str(data.get("dataset")), args.data_dir, int(data.get("calibration_images") or 1)))
         reverify_export(out, cert, model, ckpt, calib, pixels, timeout=args.timeout, progress=not args.no_progress)
-    result = target.dispatch(out, pixels=pixels, timeout=args.timeout, progress=not args.no_progress)
+    from deploy.dispatch import run_on_hardware
+
+    result = run_on_hardware(target, out, pixels=pixels, timeout=args.timeout, progress=not args.no_progress)
     print(dispatch_line(result, cert.parity["predictions"]["reference"]))
     return 0
 
@@ -373,14 +375,14 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     from deploy.lava_graph import describe_lava_network
     from deploy.lava_run import run_lava
     from deploy.memory import available_memory, nir_check_batch
-    from deploy.nir_check import compare_nir_to_model
-    from deploy.nir_export import export_nir, read_nir, write_nir
-    from deploy.parity import check_parity
+    from xoresnet.nir.check import compare_nir_to_model
+    from xoresnet.nir.export import export_nir, read_nir, write_nir
+    from deploy.parity import check_parity, lava_section
     from deploy.pipeline import architecture_check, calibrate_checkpoint, calibration_pixels
-    from deploy.reference import ReferenceSimulator
-    from deploy.schedule import schedule
+    from calibration.reference import ReferenceSimulator
+    from calibration.schedule import schedule
     from hw_targets.energy import estimate_energy
-    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, model_section, write_report
+    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, model_section, write_report
     from hw_targets.connectivity import connectivity
     from hw_targets.design_rules import check_design_rules, require_design_rules
     from hw_targets.stats import collect_statistics

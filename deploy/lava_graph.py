@@ -158,7 +158,7 @@ def xy(pair: tuple[int, int]) -> tuple[int, int]:
 def input_stream(graph: IntegerGraph, pixels: np.ndarray, steps: Optional[int] = None) -> np.ndarray:
     """The RingBuffer data ``(W, H, C, S)`` int32 for a stream of ``pixels [N, C, H, W]``.
 
-    Exactly the reference's layout (:meth:`deploy.reference.ReferenceSimulator.run_stream`): at
+    Exactly the reference's layout (:meth:`calibration.reference.ReferenceSimulator.run_stream`): at
     step ``t`` (1-based), ``n, k = divmod(t - 1, P)``; sample ``n``'s pixels if ``n < N`` and
     ``k < T``, else zeros. Column ``t - 1`` is sent at step ``t``.
     """
@@ -168,9 +168,7 @@ def input_stream(graph: IntegerGraph, pixels: np.ndarray, steps: Optional[int] =
     N = pixels.shape[0]
     P, T = graph.reset_interval, graph.timesteps
     if steps is None:
-        from deploy.reference import stream_steps
-
-        steps = stream_steps(graph, N)
+        steps = graph.stream_steps(N)
     S = steps
     data = np.zeros(lava_shape(graph.input_shape) + (S,), dtype=np.int32)
     for t in range(1, S + 1):
@@ -252,7 +250,7 @@ def _synapse_spec(graph: IntegerGraph, syn: Synapse) -> ProcSpec:
 def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
     """Every Lava process and connection of the lowered graph, as plain data (no Lava import)."""
     if not graph.scheduled:
-        raise ValueError("the Lava lowering needs a scheduled graph (deploy.schedule.schedule)")
+        raise ValueError("the Lava lowering needs a scheduled graph (calibration.schedule.schedule)")
     P = graph.reset_interval
     procs: list[ProcSpec] = [ProcSpec(proc_name("in", INPUT), "input", "RingBuffer",
                                       lava_shape(graph.input_shape), dict(dtype="int32", graded=True))]
@@ -295,8 +293,6 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
 def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict[str, Any]:
     """A JSON-able description of the Lava process graph (``lava_graph.json``) and of the process
     models of the model set ``models`` (:func:`model_table`) it runs with; no Lava import."""
-    from deploy.reference import readout_latency_of
-
     procs, conns = lava_plan(graph)
     table = model_table(models)
     counts: dict[str, int] = {}
@@ -314,7 +310,7 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
         "layout": "Lava (X=W, Y=H, C); integer graph shapes are PyTorch (C, H, W)",
         "reset_interval": int(graph.reset_interval),
         "timesteps": int(graph.timesteps),
-        "readout_latency": int(readout_latency_of(graph)) if graph.readout else None,
+        "readout_latency": int(graph.readout_latency()) if graph.readout else None,
         "processes": [{"name": p.name, "role": p.role, "class": p.cls, "shape": list(p.shape),
                        "lowers": p.source, "params": p.params} for p in procs],
         "connections": [{"src": f"{c.src}.{c.src_port}", "dst": f"{c.dst}.{c.dst_port}",
@@ -473,16 +469,14 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
                        steps: Optional[int] = None, buffer_size: Optional[int] = None) -> LavaNetwork:
     """Instantiate the Lava processes for ``graph`` fed with ``pixels_stream [N, C, H, W]`` (ints).
 
-    ``steps``: stream length ``S`` (default :func:`deploy.reference.stream_steps`); ``buffer_size``:
+    ``steps``: stream length ``S`` (default :func:`calibration.reference.stream_steps`); ``buffer_size``:
     the extractors' channel depth (default ``S``; the caller must ``receive()`` at least every
     ``buffer_size`` steps, or the run blocks). ``perturb = {"synapse", "index", "delta"}`` adds
     ``delta`` to one weight (PyTorch-layout index) before lowering (fault injection for tests).
     """
     plan, _conns = lava_plan(graph)
     if steps is None:
-        from deploy.reference import stream_steps
-
-        steps = stream_steps(graph, int(np.asarray(pixels_stream).shape[0]))
+        steps = graph.stream_steps(int(np.asarray(pixels_stream).shape[0]))
     S = int(steps)
     arrays = lowered_arrays(graph, pixels_stream, S, perturb)
     depth = int(buffer_size or S)

@@ -1,7 +1,7 @@
 """The deployment stages, each a function from one plain artifact to the next.
 
 checkpoint --(:func:`export_nir`)--> float NIR graph --(:func:`architecture_check`: design rules
-before calibration)--(:func:`calibrate_checkpoint`)--> integer graph --(:func:`~deploy.schedule.schedule`)
+before calibration)--(:func:`calibrate_checkpoint`)--> integer graph --(:func:`~calibration.schedule.schedule`)
 --> Loihi-timed integer graph --> design rules with the real weights, reference / Lava
 (:mod:`deploy.cli` runs them all; ``xoresnet-eval --integer`` the first three).
 """
@@ -23,8 +23,8 @@ from xoresnet.data import load_dataset
 from xoresnet.errors import DesignRuleError
 from xoresnet.network import XOResNet
 
-from .nir_export import export_nir
-from .schedule import schedule
+from xoresnet.nir.export import export_nir
+from calibration.schedule import schedule
 
 DEFAULT_CALIB_SAMPLES = 64
 

@@ -1,8 +1,8 @@
 """``report.json`` (schema ``xoresnet-report`` version 1.2, ``docs/report-schema.md``) and ``report.html``.
 
 * :func:`make_report`: everything from an integer graph and a dataset split (one reference run).
-* :func:`build_report`: assemble the JSON from already computed parts; :func:`lava_section` the
-  ``lava`` part from a Lava run and the reference's stream on the parity samples.
+* :func:`build_report`: assemble the JSON from already computed parts (the ``lava`` part is
+  :func:`deploy.parity.lava_section`'s plain data).
 * :func:`validate_report` / :func:`report_problems`: check required keys and types (hand-written
   schema below, no dependency).
 * :func:`render_html`: one self-contained page (plots are base64 PNGs drawn with matplotlib's
@@ -342,31 +342,11 @@ def parity_section(parity: Any) -> Optional[dict[str, Any]]:
     return d
 
 
-def lava_section(graph, lava, reference) -> dict[str, Any]:
-    """The ``lava`` section: per population, the spikes the Lava run ``lava``
-    (:class:`~deploy.lava_run.LavaRunResult`) recorded in each sample's window, beside those of the
-    reference's Loihi-timing stream ``reference`` (:class:`~deploy.reference.StreamResult`, one
-    stream) on the same samples (:func:`~hw_targets.stats.window_spike_counts`)."""
-    from deploy.lava_worker import RUN_CONFIGS
-
-    from .stats import window_spike_counts
-
-    got, ref = window_spike_counts(graph, lava), window_spike_counts(graph, reference)
-    layers = [{"name": name, "spikes_per_sample": got[name], "reference_spikes_per_sample": ref[name],
-               "equal": got[name] == ref[name]} for name in graph.populations]
-    return {"run_config": RUN_CONFIGS[lava.run_config][1], "process_models": dict(lava.process_models),
-            "samples": int(lava.samples),
-            "timesteps": int(lava.timesteps), "steps": int(lava.steps), "seconds": round(float(lava.seconds), 2),
-            "layers": layers, "equal": all(layer["equal"] for layer in layers),
-            "predictions": [int(x) for x in lava.predictions()],
-            "reference_predictions": [int(x) for x in reference.predictions()[0]]}
-
-
 def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str, Any], raster: Optional[dict],
                  model: dict[str, Any], dataset: Optional[dict[str, Any]] = None, parity: Any = None,
                  lava: Optional[dict[str, Any]] = None, warnings: Optional[list[str]] = None,
                  architecture: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Assemble a version-1.2 report (validated) from its parts; ``lava``: :func:`lava_section` or None;
+    """Assemble a version-1.2 report (validated) from its parts; ``lava``: :func:`deploy.parity.lava_section` or None;
     ``architecture``: the design-rule check before calibration
     (``deploy.pipeline.ArchitectureCheck.to_dict()``) or None."""
     from importlib.metadata import PackageNotFoundError, version

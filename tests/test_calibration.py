@@ -12,8 +12,8 @@ from calibration.integer_graph import (INPUT, READOUT, IntegerGraph, Population,
                                        save_integer_graph)
 from calibration.quantize import QuantSpec, calibrate, calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import export_nir
-from deploy.schedule import schedule
+from xoresnet.nir.export import export_nir
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 from xoresnet.errors import RangeError, UnsupportedModelError
 from xoresnet.neuron import NeuronSpec
@@ -454,7 +454,7 @@ def test_validate_refuses_unknown_kinds_and_dangling_synapses():
 def test_calibration_of_the_nir_file_equals_calibration_in_memory(tmp_path):
     """Writing the NIR graph to a file and reading it back changes nothing downstream (node order may
     differ after the round trip; populations stay in a topological order)."""
-    from deploy.nir_export import read_nir, write_nir
+    from xoresnet.nir.export import read_nir, write_nir
     cfg = small_config(block=BlockSpec("prev_input", "xor", "spike"), neuron=NeuronSpec(du=3000 / 4096, dv=700 / 4096))
     graph = export_nir(firing_model(cfg, seed=9))
     write_nir(graph, tmp_path / "m.nir")

@@ -14,7 +14,7 @@ over a sample's timesteps, so per-timestep input patterns are generated inside t
 With ``N = 2^(2T)`` neurons, neuron ``i`` carries one of all the pairs of T-step sequences for
 ``a`` (low bits of ``i``) and ``b`` (high bits). The gates are then built as in
 ``xoresnet-block.md`` and must equal the truth table at every timestep, in zero-delay timing and,
-after :func:`deploy.schedule.schedule`, in Loihi timing (windows). The NIR side builds the same
+after :func:`calibration.schedule.schedule`, in Loihi timing (windows). The NIR side builds the same
 gates with the exporter's own builder and runs them in :class:`NIRInterpreter`.
 """
 
@@ -26,10 +26,10 @@ import torch
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import _GraphBuilder, export_nir, read_meta
-from deploy.nir_interpreter import NIRInterpreter
-from deploy.reference import ReferenceSimulator
-from deploy.schedule import schedule
+from xoresnet.nir.export import _GraphBuilder, export_nir, read_meta
+from xoresnet.nir.interpreter import NIRInterpreter
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 
 TRUTH = {

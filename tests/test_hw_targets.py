@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
-from deploy.reference import ZeroDelayResult
+from calibration.reference import ZeroDelayResult
+from deploy.dispatch import run_on_hardware
 from hw_targets import TARGETS, get_target
 from hw_targets.base import NoHardwareError, UnknownTargetError
 from hw_targets.energy import EnergyTable, ann_macs, estimate_energy
@@ -98,7 +99,7 @@ def test_loihi2_dispatch_unavailable_names_missing_modules(tmp_path):
     if not missing:
         pytest.skip("lava-loihi is installed here")
     with pytest.raises(DispatchUnavailableError) as e:
-        get_target("loihi2").dispatch(tmp_path)
+        run_on_hardware(get_target("loihi2"), tmp_path)
     msg = str(e.value)
     assert e.value.exit_code == 7 and "\n" not in msg
     assert "lava.magma.core.model.nc.model" in msg and "nxcore" in msg
@@ -352,8 +353,8 @@ def test_statistics_and_energy_by_hand():
 @pytest.fixture(scope="module")
 def digits_report(digits_model_path, tmp_path_factory):
     from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
-    from deploy.schedule import schedule
+    from xoresnet.nir.export import export_nir
+    from calibration.schedule import schedule
     from hw_targets.report import make_report
     from xoresnet.checkpoint import load_model
     from xoresnet.data import load_dataset

@@ -11,9 +11,9 @@ from calibration.fixed_point import DELAY_MAX
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import export_nir
-from deploy.reference import ReferenceSimulator, readout_latency_of, stream_steps
-from deploy.schedule import schedule
+from xoresnet.nir.export import export_nir
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 from xoresnet.errors import UnsupportedModelError
 from xoresnet.neuron import NeuronSpec
@@ -57,7 +57,7 @@ def check_schedule(original: IntegerGraph, sg: IntegerGraph) -> None:
         assert arrivals and set(arrivals) == {p.latency}, (name, arrivals)
         assert min(s.delay for s in sg.incoming(name)) == 0 or p.kind == "relay"
     arrivals = {lat[s.src] + 1 + s.delay for s in sg.readout}
-    assert len(arrivals) == 1 and readout_latency_of(sg) == arrivals.pop()
+    assert len(arrivals) == 1 and sg.readout_latency() == arrivals.pop()
     for s in sg.synapses:
         assert 0 <= s.delay <= DELAY_MAX == 62
         if s.kind == "conv":
@@ -92,7 +92,7 @@ def check_stream(graph: IntegerGraph, sg: IntegerGraph, pixels: torch.Tensor) ->
     zd = ReferenceSimulator(graph).run_zero_delay(pixels.flatten(0, 1))
     zd_sched = ReferenceSimulator(sg).run_zero_delay(pixels.flatten(0, 1))
     stream = ReferenceSimulator(sg).run_stream(pixels)
-    assert stream.spikes[next(iter(sg.populations))].shape[0] == stream_steps(sg, N)
+    assert stream.spikes[next(iter(sg.populations))].shape[0] == sg.stream_steps(N)
     T = graph.timesteps
     fired = 0
     for name, p in sg.populations.items():

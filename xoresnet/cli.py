@@ -154,7 +154,10 @@ def train_main(argv: list[str] | None = None) -> None:
             augment=not args.no_augment, progress=not args.no_progress, qat=args.qat, init=args.init,
             calib_samples=args.calib_samples,
         )
-        final = train(config, opts)
+        qat = None
+        if args.qat:  # the CLI composes: Loihi 2's integer forward comes from calibration
+            from calibration.qat import LOIHI2_QAT as qat
+        final = train(config, opts, qat)
         if final:
             print(f"wrote {args.out}: test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epochs")
         return 0

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import nn
 
-from calibration.loihi2_limits import DECAY_UNITY as DECAY_GRID  # Loihi 2 decays are 12-bit fractions of 4096
+from .decay_grid import DECAY_UNITY
 
 
 class Current(NamedTuple):
@@ -52,12 +52,6 @@ class Current(NamedTuple):
         return Current(self.x + other.x, bias)
 
 
-def on_decay_grid(value: float, *, offset: int) -> bool:
-    """True when ``value * 4096 - offset`` is an integer in 0..4095 (``offset`` 1 for du, 0 for dv)."""
-    code = value * DECAY_GRID - offset
-    return abs(code - round(code)) < 1e-9 and 0 <= round(code) <= DECAY_GRID - 1
-
-
 def decay_problem(du: float, dv: float) -> Optional[str]:
     """Why a neuron with decays ``du``, ``dv`` cannot be exported, or None: with ``du < 1`` (a synaptic current)
     NIR's CubaLIF carries the per-step bias through its membrane time constant ``1/dv``, so ``dv`` must be > 0."""
@@ -69,9 +63,9 @@ def decay_problem(du: float, dv: float) -> Optional[str]:
 
 def snap_to_decay_grid(value: torch.Tensor, *, offset: int) -> torch.Tensor:
     """Round a decay onto the Loihi grid with a straight-through gradient (for learned decays)."""
-    lo, hi = offset / DECAY_GRID, (DECAY_GRID - 1 + offset) / DECAY_GRID
+    lo, hi = offset / DECAY_UNITY, (DECAY_UNITY - 1 + offset) / DECAY_UNITY
     clamped = value.clamp(lo, hi)
-    snapped = torch.round(clamped * DECAY_GRID) / DECAY_GRID
+    snapped = torch.round(clamped * DECAY_UNITY) / DECAY_UNITY
     return clamped + (snapped - clamped).detach()
 
 
