@@ -110,7 +110,7 @@ def test_loihi2_dispatch_unavailable_names_missing_modules(tmp_path):
 
 def test_lava_sim_has_no_hardware(tmp_path):
     with pytest.raises(NoHardwareError) as e:
-        get_target("lava-sim").dispatch(tmp_path)
+        run_on_hardware(get_target("lava-sim"), tmp_path)
     assert isinstance(e.value, DispatchUnavailableError) and e.value.exit_code == 7
     assert "no hardware" in str(e.value) and "lava-sim" in str(e.value)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import torch
 from torch import nn
@@ -290,12 +290,21 @@ class NeuronSpec:
     learn_decay: bool = False
 
 
+class NeuronQuant(Protocol):
+    """The integer forward of one neuron population that quantization-aware training attaches as
+    :attr:`CubaLIF.quant` (:class:`calibration.qat.QuantNeuron`)."""
+
+    def neuron_forward(self, module: "CubaLIF", current: Current) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(spikes, membrane)`` of ``module`` for ``current``, each ``[T, B, C, H, W]``, in Loihi fixed
+        point (the membrane in float units, for the surrogate gradient)."""
+
+
 class CubaLIF(nn.Module):
     """Multi-step CUBA LIF population; input a :class:`Current`, output spikes ``[T, B, ...]``.
 
     ``du``/``dv`` are buffers (or parameters with ``learn_decay``), always read through the Loihi
-    grid. ``quant``: set by quantization-aware training to an object with
-    ``neuron_forward(module, current) -> spikes`` that runs Loihi fixed point instead.
+    grid. ``quant``: a :class:`NeuronQuant`, set by quantization-aware training to run Loihi fixed point
+    instead.
     ``observer``: optional callable ``(module, spikes, membrane)`` for statistics.
     """
 
@@ -310,7 +319,7 @@ class CubaLIF(nn.Module):
         else:
             self.register_buffer("du", du)
             self.register_buffer("dv", dv)
-        self.quant = None
+        self.quant: Optional[NeuronQuant] = None
         self.observer: Optional[Callable] = None
 
     @property
