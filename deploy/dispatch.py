@@ -17,16 +17,17 @@ import numpy as np
 
 from hw_targets.base import HwTarget, NoHardwareError
 from hw_targets.design_rules import check_design_rules, require_design_rules
-from hw_targets.loihi2 import DISPATCH_TIMEOUT, host_configured, missing_loihi2_modules, unavailable_message
+from hw_targets import loihi2
+from hw_targets.loihi2 import DISPATCH_TIMEOUT
 from xoresnet.errors import DispatchUnavailableError
 
+from . import lava_run
 from .export_dir import GRAPH_FILE, read_parity_certificate
-from .lava_run import LavaRunResult, run_lava
 
 
 def run_on_hardware(target: HwTarget, export_dir, pixels: Optional[np.ndarray] = None, *,
                     timeout: float = DISPATCH_TIMEOUT, progress: bool = False, partition: Optional[str] = None,
-                    board: Optional[str] = None) -> LavaRunResult:
+                    board: Optional[str] = None) -> lava_run.LavaRunResult:
     """Run the export in ``export_dir`` on ``target``'s hardware (Loihi 2); return the run's
     :class:`~deploy.lava_run.LavaRunResult` (``run_config == "hw"``: spikes, readout, predictions).
 
@@ -49,9 +50,9 @@ def run_on_hardware(target: HwTarget, export_dir, pixels: Optional[np.ndarray] =
     """
     if not target.has_hardware:
         raise NoHardwareError(target.dispatch_status()[1])
-    missing = missing_loihi2_modules()
+    missing = loihi2.missing_loihi2_modules()  # module attributes: looked up at call time (tests stand in for them)
     if missing:
-        raise DispatchUnavailableError(unavailable_message(missing))
+        raise DispatchUnavailableError(loihi2.unavailable_message(missing))
     if pixels is None:
         raise ValueError("Loihi 2 dispatch needs input pixels [N, C, H, W]")
     export_dir = Path(export_dir)
@@ -64,6 +65,6 @@ def run_on_hardware(target: HwTarget, export_dir, pixels: Optional[np.ndarray] =
         from lava.utils import loihi
 
         loihi.use_slurm_host(partition=partition, board=board)
-    elif not host_configured():
+    elif not loihi2.host_configured():
         raise DispatchUnavailableError(target.dispatch_status()[1])
-    return run_lava(graph, pixels, timeout=timeout, progress=progress, run_config="hw")
+    return lava_run.run_lava(graph, pixels, timeout=timeout, progress=progress, run_config="hw")
