@@ -73,10 +73,18 @@ def estimate_export_memory(config: NetworkConfig, *, eval_images: int, calib_ima
                            parity_images: int) -> tuple[int, str]:
     """``(bytes, what sets them)``: the peak memory an export of ``config`` (its ``timesteps``) is estimated
     to need, and a phrase naming the stage that sets it (see the module docstring)."""
+    return estimate_memory(config.timesteps, lif_neurons(config), eval_images=eval_images, calib_images=calib_images,
+                           parity_images=parity_images)
+
+
+def estimate_memory(timesteps: int, neurons: int, *, eval_images: int, calib_images: int,
+                    parity_images: int) -> tuple[int, str]:
+    """:func:`estimate_export_memory` of a network of ``neurons`` spiking neurons per image and timestep
+    (a NIR input's neuron and threshold nodes) run for ``timesteps``."""
     from deploy.nir_check import compare_nir_to_model
 
     check_batch = inspect.signature(compare_nir_to_model).parameters["batch_size"].default
-    T, n = config.timesteps, lif_neurons(config)
+    T, n = timesteps, neurons
     stream_steps = 2 * T  # the reset interval: the next power of two above T plus the pipeline latency
     stages = {
         f"the NIR check of {min(eval_images, check_batch)} images": CHECK_BYTES * min(eval_images, check_batch) * T,
@@ -109,14 +117,20 @@ def available_memory() -> Optional[int]:
 def check_export_memory(config: NetworkConfig, *, eval_images: int, calib_images: int, parity_images: int) -> None:
     """Raise :class:`~xoresnet.errors.UsageError` (exit 2) when the export is estimated to need more memory
     than the machine has available, with both figures and the most timesteps that would fit."""
+    check_memory(config.timesteps, lif_neurons(config), eval_images=eval_images, calib_images=calib_images,
+                 parity_images=parity_images)
+
+
+def check_memory(timesteps: int, neurons: int, *, eval_images: int, calib_images: int, parity_images: int) -> None:
+    """:func:`check_export_memory` of a network of ``neurons`` spiking neurons run for ``timesteps``."""
     images = dict(eval_images=eval_images, calib_images=calib_images, parity_images=parity_images)
-    need, what = estimate_export_memory(config, **images)
+    need, what = estimate_memory(timesteps, neurons, **images)
     have = available_memory()
     if have is None or need <= have:
         return
-    per_step = estimate_export_memory(config.replace(timesteps=1), **images)[0] - BASE_BYTES
+    per_step = estimate_memory(1, neurons, **images)[0] - BASE_BYTES
     fits = max(0, (have - BASE_BYTES) // per_step)
     raise UsageError(
-        f"T={config.timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "
+        f"T={timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "
         f"this machine has {size_text(have)} available (at most T={fits} fits with these images): lower --timesteps, "
         "--eval-samples, --calib-samples or --parity-samples")
