@@ -228,7 +228,7 @@ class _Importer:
             if key in self.ours:
                 meta[key] = self.ours[key]
         graph = nir.NIRGraph(nodes={n: built[n] for n in order}, edges=edges,
-                             metadata={"dt": dt, "xoresnet": json.dumps(meta, sort_keys=True)})
+                             metadata={"dt": dt, "xoresnet": json.dumps(meta, sort_keys=True)}, type_check=False)
         counts: dict[str, int] = {}
         for v in self.raw.nodes.values():
             counts[v.type] = counts.get(v.type, 0) + 1

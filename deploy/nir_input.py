@@ -84,7 +84,7 @@ def interpreter_accuracy(graph: nir.NIRGraph, pixels: torch.Tensor, labels: torc
         batches = tqdm(batches, desc="NIR interpreter (float)", unit="batch", leave=False)
     for start in batches:
         x = pixels[start:start + EVAL_BATCH].to(torch.float32) / levels
-        logits = interp.run(x, keep=set()).logits
+        logits = interp.run(x, keep=set()).logits.flatten(1)
         correct += int((logits.argmax(-1) == labels[start:start + EVAL_BATCH]).sum())
     return correct / n if n else math.nan
 
