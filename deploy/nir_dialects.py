@@ -15,11 +15,12 @@ arithmetic of the equations; float rounding may differ in the last bit):
 * ``Threshold(theta)`` -> ``LIF(tau = dt, r = 1, v_leak = 0, v_threshold = theta, v_reset = 0)``:
   with ``dt / tau = 1`` forward Euler gives ``v = I`` every step, a memoryless threshold (our gates
   sum small integers: no rounding at all);
-* ``Scale(s)`` (uniform per channel) -> a 1x1 depthwise ``Conv2d`` with weights ``s``;
-* ``SumPool2d``/``AvgPool2d`` the reader lacks -> a depthwise ``Conv2d`` with constant weights
+* ``Scale(s)`` (uniform per channel) -> a 1x1 channel-wise ``Conv2d`` with weights ``s`` (a diagonal
+  kernel: nir 1.0.8's type check, which readers run on ``nir.read``, mistypes grouped convolutions);
+* ``SumPool2d``/``AvgPool2d`` the reader lacks -> a channel-wise ``Conv2d`` with constant weights
   (``1`` or ``1 / k^2``, stride ``k``);
 * every ``tau`` rescaled to the reader's fixed ``dt`` (``tau * dt_reader / dt``), metadata ``dt`` too;
-* Norse: a LIF's ``r`` folded into the synapses that feed it (a direct edge gets a 1x1 depthwise
+* Norse: a LIF's ``r`` folded into the synapses that feed it (a direct edge gets a 1x1 channel-wise
   ``Conv2d`` of weight ``r``), ``r = 1``.
 
 What has no exact equivalent is refused (:class:`~xoresnet.errors.UnsupportedModelError`, exit 4):
@@ -47,12 +48,16 @@ READER_DT = {"snntorch": 1e-4, "norse": 1e-3}
 LACKS = {"snntorch": ("Threshold", "Scale", "SumPool2d"), "norse": ("Threshold", "Scale", "AvgPool2d")}
 
 
-def _depthwise(weight_per_channel: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-               in_shape: tuple[int, ...], metadata: Optional[dict] = None) -> nir.Conv2d:
+def _channelwise(weight_per_channel: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+                 in_shape: tuple[int, ...], metadata: Optional[dict] = None) -> nir.Conv2d:
+    """A ``Conv2d`` acting on each channel alone (a diagonal ``[C, C, kH, kW]`` kernel, ``groups = 1``: nir
+    1.0.8's type inference takes a grouped convolution's input for ``C / groups`` channels, so readers that
+    type-check on reading refuse depthwise ones)."""
     c = in_shape[0]
-    w = np.broadcast_to(np.asarray(weight_per_channel, np.float32).reshape(c, 1, 1, 1), (c, 1) + kernel).copy()
+    w = np.zeros((c, c) + kernel, np.float32)
+    w[np.arange(c), np.arange(c)] = np.asarray(weight_per_channel, np.float32).reshape(c, 1, 1)
     return nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=w, stride=stride, padding=(0, 0), dilation=(1, 1),
-                      groups=c, bias=np.zeros(c, np.float32), metadata=metadata or {})
+                      groups=1, bias=np.zeros(c, np.float32), metadata=metadata or {})
 
 
 def _channel_values(arr: np.ndarray, what: str) -> np.ndarray:
@@ -87,7 +92,7 @@ def dialect_graph(graph: nir.NIRGraph, dialect: str) -> nir.NIRGraph:
             shape = shapes[name]
             if len(shape) != 3:
                 raise UnsupportedModelError(f"{dialect} dialect: Scale {name} on a {shape} signal")
-            nodes[name] = _depthwise(_channel_values(node.scale, f"Scale {name}"), (1, 1), (1, 1), shape, meta)
+            nodes[name] = _channelwise(_channel_values(node.scale, f"Scale {name}"), (1, 1), (1, 1), shape, meta)
         elif isinstance(node, (nir.SumPool2d, nir.AvgPool2d)) and type(node).__name__ in LACKS[dialect]:
             k = tuple(int(v) for v in np.asarray(node.kernel_size).reshape(-1)[-2:])
             if np.any(np.asarray(node.padding) != 0):
@@ -95,7 +100,7 @@ def dialect_graph(graph: nir.NIRGraph, dialect: str) -> nir.NIRGraph:
             value = 1.0 if isinstance(node, nir.SumPool2d) else 1.0 / (k[0] * k[1])
             shape = shapes[preds[name][0]]
             stride = tuple(int(v) for v in np.asarray(node.stride).reshape(-1)[-2:])
-            nodes[name] = _depthwise(np.full(shape[0], value), k, stride, shape, meta)
+            nodes[name] = _channelwise(np.full(shape[0], value), k, stride, shape, meta)
         elif isinstance(node, nir.IF):
             if dialect == "snntorch":
                 raise UnsupportedModelError(
@@ -130,7 +135,7 @@ def dialect_graph(graph: nir.NIRGraph, dialect: str) -> nir.NIRGraph:
 
 def _fold_lif_gain(nodes: dict, edges: list, preds: dict, shapes: dict) -> None:
     """Norse ignores a LIF's ``r``: fold it into the convolutions (and Affines) that feed each LIF, or into
-    a new 1x1 depthwise Conv2d on a direct edge; then ``r = 1``."""
+    a new 1x1 channel-wise Conv2d on a direct edge; then ``r = 1``."""
     for name, node in list(nodes.items()):
         if not isinstance(node, nir.LIF):
             continue
@@ -151,7 +156,7 @@ def _fold_lif_gain(nodes: dict, edges: list, preds: dict, shapes: dict) -> None:
                                       bias=(np.asarray(src.bias) * g).astype(np.float32), metadata=src.metadata)
             else:
                 gain = f"{q}.gain.{name}"
-                nodes[gain] = _depthwise(_channel_values(r, f"r of LIF {name}"), (1, 1), (1, 1), shapes[name])
+                nodes[gain] = _channelwise(_channel_values(r, f"r of LIF {name}"), (1, 1), (1, 1), shapes[name])
                 edges[edges.index((q, name))] = (q, gain)
                 edges.append((gain, name))
         nodes[name] = nir.LIF(tau=node.tau, r=np.ones_like(np.asarray(node.r)), v_leak=node.v_leak,
