@@ -43,6 +43,7 @@ import numpy as np
 
 from xoresnet.errors import DataError, UnsupportedModelError, UsageError
 
+from .nir_export import NIR_FORMAT as FORMAT, TIME_CONVENTION
 from .nir_file import RawGraph, RawNode, metadata_json
 
 #: Node types the front end maps (nir class names).
@@ -63,12 +64,6 @@ CONVENTIONS = {
              "(functional/iaf.py); rewritten here to tau / dt, w_in = tau_syn / dt and r = 1 / dt",
 }
 DEFAULT_DECAY_TOLERANCE = 1e-6
-FORMAT = "xoresnet-nir"
-TIME_CONVENTION = (
-    "discrete time with step dt (metadata 'dt', seconds or any unit the taus share): every node sees its "
-    "inputs' values of the same step; neurons integrate with forward Euler, v += dt / tau * (v_leak - v + r * I) "
-    "(CubaLIF: I += dt / tau_syn * (-I + w_in * x) first), spike when v > v_threshold (strict), then v = v_reset; "
-    "the input is the same analog frame pixels / input_levels at every one of 'timesteps' steps")
 
 
 @dataclass

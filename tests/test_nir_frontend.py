@@ -194,7 +194,7 @@ def test_our_model_nir_reimported_deploys_to_the_checkpoint_paths_integer_graph(
     """``model.nir`` as the export writes it, read back by the NIR front end with no flags (dt, timesteps
     and input scale from its metadata), calibrates to the same integer graph as the checkpoint."""
     from deploy.cli import CheckpointSource, NirSource
-    from deploy.nir_export import write_nir
+    from deploy.nir_export import TIME_CONVENTION, write_nir
     from deploy.nir_frontend import ImportOptions
     from deploy.nir_input import load_nir_model
     from deploy.pipeline import calibration_pixels
@@ -204,6 +204,7 @@ def test_our_model_nir_reimported_deploys_to_the_checkpoint_paths_integer_graph(
     assert ckpt.quant is None  # a QAT checkpoint's fixed scales are not in model.nir (docs/formats.md)
     checkpoint = CheckpointSource(model_from_checkpoint(ckpt).eval(), ckpt)
     write_nir(checkpoint.nir_graph, tmp_path / "model.nir")
+    assert nir.read(str(tmp_path / "model.nir")).metadata["time_convention"] == TIME_CONVENTION
     model = load_nir_model(str(tmp_path / "model.nir"), ImportOptions(), 16)
     assert model.imported.info["xoresnet_file"] and model.imported.info["dt_source"].startswith("the file's")
     pixels = calibration_pixels("digits", None, 4)
@@ -259,3 +260,30 @@ def test_demo_nir_command_of_the_makefile_deploys_the_bundled_model(tmp_path):
     r = _export(argv, tmp_path / "demo-nir")
     accuracy = float(re.search(r"Loihi integer ([0-9.]+)%", r.stdout).group(1))
     assert accuracy > 85, r.stdout
+
+
+def test_snntorch_reads_our_snntorch_dialect_and_reproduces_our_model(tmp_path):
+    """``--nir-dialect snntorch``: snnTorch's own reader (``import_from_nir``) runs our digits model with the
+    logits of our NIR interpreter on the standard file (float32 rounding apart)."""
+    from snntorch import utils
+    from snntorch.import_nir import import_from_nir
+
+    from deploy.nir_dialects import dialect_graph
+    from deploy.nir_export import export_nir, write_nir
+    from deploy.nir_interpreter import NIRInterpreter
+    from xoresnet.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(DIGITS_MODEL)
+    graph = export_nir(model_from_checkpoint(ckpt).eval())
+    write_nir(dialect_graph(graph, "snntorch"), tmp_path / "model.nir")
+    dialect = nir.read(str(tmp_path / "model.nir"))
+    assert not {"Threshold", "Scale", "SumPool2d"} & {type(n).__name__ for n in dialect.nodes.values()}
+    pixels, _ = P.digits_images(1)
+    T = ckpt.config.timesteps
+    ours = NIRInterpreter(graph, dtype=torch.float64).run(pixels.to(torch.float64) / 16, T).outputs["output"]
+    net = import_from_nir(dialect)
+    utils.reset(net)
+    with torch.no_grad():  # snnTorch's reader runs unbatched samples (its Flatten starts at dimension 0)
+        theirs = torch.stack([net(pixels[0].float() / 16)[0] for _ in range(T)])
+    assert ours.abs().max() > 1
+    torch.testing.assert_close(theirs.double(), ours.reshape(theirs.shape), rtol=0, atol=1e-5)
