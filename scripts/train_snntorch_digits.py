@@ -12,7 +12,8 @@ The prediction is the argmax of the output layer's spike counts (``--readout spi
 neurons use ``beta = 0.875`` (on Loihi's 12-bit decay grid at snnTorch's export dt of 1e-4:
 ``dt / tau = 1 - beta = 512/4096``), threshold 1 and ``reset_mechanism="zero"`` (snnTorch's export
 writes a hard reset whatever the mechanism). Per-neuron parameter tensors, an unbatched export
-sample and ``Flatten(start_dim=-3)`` meet snnTorch's export quirks (``docs/nir-producers.md``).
+sample and ``Flatten(start_dim=-3)`` meet snnTorch's export quirks (``docs/formats.md``, "NIR from
+other producers").
 
 Usage: ``.venv/bin/python scripts/train_snntorch_digits.py [--epochs 30] [--out models/snntorch-digits.nir]``
 (deterministic: fixed seeds, one thread; about a minute on two CPU cores).

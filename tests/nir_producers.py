@@ -7,9 +7,9 @@
   skip), exported with ``nirtorch.torch_to_nir`` and snnTorch's own module converter (snnTorch's
   ``export_to_nir`` traces module calls and loses the ``+``).
 
-The producers' quirks and how these networks meet them (``docs/nir-producers.md``): per-neuron
-parameter tensors (scalar ones break nir's type inference and ``nir.write``), a sample without the
-batch dimension and ``Flatten(start_dim=-3)`` for snnTorch (its export fails in nir's type inference
+The producers' quirks and how these networks meet them (``docs/formats.md``, "NIR from other
+producers"): per-neuron parameter tensors (scalar ones break nir's type inference and
+``nir.write``), a sample without the batch dimension and ``Flatten(start_dim=-3)`` for snnTorch (its export fails in nir's type inference
 with a batched sample), ``graph.infer_types()`` before ``nir.write`` for Norse and nirtorch (they leave
 conv input shapes unset), zero conv biases into Norse's LIFCell (a bias into a decaying synaptic
 current has no Loihi form), ``reset_mechanism="zero"`` for snnTorch (its export writes a hard reset

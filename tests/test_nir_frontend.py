@@ -171,6 +171,19 @@ def test_the_same_graph_unmutated_imports(tmp_path):
     assert sorted(nir_to_float_graph(model.graph).populations) == ["lif1", "lif2"]
 
 
+def test_snap_decays_takes_the_nearest_grid_value_and_records_the_error(tmp_path):
+    """The off-grid decay refused above (dt / tau = 0.1), with ``--snap-decays``: 410/4096, error recorded."""
+    from calibration.float_graph import nir_to_float_graph
+    from deploy.nir_frontend import ImportOptions
+    from deploy.nir_input import load_nir_model
+
+    nir.write(str(tmp_path / "graph.nir"), _small_graph(_decay))
+    model = load_nir_model(str(tmp_path / "graph.nir"), ImportOptions(dt=1e-4, timesteps=4, snap_decays=True), 16)
+    (snapped,) = nir_to_float_graph(model.graph).meta["decay_grid"]["snapped"]
+    assert snapped["node"] == "lif1" and snapped["code"] == 410 and snapped["grid"] == 410 / 4096
+    assert abs(snapped["value"] - 0.1) < 1e-12 and snapped["error"] == pytest.approx(0.1 - 410 / 4096)
+
+
 # ---------------------------------------------------------------------- our own model.nir, round trip
 
 def _integer_graph_contents(graph, path: Path) -> dict:
