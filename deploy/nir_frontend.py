@@ -45,6 +45,7 @@ from xoresnet.errors import DataError, UnsupportedModelError, UsageError
 
 from .nir_export import NIR_FORMAT as FORMAT, TIME_CONVENTION
 from .nir_file import RawGraph, RawNode, metadata_json
+from .nir_interpreter import topological_order
 
 #: Node types the front end maps (nir class names).
 SUPPORTED = ("Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "AvgPool2d", "Scale",
@@ -197,7 +198,7 @@ class _Importer:
         pred = {n: [a for a, b in edges if b == n] for n in order}
         succ = {n: [b for a, b in edges if a == n] for n in order}
         built: dict[str, nir.NIRNode] = {}
-        topo = _topological(order, edges)
+        topo = topological_order(dict.fromkeys(order), edges)
         for n in topo:
             node = raw_of[n]
             if node.type == "Input":
@@ -512,24 +513,6 @@ def _find_cycle(nodes, edges) -> Optional[tuple[str, str]]:
                 state[m] = 1
                 stack.append((m, iter(succ[m])))
     return None
-
-
-def _topological(order: list[str], edges: list[tuple[str, str]]) -> list[str]:
-    indeg = {n: 0 for n in order}
-    succ: dict[str, list[str]] = {n: [] for n in order}
-    for a, b in edges:
-        indeg[b] += 1
-        succ[a].append(b)
-    ready = [n for n in order if indeg[n] == 0]
-    out = []
-    while ready:
-        n = ready.pop(0)
-        out.append(n)
-        for m in succ[n]:
-            indeg[m] -= 1
-            if indeg[m] == 0:
-                ready.append(m)
-    return out
 
 
 def import_nir(raw: RawGraph, opts: ImportOptions) -> ImportedGraph:
