@@ -8,12 +8,12 @@
   ``export_to_nir`` traces module calls and loses the ``+``).
 
 The producers' quirks and how these networks meet them (``docs/formats.md``, "NIR from other
-producers"): per-neuron parameter tensors (scalar ones break nir's type inference and
-``nir.write``), a sample without the batch dimension and ``Flatten(start_dim=-3)`` for snnTorch (its export fails in nir's type inference
-with a batched sample), ``graph.infer_types()`` before ``nir.write`` for Norse and nirtorch (they leave
-conv input shapes unset), zero conv biases into Norse's LIFCell (a bias into a decaying synaptic
-current has no Loihi form), ``reset_mechanism="zero"`` for snnTorch (its export writes a hard reset
-whatever the mechanism).
+producers"): per-neuron parameter tensors (scalar ones break nir's type inference and ``nir.write``), a
+sample without the batch dimension and ``Flatten(start_dim=-3)`` for snnTorch (its export fails in nir's
+type inference with a batched sample), ``graph.infer_types()`` before ``nir.write`` for Norse and
+nirtorch (they leave conv input shapes unset), zero conv biases into Norse's LIFCell (a bias into a
+decaying synaptic current has no Loihi form), ``reset_mechanism="zero"`` for snnTorch (its export writes
+a hard reset whatever the mechanism).
 
 Each ``simulate_*`` runs the library's own modules step by step on the same image at every step
 (direct encoding) and records every spiking layer: ``{nir node name: spikes [T, B, ...]}``.
