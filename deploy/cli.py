@@ -342,7 +342,8 @@ def dispatch_export(args: argparse.Namespace, target, out: Path, pixels: Optiona
     cert = read_parity_certificate(out)
     recorded = (cert.manifest.get("checkpoint") or cert.manifest.get("nir_input") or {}).get("sha256")
     if file_sha256(args.checkpoint) != recorded:
-        raise ParityError(f"Loihi 2 dispatch is blocked: {out / MANIFEST_FILE} certifies another model (SHA-256 "
+        what = "NIR graph" if is_nir_input(args) else "checkpoint"
+        raise ParityError(f"Loihi 2 dispatch is blocked: {out / MANIFEST_FILE} certifies another {what} (SHA-256 "
                           f"{str(recorded)[:12]}...), not {args.checkpoint}: export it into another folder")
     data = cert.manifest.get("data") or {}
     if pixels is None:
