@@ -451,6 +451,7 @@ class CheckpointSource:
     def float_stage(self, args, eval_set, artifacts: ArtifactDir, progress: bool) -> tuple[dict, dict]:
         """``(baseline, nir_check)``: the float accuracy the summary compares with, and the NIR interpreter,
         run on ``model.nir`` as written, against PyTorch (a mismatch is a bug: exit 4)."""
+        from deploy.memory import available_memory, nir_check_batch
         from deploy.nir_check import compare_nir_to_model
         from deploy.nir_dialects import dialect_graph
         from deploy.nir_export import read_nir, write_nir
@@ -460,7 +461,9 @@ class CheckpointSource:
         float_eval = evaluate(self.model, eval_set, progress=progress)
         baseline = float_baseline(args, self.ckpt, eval_set, float_eval["accuracy"], progress)
         write_nir(dialect_graph(self.nir_graph, args.nir_dialect), artifacts.path(NIR_FILE))
-        nir_check = compare_nir_to_model(self.model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels)  # the file
+        batch = nir_check_batch(self.model.config, eval_images=len(eval_set), available=available_memory())
+        nir_check = compare_nir_to_model(self.model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels,  # the file
+                                         batch_size=batch)
         if not nir_check["passed"]:
             raise UnsupportedModelError(
                 f"the NIR interpreter, on model.nir as written, disagrees with PyTorch on "
