@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xoresnet.decay_grid import decay_codes
+
 from . import loihi2_limits as lim
 from .float_graph import FloatGraph
 from .integer_graph import IntegerGraph, Population, Synapse
@@ -53,12 +55,12 @@ def architecture_graph(fg: FloatGraph, extreme: str = "widest") -> IntegerGraph:
         raise ValueError(f"extreme must be one of {EXTREMES}, got {extreme!r}")
     pops = {}
     for p in fg.populations.values():
-        du = round(p.du * lim.DECAY_UNITY) - 1
-        dv = round(p.dv * lim.DECAY_UNITY)
+        du, dv = decay_codes(p.du, p.dv)
         zero = np.zeros(p.shape, np.int16)
         pops[p.name] = Population(p.name, tuple(p.shape), du=du, dv=min(dv, lim.DV_RANGE[1]), vth=1,
                                   bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block)
     syns = [Synapse(s.name, s.src, s.dst, s.kind, _weights(np.asarray(s.weight), extreme), stride=tuple(s.stride),
-                    padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded)) for s in fg.synapses]
+                    padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded),
+                    model_delay=int(s.model_delay)) for s in fg.synapses]
     return IntegerGraph(tuple(fg.input_shape), int(fg.input_levels), int(fg.timesteps), pops, syns,
                         np.zeros(fg.readout_bias.shape, np.int64), 1.0, meta={"architecture": extreme})

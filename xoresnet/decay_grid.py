@@ -13,6 +13,8 @@ imported NIR decays are placed on it (with a tolerance the user sets) and calibr
 
 from __future__ import annotations
 
+import math
+
 DECAY_SHIFT = 12
 DECAY_UNITY = 1 << DECAY_SHIFT  # 4096: du, dv are 12-bit fractions of it
 #: The register offset of each decay: the current's ``ds_offset = 1``, the voltage's ``dm_offset = 0``.
@@ -24,6 +26,13 @@ def nearest_decay_code(fraction: float, *, offset: int) -> tuple[int, float]:
     nearest to ``fraction``, and ``|fraction - that fraction|``."""
     code = min(max(round(fraction * DECAY_UNITY - offset), 0), DECAY_UNITY - 1)
     return code, abs(fraction - decay_fraction(code, offset=offset))
+
+
+def bracketing_decay_codes(fraction: float, *, offset: int) -> list[int]:
+    """The one or two register codes whose fractions lie nearest below and above ``fraction`` (for messages
+    naming the nearest legal values)."""
+    low = min(max(math.floor(fraction * DECAY_UNITY - offset), 0), DECAY_UNITY - 1)
+    return sorted({low, min(low + 1, DECAY_UNITY - 1)})
 
 
 def decay_fraction(code: int, *, offset: int) -> float:
