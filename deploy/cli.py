@@ -572,16 +572,9 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     training split)."""
     from calibration.integer_graph import save_integer_graph
     from deploy.lava_graph import describe_lava_network
-    from deploy.lava_run import run_lava
-    from deploy.parity import check_parity, lava_section
-    from deploy.pipeline import architecture_check, calibration_pixels
-    from calibration.reference import ReferenceSimulator
-    from calibration.schedule import schedule
-    from hw_targets.energy import estimate_energy
-    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, write_report
-    from hw_targets.connectivity import connectivity
-    from hw_targets.design_rules import check_design_rules, require_design_rules
-    from hw_targets.stats import collect_statistics
+    from deploy.pipeline import (analyse, architecture_check, calibration_pixels, lava_parity, map_graph, report_of,
+                                 timed_graph)
+    from hw_targets.report import REPORT_HTML, REPORT_JSON, write_report
     from xoresnet.data import IntImageDataset
 
     progress = not args.no_progress
@@ -605,36 +598,29 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     say("[3/8] calibrating to Loihi 2 integers"
         + (" (scales from quantization-aware training)" if quant else f" on {len(calib_pixels)} images"))
     calibration = source.calibrate(calib_pixels)
-    graph = schedule(calibration.graph)
+    graph = timed_graph(calibration)
     save_integer_graph(graph, artifacts.path(GRAPH_FILE))
     artifacts.write_json(CALIBRATION_FILE, {"spec": calibration.spec.to_dict(), "report": calibration.report})
     artifacts.write_json(LAVA_GRAPH_FILE, describe_lava_network(graph))
     say(f"[4/8] design rules and packing for {target.name} with the calibrated weights")
-    conns = connectivity(graph)
-    drc = require_design_rules(check_design_rules(graph, target, system=args.system, conns=conns))
+    mapped = map_graph(graph, target, system=args.system)
     say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
-    stats, accumulator = collect_statistics(graph, eval_set.pixels, eval_set.labels,
-                                            float_accuracy=baseline["accuracy"], conns=conns, progress=progress)
-    energy = estimate_energy(stats, graph, energy_table)
+    analysis = analyse(graph, mapped, eval_set.pixels, eval_set.labels, float_accuracy=baseline["accuracy"],
+                       energy_table=energy_table, progress=progress)
+    drc, stats, energy = analysis.drc, analysis.stats, analysis.energy
     parity_pixels = test.pixels[: args.parity_samples]
     say(f"[6/8] Lava fixed-point simulation of {len(parity_pixels)} test images vs the integer reference "
         "(Loihi timing, every neuron and step)")
-    reference = ReferenceSimulator(graph).run_stream(parity_pixels.unsqueeze(0))
-    lava = run_lava(graph, parity_pixels.numpy(), timeout=args.timeout, progress=progress)
-    parity = check_parity(graph, reference, lava)
-    parity_dict = {**parity.to_dict(), "summary": parity.summary(), "lava_seconds": round(lava.seconds, 2),
-                   "reference_sha256": stream_sha256(reference), "lava_process_models": lava.process_models}
+    run = lava_parity(graph, parity_pixels, timeout=args.timeout, progress=progress)
+    parity, lava, parity_dict = run.report, run.lava, run.record
     if not parity.passed:
         failure = artifacts.write_failure(parity_dict)
         raise ParityError(f"{parity.summary()}; details in {failure}; nothing was written to {artifacts.out} and "
                           "dispatch is blocked")
     artifacts.write_json(PARITY_FILE, parity_dict)
     say("[7/8] writing the report and the manifest")
-    report = build_report(graph=graph, target=target, drc=drc, stats=stats, energy=energy,
-                          raster=accumulator.raster, model=source.report_model(graph),
-                          dataset={"name": dataset, "split": "test", "samples": stats["samples"]},
-                          parity=parity_dict, lava=lava_section(graph, lava, reference),
-                          architecture=arch.to_dict())
+    report = report_of(graph, target, analysis, model=source.report_model(graph),
+                       dataset={"name": dataset, "split": "test"}, parity=run, architecture=arch)
     report["nir_check"] = nir_check
     report["readout"] = readout_record(graph)
     report["decay_grid"] = (graph.meta.get("source") or {}).get("decay_grid")

@@ -205,13 +205,12 @@ def eval_main(argv: list[str] | None = None) -> None:
         if parent and parent.get("test_accuracy") is not None and args.split == "test" and args.limit is None:
             report["float_parent"] = parent
         if args.integer:
-            from deploy.pipeline import calibrate_checkpoint, calibration_pixels
-            from hw_targets.stats import collect_statistics
+            from deploy.pipeline import analyse, calibrate_checkpoint, calibration_pixels
 
             pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
             calibration = calibrate_checkpoint(model.cpu(), ckpt, pixels)
-            stats, _ = collect_statistics(calibration.graph, ds.pixels, ds.labels, float_accuracy=result["accuracy"],
-                                          batch_size=args.batch_size, device=str(device))
+            stats = analyse(calibration.graph, None, ds.pixels, ds.labels, float_accuracy=result["accuracy"],
+                            batch_size=args.batch_size, device=str(device)).stats
             layers = stats["layers"]
             report["integer"] = {
                 "accuracy": stats["accuracy"]["integer"], "samples": stats["samples"],

@@ -1,6 +1,5 @@
 """Assembling ``report.json`` from the pipeline's results (the schema: ``schema.json``).
 
-* :func:`make_report`: everything from an integer graph and a dataset split (one reference run).
 * :func:`build_report`: assemble the JSON from already computed parts (validated before it is returned);
   :func:`model_section` and :func:`parity_section` build its sections (:func:`deploy.parity.lava_section` the ``lava``
   section from a Lava run and the reference's stream on the parity samples).
@@ -130,29 +129,3 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
         "warnings": all_warnings,
     }
     return validate_report(jsonable(report))
-
-
-def make_report(graph, pixels, labels=None, *, target="loihi2", float_accuracy: Optional[float] = None,
-                checkpoint=None, model_name: Optional[str] = None, dataset: Optional[dict[str, Any]] = None,
-                parity: Any = None, system: Optional[str] = None, energy_table=None,
-                batch_size: int = 150, device: str = "cpu", warnings: Optional[list[str]] = None) -> dict[str, Any]:
-    """DRC + packing, statistics (one zero-delay reference run over ``pixels``), energy, report."""
-    from .. import get_target
-    from ..energy import estimate_energy
-    from ..connectivity import connectivity
-    from ..design_rules import check_design_rules
-    from ..stats import collect_statistics
-
-    tgt = get_target(target) if target is None or isinstance(target, str) else target
-    conns = connectivity(graph)
-    drc = check_design_rules(graph, tgt, system=system, conns=conns)
-    stats, acc = collect_statistics(graph, pixels, labels, float_accuracy=float_accuracy, batch_size=batch_size,
-                                    device=device, conns=conns)
-    energy = estimate_energy(stats, graph, energy_table)
-    ds = dict(dataset or {})
-    ds.setdefault("name", None)
-    ds.setdefault("split", None)
-    ds["samples"] = stats["samples"]
-    return build_report(graph=graph, target=tgt, drc=drc, stats=stats, energy=energy, raster=acc.raster,
-                        model=model_section(graph, checkpoint=checkpoint, name=model_name), dataset=ds,
-                        parity=parity, warnings=warnings)
