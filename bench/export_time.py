@@ -9,9 +9,13 @@ simulations left out. The stages, timed one by one with the library functions th
 
 1. ``load``: :func:`xoresnet.checkpoint.load_model` (weights-only load, validation, sha256, model);
 2. ``nir_export``: :func:`deploy.nir_export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
-3. ``calibrate``: :func:`deploy.pipeline.calibrate_checkpoint` on ``--calib-samples`` images
-   (which exports the NIR graph a second time, runs the float64 NIR interpreter on the images and
-   searches up to 32 threshold candidates per population); ``schedule``: :func:`deploy.schedule.schedule`;
+3. calibration on ``--calib-samples`` images, the steps of
+   :func:`deploy.pipeline.calibrate_checkpoint` timed in two parts: ``calib_trace``: the NIR graph
+   exported a second time, read as populations and run by the float32 NIR interpreter on the
+   images (:func:`calibration.quantize.float_trace`, the float model's spikes);
+   ``calib_quantize``: :func:`calibration.quantize.calibrate` (per population: up to 32 threshold
+   candidates scored, the chosen one run exactly on all images). ``calibrate`` in the output is
+   their sum. ``schedule``: :func:`deploy.schedule.schedule`;
 4. ``graph_write``: :func:`calibration.integer_graph.save_integer_graph` (``integer_graph.h5``)
    + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
    ``lava_graph.json``;
@@ -33,11 +37,10 @@ Memory: every (architecture, round) runs in a **fresh subprocess**, which report
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak RSS of that process, KiB on Linux) after the
 imports (baseline) and after every stage, so the stage that sets the peak is visible; tracemalloc
 is not used (it does not see torch's allocations). The calibration keeps the float model's spikes
-(bool) of every population for all calibration images, and the integer spikes of the populations
-still to be read: ``--mem-budget-gib`` caps the estimated size of both (``2 x (neurons + gate
-neurons) x T x N`` bytes, from the NIR graph), and an architecture whose 64-image trace would
-exceed it is calibrated on the largest power-of-two N that fits; the output says so (no
-extrapolation). ``--stage-timeout`` stops a
+of every population for all calibration images, 8 to a byte: ``--mem-budget-gib`` caps their
+estimated size (``(neurons + gate neurons) x T x N / 8`` bytes, from the NIR graph), and an
+architecture whose 64-image trace would exceed it is calibrated on the largest power-of-two N that
+fits; the output says so (no extrapolation). ``--stage-timeout`` stops a
 worker; its finished stages are still reported and the unfinished one is named.
 
 Timing: ``--repeats`` rounds over the architectures (interleaved); medians (min/max shown).
@@ -61,8 +64,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 ARCHS = ("xoresnet18", "xoresnet34", "xoresnet50", "xoresnet101")
-STAGES = ("load", "nir_export", "nir_write", "calibrate", "schedule", "graph_write", "lava_describe", "connectivity",
-          "design_rules")
+STAGES = ("load", "nir_export", "nir_write", "calib_trace", "calib_quantize", "schedule", "graph_write", "lava_describe",
+          "connectivity", "design_rules")
+#: Stages that make up the calibration (``calibrate``) and those of the design-rule check.
+CALIBRATION = ("calib_trace", "calib_quantize")
+DESIGN_RULES = ("connectivity", "design_rules")
 
 
 def rss_peak_mib() -> float:
@@ -119,10 +125,11 @@ def worker(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from calibration.float_graph import nir_to_float_graph
     from calibration.integer_graph import save_integer_graph
+    from calibration.quantize import QuantSpec, calibrate, float_trace
     from deploy.lava_graph import describe_lava_network
     from deploy.nir_export import export_nir, write_nir
-    from deploy.pipeline import calibrate_checkpoint
     from deploy.schedule import schedule
     from hw_targets import get_target
     from hw_targets.resources import check_design_rules, connectivity
@@ -152,8 +159,15 @@ def worker(args) -> int:
     def s_nir_write():
         write_nir(state["nir"], out / "model.nir")
 
-    def s_calibrate():
-        state["cal"] = calibrate_checkpoint(state["model"], state["ckpt"], state["pixels"])
+    def s_calib_trace():  # calibrate_checkpoint -> calibrate_nir, first part
+        graph = export_nir(state["model"])
+        state["fg"] = nir_to_float_graph(graph)
+        state["trace"] = float_trace(graph, state["fg"], state["pixels"])
+
+    def s_calib_quantize():  # calibrate_nir, second part
+        ckpt = state["ckpt"]
+        spec = QuantSpec.from_dict(ckpt.quant) if ckpt.quant is not None else None
+        state["cal"] = calibrate(state["fg"], state["pixels"], state.pop("trace"), spec=spec)
 
     def s_schedule():
         state["graph"] = schedule(state["cal"].graph)
@@ -172,7 +186,8 @@ def worker(args) -> int:
     def s_design_rules():
         state["drc"] = check_design_rules(state["graph"], target, conns=state["conns"])
 
-    funcs = {"load": s_load, "nir_export": s_nir_export, "nir_write": s_nir_write, "calibrate": s_calibrate,
+    funcs = {"load": s_load, "nir_export": s_nir_export, "nir_write": s_nir_write, "calib_trace": s_calib_trace,
+             "calib_quantize": s_calib_quantize,
              "schedule": s_schedule, "graph_write": s_graph_write, "lava_describe": s_lava_describe,
              "connectivity": s_connectivity, "design_rules": s_design_rules}
     profiler = None
@@ -253,7 +268,7 @@ def run_json_lines(cmd: list[str], timeout: float, on_line=None) -> tuple[list[d
 
 def calib_samples_for(info: dict, args) -> tuple[int, float]:
     """Largest power-of-two N <= --calib-samples whose estimated calibration trace fits the budget."""
-    per_image = 2 * (info["neurons"] + info["gate_neurons"]) * args.timesteps
+    per_image = (info["neurons"] + info["gate_neurons"]) * args.timesteps / 8
     n = args.calib_samples
     budget = args.mem_budget_gib * 2**30
     while n > 1 and per_image * n > budget:
@@ -377,7 +392,12 @@ def main(argv: list[str] | None = None) -> dict:
         for s in STAGES:
             vals = [x["stages"][s]["seconds"] for x in use if s in x["stages"]]
             per_stage[s] = benchlib.summary(vals)
+        def per_round(stages):  # the summed seconds of ``stages`` in each round (those that ran them all)
+            return benchlib.summary([sum(x["stages"][s]["seconds"] for s in stages) for x in use
+                                     if all(s in x["stages"] for s in stages)])
+
         totals = [sum(x["stages"][s]["seconds"] for s in STAGES if s in x["stages"]) for x in use]
+        per_stage["calibrate"] = per_round(CALIBRATION)
         peak = [max(v["rss_peak_mib"] for v in x["stages"].values()) for x in use if x["stages"]]
         base = [x["stages"]["baseline"]["rss_peak_mib"] for x in use if "baseline" in x["stages"]]
         # which stage raised the peak RSS the most (median over rounds of the per-stage increase)
@@ -400,6 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
             "complete": complete, "rounds_used": len(use), "skipped_stages": [x for x in args.skip.split(",") if x],
             "unfinished_stage": None if complete else last["unfinished_stage"],
             "stage_seconds": per_stage, "total_seconds": benchlib.summary(totals),
+            "total_without_design_rules_seconds": per_round([x for x in STAGES if x not in DESIGN_RULES]),
             "calibrate_seconds_per_image": (per_stage["calibrate"]["median"] / info[arch]["calib_samples"]
                                             if per_stage["calibrate"]["n"] else None),
             "peak_rss_mib": benchlib.summary(peak), "baseline_rss_mib": benchlib.summary(base),
@@ -418,17 +439,21 @@ def main(argv: list[str] | None = None) -> dict:
               "results": results, "profiles": profiles}
     if benchlib.emit_json(result, args.json):
         return result
-    print(f"\nexport stages (s, median of {args.repeats} round(s)); peak RSS = ru_maxrss of a fresh process per model")
-    cols = ("load", "nir_export", "nir_write", "calibrate", "schedule", "graph_write", "lava_describe", "connectivity",
-            "design_rules")
-    short = ("load", "nir", "nir_w", "calib", "sched", "h5_w", "lava_d", "conn", "drc")
-    print(f"{'model':14s} {'N':>3s} " + " ".join(f"{c:>7s}" for c in short) + f" {'total':>8s} {'peak':>9s} {'base':>6s}")
+    print(f"\nexport stages (s, median of {args.repeats} round(s)); calib = c_trace + c_quant; no_drc = total without "
+          "conn and drc (the design rules and packing); peak RSS = ru_maxrss of a fresh process per model")
+    cols = ("load", "nir_export", "nir_write", "calib_trace", "calib_quantize", "calibrate", "schedule", "graph_write",
+            "lava_describe", "connectivity", "design_rules")
+    short = ("load", "nir", "nir_w", "c_trace", "c_quant", "calib", "sched", "h5_w", "lava_d", "conn", "drc")
+    print(f"{'model':14s} {'N':>3s} " + " ".join(f"{c:>7s}" for c in short)
+          + f" {'total':>8s} {'no_drc':>8s} {'peak':>9s} {'base':>6s}")
     for arch, r in results.items():
         st = r["stage_seconds"]
         cells = [f"{st[c]['median']:7.2f}" if st[c]["n"] else (f"{'skip':>7s}" if c in r["skipped_stages"] else
                                                                 f"{'-':>7s}") for c in cols]
+        no_drc = r["total_without_design_rules_seconds"]
         print(f"{arch:14s} {r['calib_samples']:3d} " + " ".join(cells)
-              + f" {r['total_seconds']['median']:8.1f} {r['peak_rss_mib']['median']:6.0f}MiB"
+              + f" {r['total_seconds']['median']:8.1f} " + (f"{no_drc['median']:8.1f}" if no_drc["n"] else f"{'-':>8s}")
+              + f" {r['peak_rss_mib']['median']:6.0f}MiB"
               + f" {r['baseline_rss_mib']['median']:6.0f}"
               + ("" if r["complete"] else f"  INCOMPLETE: stopped in {r['unfinished_stage']}"))
     for arch, r in results.items():
