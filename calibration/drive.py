@@ -227,10 +227,10 @@ def drive_error_squares(residual: list[Optional[FloatSynapse]], beta: torch.Tens
         if syn is None:
             continue
         if syn.src == INPUT:  # the pixels: one drive, the same at every step
-            y = synapse_drive(syn, x.to(torch.float32)).unsqueeze(0)
+            y = synapse_drive(syn, x.to(torch.float32))
         else:
-            y = synapse_drive(syn, x.flatten(0, 1).to(torch.float32)).unflatten(0, (T, b))
-        err = err + y
+            y = synapse_drive(syn, x.flatten(0, 1).to(torch.float32))
+        err = err + y.view((-1, b) + tuple(beta.shape))  # [T or 1, b, *shape] (dense: flat outputs)
     return (T if err.shape[0] == 1 else 1) * square_sum(err)
 
 

@@ -695,8 +695,8 @@ def test_stratified_rows_take_one_row_per_stratum():
 
 def scorer_case(seed=0):
     """A population (4, 6, 6) fed by graded pixels (3x3 conv, stride 2, padding 1, from 12x12), a
-    grouped conv (groups 2) and an identity synapse from spiking sources, T = 3, B = 5; its
-    quantization at one scale; the samples."""
+    grouped conv (groups 2), an identity and a dense synapse (from 10 neurons) from spiking sources,
+    T = 3, B = 5; its quantization at one scale; the samples."""
     from calibration.drive import PackedSpikes, PopulationSamples
     from calibration.quantize import quantize_population
     g = torch.Generator().manual_seed(seed)
@@ -705,12 +705,14 @@ def scorer_case(seed=0):
                          / 40, stride=(2, 2), padding=(1, 1), graded=True),
             FloatSynapse("gc", "a", "p", "conv", torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64).numpy() / 30,
                          padding=(1, 1), groups=2),
-            FloatSynapse("id", "b", "p", "identity", torch.rand(shape, generator=g, dtype=torch.float64).numpy())]
+            FloatSynapse("id", "b", "p", "identity", torch.rand(shape, generator=g, dtype=torch.float64).numpy()),
+            FloatSynapse("dn", "c", "p", "dense", torch.randn(144, 10, generator=g, dtype=torch.float64).numpy() / 9)]
     pop = FloatPopulation("p", shape, "neuron", du=1.0, dv=0.5, vth=1.0,
                           bias=torch.randn(shape, generator=g, dtype=torch.float64).numpy() / 10)
     sources = [torch.randint(0, 17, (B, 1, 12, 12), generator=g),
                PackedSpikes.pack(torch.rand((T, B, 4, 6, 6), generator=g) < 0.3),
-               PackedSpikes.pack(torch.rand((T, B) + shape, generator=g) < 0.2)]
+               PackedSpikes.pack(torch.rand((T, B) + shape, generator=g) < 0.2),
+               PackedSpikes.pack(torch.rand((T, B, 10), generator=g) < 0.4)]
     samples = PopulationSamples(sources, PackedSpikes.pack(torch.rand((T, B) + shape, generator=g) < 0.2))
     return pop, syns, samples, quantize_population(pop, syns, 16, 1000)
 
@@ -724,9 +726,9 @@ def full_drive_error(pop, syns, samples, q):
         x = samples.source(i, 0, B)
         r = replace(s, weight=w_int.weight * 2.0 ** w_int.weight_exp - s.weight * q.population.scale)
         if s.src == INPUT:
-            err += synapse_drive(r, x.to(torch.float64)).unsqueeze(0)
+            err += synapse_drive(r, x.to(torch.float64)).view((1, B) + pop.shape)
         else:
-            err += synapse_drive(r, x.flatten(0, 1).to(torch.float64)).unflatten(0, (T, B))
+            err += synapse_drive(r, x.flatten(0, 1).to(torch.float64)).view((T, B) + pop.shape)
     return err
 
 
@@ -738,7 +740,7 @@ def test_sampled_rows_and_mean_frame_are_the_drive_error_there():
     pop, syns, samples, q = scorer_case()
     full = full_drive_error(pop, syns, samples, q)
     T, B, (C, H, W) = samples.timesteps, samples.images, pop.shape
-    scorer = CandidateScorer(pop, syns, samples, score_macs=40 * 112)  # 112 multiply-adds per row: 4 x 9 + 4 x 2 x 9 + 4
+    scorer = CandidateScorer(pop, syns, samples, score_macs=40 * 1552)  # multiply-adds per row: 4 x 9 + 4 x 2 x 9 + 4 + 144 x 10
     assert not scorer.exact and scorer.total_rows == T * B * H * W and scorer.rows == 40
     mean, rows = scorer.sampled_errors(q.population, q.residuals)
     assert torch.allclose(mean.double(), full.mean((0, 1)).reshape(C, H * W).T, atol=1e-4)
@@ -756,14 +758,14 @@ def test_sampled_score_estimates_the_exact_drive_error():
     rms = float(full_drive_error(pop, syns, samples, q).square().mean().sqrt()) / (q.population.scale * pop.vth)
     exact = CandidateScorer(pop, syns, samples, score_macs=1 << 40)
     assert exact.exact and exact.score(q.population, q.residuals) == pytest.approx(rms, rel=1e-5)
-    sampled = CandidateScorer(pop, syns, samples, score_macs=exact.total_rows * 112 // 4)
+    sampled = CandidateScorer(pop, syns, samples, score_macs=exact.total_rows * 1552 // 4)
     assert sampled.rows == exact.total_rows // 4
     assert sampled.score(q.population, q.residuals) == pytest.approx(rms, rel=0.05)
     still = PopulationSamples([samples.sources[0][:1].expand(5, -1, -1, -1)] +
                               [PackedSpikes.pack(x[:1, :1].expand_as(x)) for x in
-                               (samples.source(i, 0, 5) for i in (1, 2))], samples.float_spikes)
+                               (samples.source(i, 0, 5) for i in (1, 2, 3))], samples.float_spikes)
     rms = float(full_drive_error(pop, syns, still, q).square().mean().sqrt()) / (q.population.scale * pop.vth)
-    assert CandidateScorer(pop, syns, still, score_macs=3 * 112).score(q.population, q.residuals) == \
+    assert CandidateScorer(pop, syns, still, score_macs=3 * 1552).score(q.population, q.residuals) == \
         pytest.approx(rms, rel=1e-5)
 
 
