@@ -101,7 +101,8 @@ class PackedSpikes:
 
     def store(self, b0: int, spikes: torch.Tensor) -> None:
         """Write ``spikes`` ``[T, b, *shape]`` (non-zero: a spike) as images ``b0 .. b0 + b - 1``."""
-        flat = (spikes != 0).reshape(spikes.shape[0], spikes.shape[1], -1).numpy()
+        spikes = spikes if spikes.dtype == torch.bool else spikes != 0  # (bool != 0 is a slow path in torch)
+        flat = spikes.reshape(spikes.shape[0], spikes.shape[1], -1).numpy()
         # bit i of byte k: neuron 8 k + i
         self.bits[:, b0:b0 + flat.shape[1]] = torch.from_numpy(np.packbits(flat, axis=-1, bitorder="little"))
 
@@ -157,11 +158,10 @@ def synapse_drive(syn: FloatSynapse, x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1) @ w.T
 
 
-def residual_synapses(float_syns: list[FloatSynapse], residuals: list[torch.Tensor], *, skip_zero: bool = False
-                      ) -> list[Optional[FloatSynapse]]:
+def residual_synapses(float_syns: list[FloatSynapse], residuals: list[torch.Tensor]) -> list[FloatSynapse]:
     """The float synapses with their rounding residuals ``w_int 2^exp - scale w`` as weights (a-units
-    per input unit, float32); with ``skip_zero``, ``None`` where every residual is zero (gates)."""
-    return [None if skip_zero and not bool(r.any()) else replace(f, weight=r) for f, r in zip(float_syns, residuals)]
+    per input unit, float32)."""
+    return [replace(f, weight=r) for f, r in zip(float_syns, residuals)]
 
 
 def bias_residual(population: Population, pop: FloatPopulation) -> torch.Tensor:
@@ -178,31 +178,27 @@ def image_chunks(images: int, neuron_steps_per_image: int, budget: Optional[int]
     return [(b, min(images, b + step)) for b in range(0, images, step)]
 
 
-# ---------------------------------------------------------------------- exact: the chosen scale
+# ---------------------------------------------------------------------- the integer spikes of the chosen scale
 
 @dataclass
 class Measurement:
-    """The integer spikes ``[T, B, *shape]`` (packed; ``None`` unless kept), the RMS drive error in
-    units of ``vth`` and the fraction of neuron-steps whose integer spike differs from the float
-    model's."""
+    """The integer spikes ``[T, B, *shape]`` (packed; ``None`` unless kept) and the fraction of
+    neuron-steps whose integer spike differs from the float model's."""
 
     spikes: Optional[PackedSpikes]
-    current_rmse_vth: float
     spike_mismatch: float
 
 
-def measure(population: Population, int_syns: list[Synapse], residuals: list[torch.Tensor], pop: FloatPopulation,
-            float_syns: list[FloatSynapse], samples: PopulationSamples, *, keep_spikes: bool) -> Measurement:
-    """The integer population (``int_syns``, their rounding ``residuals``) on all samples (zero delay,
-    from zero state per image), exactly."""
+def measure(population: Population, int_syns: list[Synapse], samples: PopulationSamples, *, keep_spikes: bool
+            ) -> Measurement:
+    """The integer population (``int_syns``) on all samples (zero delay, from zero state per image),
+    exactly, in chunks of images."""
     p = population
     T, B = samples.timesteps, samples.images
-    residual = residual_synapses(float_syns, residuals, skip_zero=True)
-    beta = bias_residual(p, pop).to(torch.float32)
     weights = [torch.as_tensor(s.weight) for s in int_syns]
     bias = fx.bias_value(torch.as_tensor(p.bias_mant), torch.as_tensor(p.bias_exp))
     spikes = PackedSpikes.empty(T, B, p.shape) if keep_spikes else None
-    squares, differ = 0.0, 0
+    differ = 0
     for b0, b1 in image_chunks(B, T * p.size):
         src = [samples.source(i, b0, b1) for i in range(len(int_syns))]
         a = zero_delay_current(int_syns, weights, src, p.shape, T, b1 - b0, torch.device("cpu"))
@@ -211,21 +207,18 @@ def measure(population: Population, int_syns: list[Synapse], residuals: list[tor
         differ += int(torch.count_nonzero(s != samples.float_spikes.unpack(b0, b1)))
         if spikes is not None:
             spikes.store(b0, s)
-        del s
-        squares += drive_error_squares(residual, beta, src, T, b1 - b0)
-    n = T * B * p.size
-    return Measurement(spikes, math.sqrt(squares / n) / (p.scale * pop.vth), differ / n)
+    return Measurement(spikes, differ / (T * B * p.size))
 
 
-def drive_error_squares(residual: list[Optional[FloatSynapse]], beta: torch.Tensor, sources: list[torch.Tensor],
-                        T: int, b: int) -> float:
+# ---------------------------------------------------------------------- the drive error
+
+def drive_error_squares(residual: list[FloatSynapse], beta: torch.Tensor, sources: list[torch.Tensor], T: int,
+                        b: int) -> float:
     """The sum over the neuron-steps of ``b`` images of the squared drive error (a-units^2): the drive
-    of the ``residual`` synapses (``None``: zero) on their ``sources`` (pixels ``[b, C, H, W]`` or
-    spikes ``[T, b, ...]``) plus ``beta`` (bias residual ``[shape]``), in float32."""
+    of the ``residual`` synapses on their ``sources`` (pixels ``[b, C, H, W]`` or spikes
+    ``[T, b, ...]``) plus ``beta`` (bias residual ``[shape]``), in float32."""
     err = beta.expand((1, b) + tuple(beta.shape))
     for syn, x in zip(residual, sources):
-        if syn is None:
-            continue
         if syn.src == INPUT:  # the pixels: one drive, the same at every step
             y = synapse_drive(syn, x.to(torch.float32))
         else:
@@ -243,8 +236,6 @@ def square_sum(x: torch.Tensor, row: int = 1024) -> float:
                        torch.linalg.vector_norm(flat[cut:]).view(1)])
     return float(norms.double().square().sum())
 
-
-# ---------------------------------------------------------------------- ranking the candidates
 
 def stratified_rows(n: int, m: int) -> torch.Tensor:
     """``m`` distinct indices in ``[0, n)``, ascending: one in each of ``m`` equal strata, at offset

@@ -394,7 +394,6 @@ def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, sc
                            + ("" if scorer.rows == scorer.total_rows else
                               f", its deviations from each neuron's mean sampled on {scorer.rows} of "
                               f"{scorer.total_rows} rows"))
-        entry.update(scored_rows=scorer.rows, total_rows=scorer.total_rows)
     return chosen, entry
 
 
@@ -427,7 +426,7 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor,
               for name, v in trace.items()} if samples else {}
     pops: dict[str, Population] = {}
     int_syns: list[Synapse] = []
-    int_spikes: dict[str, torch.Tensor] = {}  # integer spikes [T, N, ...] of the populations quantized so far
+    int_spikes: dict[str, PackedSpikes] = {}  # integer spikes [T, N, ...] of the populations quantized so far
     report: dict[str, Any] = {"calibration_samples": samples, "candidates": candidates,
                               "spec_given": spec is not None, "score_macs": score_macs, "populations": {}}
     chosen: dict[str, int] = {}
@@ -442,22 +441,27 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor,
                 if readers[s.src] == 0:
                     int_spikes.pop(s.src, None)
         entry: dict[str, Any] = {"kind": pop.kind, "op": pop.op, "block": pop.block}
+        scorer = CandidateScorer(pop, syns, view, score_macs) if view is not None and pop.kind == "neuron" else None
         if pop.kind == "gate":
             q = quantize_population(pop, syns, levels, None)
         else:
             if spec is not None and name not in spec.vth_mant:
                 raise UnsupportedModelError(f"the quantization spec has no entry for population {name}")
-            scorer = CandidateScorer(pop, syns, view, score_macs) if view is not None and spec is None else None
-            q, search = choose_scale(pop, syns, levels, scorer, candidates=candidates,
+            q, search = choose_scale(pop, syns, levels, scorer if spec is None else None, candidates=candidates,
                                      fixed=spec.vth_mant[name] if spec is not None else None)
-            del scorer
             chosen[name] = q.population.vth
             entry.update(search)
         if view is not None:
-            m = measure(q.population, q.synapses, q.residuals, pop, syns, view, keep_spikes=readers[name] > 0)
-            entry.update(current_rmse_vth=m.current_rmse_vth, spike_mismatch=m.spike_mismatch)
+            m = measure(q.population, q.synapses, view, keep_spikes=readers[name] > 0)
+            if scorer is None and any(bool(r.any()) for r in q.residuals):  # a gate with non-integer weights
+                scorer = CandidateScorer(pop, syns, view, score_macs)
+            error = scorer.score(q.population, q.residuals) if scorer is not None else 0.0  # exact 0: no residual
+            entry.update(current_rmse_vth=error, spike_mismatch=m.spike_mismatch)
+            if scorer is not None:
+                entry.update(scored_rows=scorer.rows, total_rows=scorer.total_rows)
             if m.spikes is not None:
                 int_spikes[name] = m.spikes
+            del scorer, m
         p = q.population
         limit = current_limit(p.du)
         entry.update(scale=p.scale, vth_mant=p.vth, du=p.du, dv=p.dv, weight_rmse_rel=weight_error(q, syns),

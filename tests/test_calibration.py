@@ -562,10 +562,9 @@ def test_calibration_report_has_the_per_population_fields(calibrated):
         scored = [r for r in e["candidates"] if "current_rmse_vth" in r]
         assert len(scored) > 1 and all(r["vth_mant"] <= e["max_vth_mant"] for r in e["candidates"])
         best = min(scored, key=lambda r: (r["current_rmse_vth"], -r["vth_mant"]))
-        assert best["vth_mant"] == e["vth_mant"]
+        assert best["vth_mant"] == e["vth_mant"] and best["current_rmse_vth"] == e["current_rmse_vth"]
+        # small populations are scored on every row: the score is the exact drive error
         assert e["scored_rows"] == e["total_rows"] == len(pixels) * np.prod(p.shape[1:]) * cal.graph.timesteps
-        # small populations are scored on every row: the score is the exact drive error (another summation order)
-        assert best["current_rmse_vth"] == pytest.approx(e["current_rmse_vth"], rel=1e-6)
         assert "smallest current error" in e["choice"]
         assert 0.0 < e["weight_rmse_rel"] < 0.05
 
@@ -784,7 +783,7 @@ def test_a_sampled_search_says_so_and_takes_its_smallest_score():
         if e["scored_rows"] < e["total_rows"]:
             sampled += 1
             assert f"sampled on {e['scored_rows']} of {e['total_rows']} rows" in e["choice"]
-            assert best["current_rmse_vth"] == pytest.approx(e["current_rmse_vth"], rel=0.5)  # an estimate
+        assert best["current_rmse_vth"] == e["current_rmse_vth"]  # the chosen scale's score (here an estimate)
     assert sampled >= 3 and cal.report["score_macs"] == 1 << 12
 
 
