@@ -5,30 +5,32 @@ error**: at every neuron-step of the calibration samples, the integer drive ``a 
 (a-units) minus ``s`` times what the float weights and bias make of the *same* integer inputs,
 where ``s`` is the population's scale (a-units per float unit). By linearity this is the drive of
 the rounding residuals ``r = w_int 2^exp - s w`` plus the bias residual ``beta = bias / 64 -
-s bias_float``. Reported as an RMS in units of the threshold (divided by ``s vth``): the error
-this population's own rounding adds, upstream errors excluded (its inputs are the integer
-spikes of its quantized sources).
+s bias_float``: the rounding itself (per weight, per bias with its exponent) is what varies from
+one scale to the next and is never extrapolated, every candidate's own integers are scored. The
+integer input never wraps its 24 bits (the worst-case current bound every candidate passes) and
+the threshold carries no rounding (``s = vth_mant / vth``), so nothing else separates the two
+drives. Reported as an RMS in units of the threshold (divided by ``s vth``): the error this
+population's own rounding adds, upstream errors excluded (its inputs are the integer spikes of its
+quantized sources).
 
-Two ways to compute it:
+:class:`CandidateScorer` computes it for every scale candidate, and for the chosen one (the
+report's ``current_rmse_vth``). A row is one (timestep, image, position) of the population, i.e.
+its ``C`` channels there; ``N = T * B * H * W`` rows. When scoring a candidate on all of them
+costs at most ``SCORE_MACS`` multiply-adds (every small population; the bundled digits model
+throughout), the score is exact: float32 convolutions of the residuals over all samples, squares
+summed to ~1e-9 relative (:func:`square_sum`). Otherwise the sum of squares is split per neuron
+into ``T B mean^2`` plus the squared deviations from that mean. The per-neuron **mean** over all
+``T B`` frames stays exact (by linearity, the drive of the mean input frame: one frame's
+multiply-adds); it is the systematic part, which the neuron integrates over the timesteps. The
+**deviations** are summed on ``M = SCORE_MACS // (multiply-adds per row)`` rows, one in each of
+``M`` equal strata of the row order, at golden-ratio offsets (deterministic, no random numbers),
+and scaled by ``N / M``: an unbiased estimate (for rows drawn at random; these are spread evenly).
+A candidate then costs one matrix product per synapse instead of a convolution over all samples.
 
-* :func:`measure`, **exact**, for the chosen scale: the integer current of every neuron-step
-  (:func:`deploy.reference.zero_delay_current`, exact integers), the Loihi spikes
-  (:func:`~calibration.fixed_point.integrate`) and the drive error (float32 convolutions of the
-  residuals, squares summed to ~1e-9 relative: :func:`square_sum`) over all samples, in chunks of
-  images (memory).
-* :class:`CandidateScorer`, for **ranking the scale candidates**: a row is one (timestep, image,
-  position) of the population, i.e. its ``C`` channels there; ``N = T * B * H * W`` rows. The
-  sum of squares splits per neuron into ``T B mean^2`` plus the squared deviations from that
-  mean. The per-neuron **mean** over all ``T B`` frames is exact (by linearity, the drive of the
-  mean input frame: one frame's multiply-adds). The **deviations** are summed on ``M`` rows, one in each of
-  ``M`` equal strata of the row order, at golden-ratio offsets (deterministic, no random
-  numbers), and scaled by ``N / M``; ``M = min(N, SCORE_MACS // (multiply-adds per row))``, so
-  scoring one candidate costs at most ``SCORE_MACS`` multiply-adds plus one frame. When ``M = N``
-  (every small population; the bundled digits model throughout) the score is the exact RMS drive
-  error; otherwise an unbiased estimate of its square whose systematic part, the per-neuron
-  mean that the neuron integrates over the timesteps, is exact.
-
-The float model's spikes (for the spike agreement) are kept 8 to a byte: :class:`PackedSpikes`.
+:func:`measure` runs the chosen scale exactly on every sample: the integer current of every
+neuron-step (:func:`deploy.reference.zero_delay_current`, exact integers), the Loihi spikes
+(:func:`~calibration.fixed_point.integrate`), their agreement with the float model's, in chunks of
+images (memory). Spikes are kept 8 to a byte: :class:`PackedSpikes`.
 """
 
 from __future__ import annotations

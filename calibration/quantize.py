@@ -23,14 +23,16 @@ populations the error's per-neuron mean over all samples stays exact and its dev
 that mean are summed on an evenly spread, deterministic subset of the (timestep, image, position)
 rows (:class:`~calibration.drive.CandidateScorer`). Each candidate costs a few passes over the
 weights (:class:`PopulationQuantizer`) and one matrix product per synapse, instead of a
-convolution over all samples; only the chosen scale is then run exactly on every sample
-(:func:`~calibration.drive.measure`). Without calibration samples the largest scale that fits is
-taken. Gates keep their integer weights and get ``vth_mant = floor(threshold)``.
+convolution over all samples; only the chosen scale is then run on every sample, exactly, for the
+integer spikes the next populations read (:func:`~calibration.drive.measure`). Without
+calibration samples the largest scale that fits is taken. Gates keep their integer weights and
+get ``vth_mant = floor(threshold)``.
 
 The report records per population every bound and the binding one, each candidate with its
-score, the choice and why, the rows scored, and the quantization error of the chosen scale on
-all samples: the relative RMS weight error, the drive error and the fraction of neuron-steps
-whose integer spike differs from the float model's (``docs/formats.md``, ``calibration.json``).
+score, the choice and why, the rows scored, and the quantization error of the chosen scale: the
+relative RMS weight error, the drive error (its score) and the fraction of neuron-steps whose
+integer spike differs from the float model's on all samples (``docs/formats.md``,
+``calibration.json``).
 
 Nothing is clipped: a value that does not fit raises :class:`~xoresnet.errors.RangeError`
 naming the population or synapse and the value. A :class:`QuantSpec` (the chosen threshold
