@@ -27,8 +27,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/reference_vs_lava.py
-	$(BIN)/python bench/parity_time.py
+	$(BIN)/python bench/parity_time.py --cache out/bench-graphs
 	$(BIN)/python bench/export_time.py
+	$(BIN)/python bench/packing.py
 
 clean:
 	rm -rf $(VENV) out

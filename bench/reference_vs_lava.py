@@ -12,16 +12,20 @@ Contenders (same scheduled integer graph, CPU):
   ``--batch`` (64) samples (zero-delay timing: ``T`` steps per sample, no pipeline), spikes not
   kept (``keep_spikes=False``; the logits are what a user of the batch path gets).
 * ``lava``: :func:`deploy.lava_run.run_lava` (``Loihi2SimCfg(select_tag='fixed_pt')`` in a child
-  process) on one stream of ``--samples`` samples (default 2). Two figures: ``lava_wall`` =
+  process) with Intel's process models as lava-nc ships them (``models="lava"``: the ratio stays a
+  ratio to Lava itself), on one stream of ``--samples`` samples (default 2). Two figures: ``lava_wall`` =
   ``LavaRunResult.seconds`` (the whole child: imports, graph load, building the processes,
   compiling and forking one actor per Lava process, the steps, shutdown) and ``lava_run`` = the
   ``run`` phase only (the steps; excludes process start-up). Lava runs ``stream_steps(graph, N) =
   (N-1)*P + T + readout_latency`` steps for ``N`` samples (pipeline fill and the idle steps
   ``T..P-1`` of each reset interval included): that is what a Lava run costs for ``N`` samples.
+* ``ours`` (beside it, not the target): the same Lava run with our process models
+  (``models="xoresnet"``, :mod:`deploy.lava_models`): ``ours_wall``, ``ours_run``, and the speed-up
+  over Intel's.
 * ``reference_stream`` (context, not the target): ``run_stream`` on the same ``N`` samples
   (Loihi timing, ``B = 1``), i.e. exactly the steps Lava runs.
 
-Parity: every repeat checks :func:`deploy.parity.check_parity` on the Lava run against the
+Parity: every repeat checks :func:`deploy.parity.check_parity` on both Lava runs against the
 reference stream of the same samples (every population, neuron and step): the comparison is between
 two simulators that compute the same thing. ``ratio_* = reference throughput / Lava throughput``;
 target: ``>= --target`` (1000) for both.
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         nets.append(dict(label=label, graph=graph, sim=sim, batch=batch, stream=stream, desc=desc, counts=counts,
                          T=graph.timesteps, steps=stream_steps(graph, int(stream.shape[0])),
                          times={**{f"reference_t{n}": [] for n in thread_list}, "lava_wall": [], "lava_run": [],
-                                "reference_stream": []},
+                                "ours_wall": [], "ours_run": [], "reference_stream": []},
                          phases=[], parity=[]))
         log(f"setup {label}: {desc}; {counts['populations']} populations, {counts['neurons']} neurons, "
             f"{counts['processes']} Lava processes; {time.perf_counter() - t0:.1f} s (untimed)")
@@ -124,19 +128,23 @@ def main(argv: list[str] | None = None) -> dict:
                 sim.run_zero_delay(n["batch"], keep_spikes=False)
                 n["times"][f"reference_t{nt}"].append(time.perf_counter() - t0)
             torch.set_num_threads(default_threads)
-            lava = run_lava(g, n["stream"].numpy(), timeout=args.timeout)
+            lava = run_lava(g, n["stream"].numpy(), timeout=args.timeout, models="lava")
             n["times"]["lava_wall"].append(lava.seconds)
             n["times"]["lava_run"].append(lava.phases["run"])
             n["phases"].append(dict(lava.phases))
+            ours = run_lava(g, n["stream"].numpy(), timeout=args.timeout, models="xoresnet")
+            n["times"]["ours_wall"].append(ours.seconds)
+            n["times"]["ours_run"].append(ours.phases["run"])
             t0 = time.perf_counter()
             ref = sim.run_stream(n["stream"].unsqueeze(0))
             n["times"]["reference_stream"].append(time.perf_counter() - t0)
-            rep = check_parity(g, ref, lava)
-            n["parity"].append(rep.passed)
+            reps = [check_parity(g, ref, run) for run in (lava, ours)]
+            n["parity"].append(all(rep.passed for rep in reps))
             log(f"round {r + 1}/{args.repeats} {n['label']}: reference "
                 + ", ".join(f"{n['times'][f'reference_t{nt}'][-1]:.3f} s ({nt} thr)" for nt in thread_list) + ", "
-                f"Lava {lava.seconds:.2f} s (run {lava.phases['run']:.2f} s), reference stream "
-                f"{n['times']['reference_stream'][-1]:.3f} s; {rep.summary() if not rep.passed else 'parity passed'}")
+                f"Lava {lava.seconds:.2f} s (run {lava.phases['run']:.2f} s), ours {ours.seconds:.2f} s (run "
+                f"{ours.phases['run']:.2f} s), reference stream {n['times']['reference_stream'][-1]:.3f} s; "
+                + "; ".join(rep.summary() if not rep.passed else "parity passed" for rep in reps))
 
     machine = benchlib.finish_machine_info(machine)
     results = {}
@@ -163,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
             "lava_steps_per_s_run_phase": n["steps"] / t["lava_run"]["median"],
             "ratios_reference_over_lava": ratios,
             "ratio_reference_stream_over_lava_run": thr["reference_stream"] / thr["lava_run"],
+            "speedup_ours_over_lava": {"wall": thr["ours_wall"] / thr["lava_wall"], "run": thr["ours_run"] / thr["lava_run"]},
             "target_ratio": args.target,
             "parity_passed_all_rounds": all(n["parity"]), "parity_rounds": n["parity"],
         }
@@ -185,6 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  reference zero-delay, batch {r['batch']}, {nt} thr: {thr[k]:10.2f}   [{benchlib.fmt_s(s[k])}]")
         print(f"  Lava whole run (wall)            : {thr['lava_wall']:10.4f}   [{benchlib.fmt_s(s['lava_wall'])}]")
         print(f"  Lava 'run' phase only            : {thr['lava_run']:10.4f}   [{benchlib.fmt_s(s['lava_run'])}]")
+        sp = r["speedup_ours_over_lava"]
+        print(f"  Lava with our models (wall)      : {thr['ours_wall']:10.4f}   [{benchlib.fmt_s(s['ours_wall'])}]  "
+              f"({sp['wall']:.1f}x Intel's)")
+        print(f"  ... 'run' phase only             : {thr['ours_run']:10.4f}   [{benchlib.fmt_s(s['ours_run'])}]  "
+              f"({sp['run']:.1f}x Intel's)")
         print(f"  reference stream, B=1 (context)  : {thr['reference_stream']:10.2f}   "
               f"[{benchlib.fmt_s(s['reference_stream'])}]")
         ph = r["lava_phases_s"]
@@ -194,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  ratio reference / Lava [{key.replace('threads', 'ref threads ').replace('_', ', Lava ')}]: "
                   f"{v['ratio_of_medians']:8.1f}x  (per round {pr['min']:.1f}-{pr['max']:.1f}); target >= "
                   f"{args.target:g}x: {'MET' if v['target_met'] else 'NOT met'}")
-        print(f"  parity (reference stream == Lava, every round): "
+        print(f"  parity (reference stream == Lava, both model sets, every round): "
               f"{'passed' if r['parity_passed_all_rounds'] else 'FAILED ' + str(r['parity_rounds'])}")
     return result
 

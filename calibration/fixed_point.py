@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .ranges import (  # noqa: F401  (re-exported: the arithmetic and its ranges read as one module)
+from .loihi2_limits import (  # noqa: F401  (re-exported: the arithmetic and its ranges read as one module)
     A_LIMIT, ACT_SHIFT, BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_SHIFT, DECAY_UNITY, DELAY_MAX, DU_RANGE, DV_RANGE,
     MESSAGE_BITS_GRADED, UV_HALF, V_LIMIT, VTH_RANGE, WEIGHT_RANGE_EXCITATORY, WEIGHT_RANGE_INHIBITORY,
     WEIGHT_RANGE_MIXED, sign_mode, weight_range)

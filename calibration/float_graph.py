@@ -33,7 +33,7 @@ from deploy.nir_interpreter import NEURON_TYPES, pair, predecessors, topological
 from xoresnet.errors import UnsupportedModelError
 
 from .integer_graph import INPUT, READOUT
-from .ranges import DECAY_UNITY
+from .loihi2_limits import DECAY_UNITY
 
 
 @dataclass

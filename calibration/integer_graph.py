@@ -21,7 +21,8 @@ Timing fields (``latency``, ``delay``, ``reset_interval``) are set by
 :func:`deploy.schedule.schedule` and are ignored by zero-delay simulation.
 
 Files: :func:`save_integer_graph` / :func:`load_integer_graph` (HDF5, documented in
-``docs/formats.md``); :meth:`IntegerGraph.validate` checks every value against Loihi's ranges.
+``docs/formats.md``); :meth:`IntegerGraph.validate` checks every value against Loihi's ranges
+(:mod:`calibration.loihi2_limits`, the one home of every Loihi 2 limit).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 from xoresnet.errors import RangeError, UnsupportedModelError
 
-from . import ranges
+from . import loihi2_limits as lim
 
 GRAPH_FORMAT = "xoresnet-loihi-integer-graph"
 GRAPH_VERSION = 1
@@ -87,7 +88,7 @@ class Synapse:
     @property
     def sign_mode(self) -> str:
         """``mixed``, ``excitatory`` or ``inhibitory`` (Lava's rule: over the whole matrix)."""
-        return ranges.sign_mode(self.weight)
+        return lim.sign_mode(self.weight)
 
 
 @dataclass
@@ -132,14 +133,16 @@ class IntegerGraph:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Raise :class:`RangeError` naming the first value outside Loihi 2's ranges."""
+        """Raise :class:`RangeError` naming the first value outside Loihi 2's ranges
+        (:mod:`calibration.loihi2_limits`). Capacity (cores, synaptic memory) is the design rules'
+        business (:mod:`hw_targets.design_rules`)."""
         def in_range(what: str, value, lo: int, hi: int) -> None:
             arr = np.asarray(value)
             if arr.size and (arr.min() < lo or arr.max() > hi):
                 bad = arr.min() if arr.min() < lo else arr.max()
                 raise RangeError(f"{what} = {int(bad)} is outside Loihi 2's range [{lo}, {hi}]")
 
-        in_range("input_levels (8-bit graded input)", self.input_levels, 1, (1 << ranges.MESSAGE_BITS_GRADED) - 1)
+        in_range("input_levels (8-bit graded input)", self.input_levels, 1, (1 << lim.MESSAGE_BITS_GRADED) - 1)
         for p in self.populations.values():
             if p.kind not in POPULATION_KINDS:
                 raise UnsupportedModelError(f"population {p.name}: unknown kind {p.kind!r}")
@@ -147,11 +150,11 @@ class IntegerGraph:
                 if tuple(np.shape(arr)) != tuple(p.shape):
                     raise UnsupportedModelError(f"population {p.name}: {what} has shape {np.shape(arr)}, "
                                                 f"not the population's {p.shape}")
-            in_range(f"population {p.name}: du", p.du, *ranges.DU_RANGE)
-            in_range(f"population {p.name}: dv", p.dv, *ranges.DV_RANGE)
-            in_range(f"population {p.name}: vth", p.vth, *ranges.VTH_RANGE)
-            in_range(f"population {p.name}: bias_mant", p.bias_mant, *ranges.BIAS_MANT_RANGE)
-            in_range(f"population {p.name}: bias_exp", p.bias_exp, *ranges.BIAS_EXP_RANGE)
+            in_range(f"population {p.name}: du", p.du, *lim.DU_RANGE)
+            in_range(f"population {p.name}: dv", p.dv, *lim.DV_RANGE)
+            in_range(f"population {p.name}: vth", p.vth, *lim.VTH_RANGE)
+            in_range(f"population {p.name}: bias_mant", p.bias_mant, *lim.BIAS_MANT_RANGE)
+            in_range(f"population {p.name}: bias_exp", p.bias_exp, *lim.BIAS_EXP_RANGE)
         for s in self.synapses:
             if s.kind not in SYNAPSE_KINDS:
                 raise UnsupportedModelError(f"synapse {s.name}: unknown kind {s.kind!r}")
@@ -160,7 +163,7 @@ class IntegerGraph:
                     raise UnsupportedModelError(f"synapse {s.name} refers to unknown population {end}")
             w = s.weight
             mode = s.sign_mode
-            in_range(f"synapse {s.name}: weight", w, *ranges.weight_range(mode))
+            in_range(f"synapse {s.name}: weight", w, *lim.weight_range(mode))
             if mode == "mixed" and np.any(w % 2):
                 raise RangeError(f"synapse {s.name}: mixed-sign weight {int(w[w % 2 != 0].flat[0])} is odd; "
                                  "Loihi keeps 7 magnitude bits plus sign, so mixed weights must be even")
@@ -168,8 +171,8 @@ class IntegerGraph:
                 raise UnsupportedModelError(f"synapse {s.name}: conv weight must be 4-D with stride and groups >= 1")
             if s.kind == "conv" and s.weight_exp != 0:
                 raise RangeError(f"synapse {s.name}: Lava's Conv ignores weight_exp, but it is {s.weight_exp}")
-            in_range(f"synapse {s.name}: weight_exp", s.weight_exp, -7, 7)
-            in_range(f"synapse {s.name}: delay", s.delay, 0, ranges.DELAY_MAX)
+            in_range(f"synapse {s.name}: weight_exp", s.weight_exp, *lim.WEIGHT_EXP_RANGE)
+            in_range(f"synapse {s.name}: delay", s.delay, 0, lim.DELAY_MAX)
             if s.delay and s.kind == "conv":
                 raise RangeError(f"synapse {s.name}: Lava's Conv has no synaptic delay (delay {s.delay})")
 

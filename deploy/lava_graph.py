@@ -1,6 +1,8 @@
 """Lower an :class:`~calibration.integer_graph.IntegerGraph` to a graph of Lava processes.
 
-Only stock ``lava.proc`` processes are used (Intel's tools check the process classes):
+Only stock ``lava.proc`` processes are used (Intel's tools check the process classes); the run
+configuration pins each to a process model (:func:`model_table`: ours from
+:mod:`deploy.lava_models` where we have one, computing Intel's integers fast, else Intel's):
 
 ===============================  ===========================================================
 integer graph                    Lava (lava-nc 0.10.0, ``Loihi2SimCfg(select_tag="fixed_pt")``)
@@ -54,8 +56,8 @@ from xoresnet.errors import UnsupportedModelError
 GRADED_MESSAGE_BITS = ranges.MESSAGE_BITS_GRADED
 #: Name of the process that records the readout (in descriptions and results).
 READOUT_PROBE = "readout"
-#: The ProcessModel each process class runs with: what ``Loihi2SimCfg(select_tag="fixed_pt")``
-#: selects (the Extractor has only an untagged model). See :func:`fixed_pt_models`.
+#: Intel's ProcessModel for each process class: what ``Loihi2SimCfg(select_tag="fixed_pt")`` selects
+#: (the Extractor has only an untagged model). See :func:`process_models`.
 FIXED_PT_MODELS = {
     "RingBuffer": "lava.proc.io.source.PySendModelFixed",
     "LIFReset": "lava.proc.lif.models.PyLifResetModelBitAcc",
@@ -66,6 +68,49 @@ FIXED_PT_MODELS = {
     "DelayDense": "lava.proc.dense.models.PyDelayDenseModelBitAcc",
     "Extractor": "lava.proc.io.extractor.PyLoihiExtractorModel",
 }
+#: Model-table key of the readout probe (an ``Extractor`` that records integer sums, not spikes).
+READOUT_PROBE_KEY = "Extractor:readout"
+#: Our process models (:mod:`deploy.lava_models`): the same values as Intel's, computed fast or sent
+#: narrow (``tests/test_lava_models.py`` proves each equal to the Intel model it replaces).
+XORESNET_MODELS = {
+    "LIFReset": "deploy.lava_models.lif.PyLifResetModelFast",
+    "Conv": "deploy.lava_models.conv.PyConvModelExact",
+    "Sparse": "deploy.lava_models.sparse.PySparseModelFast",
+    "DelaySparse": "deploy.lava_models.sparse.PyDelaySparseModelFast",
+    "Extractor": "deploy.lava_models.extractor.PyExtractorModelSpikes",
+    READOUT_PROBE_KEY: "deploy.lava_models.extractor.PyExtractorModelReadout",
+}
+#: Model sets a Lava run can use: ``xoresnet`` (default): ours where we have one, Intel's
+#: elsewhere; ``lava``: Intel's fixed_pt models as lava-nc ships them. Keys: process class names,
+#: and :data:`READOUT_PROBE_KEY` for the readout probe.
+_INTEL = {**FIXED_PT_MODELS, READOUT_PROBE_KEY: FIXED_PT_MODELS["Extractor"]}
+MODEL_SETS = {"xoresnet": {**_INTEL, **XORESNET_MODELS}, "lava": _INTEL}
+#: The module of each process class.
+PROCESS_MODULES = {"RingBuffer": "lava.proc.io.source", "LIFReset": "lava.proc.lif.process",
+                   "Conv": "lava.proc.conv.process", "Sparse": "lava.proc.sparse.process",
+                   "DelaySparse": "lava.proc.sparse.process", "Dense": "lava.proc.dense.process",
+                   "DelayDense": "lava.proc.dense.process", "Extractor": "lava.proc.io.extractor"}
+
+
+def model_table(models: str = "xoresnet", overrides: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """Model-table key (a process class name, or :data:`READOUT_PROBE_KEY`) -> dotted path of the
+    ProcessModel it runs with, for the model set ``models`` (:data:`MODEL_SETS`) with ``overrides``
+    (key -> dotted path; tests use it to inject a model) applied. No Lava import."""
+    if models not in MODEL_SETS:
+        raise ValueError(f"unknown model set {models!r}; known: {', '.join(MODEL_SETS)}")
+    table = dict(MODEL_SETS[models])
+    for cls, path in (overrides or {}).items():
+        if cls not in table:
+            raise ValueError(f"model override for unknown process {cls!r}; known: {', '.join(table)}")
+        table[cls] = path
+    return table
+
+
+def model_origin(path: str) -> str:
+    """``"lava"`` for a model shipped with lava-nc (Intel's), ``"xoresnet"`` for ours, else ``"other"``."""
+    if path.startswith("lava."):
+        return "lava"
+    return "xoresnet" if path.startswith("deploy.lava_models.") else "other"
 
 
 # ---------------------------------------------------------------------- layout helpers
@@ -247,21 +292,25 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
     return procs, conns
 
 
-def describe_lava_network(graph: IntegerGraph) -> dict[str, Any]:
-    """A JSON-able description of the Lava process graph (``lava_graph.json``); no Lava import."""
+def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict[str, Any]:
+    """A JSON-able description of the Lava process graph (``lava_graph.json``) and of the process
+    models of the model set ``models`` (:func:`model_table`) it runs with; no Lava import."""
     from deploy.reference import readout_latency_of
 
     procs, conns = lava_plan(graph)
+    table = model_table(models)
     counts: dict[str, int] = {}
     for p in procs:
         counts[p.cls] = counts.get(p.cls, 0) + 1
+    keys = sorted(counts) + ([READOUT_PROBE_KEY] if graph.readout else [])
     return {
         "format": "xoresnet-lava-graph",
         "version": 1,
         "lava": "lava-nc 0.10.0",
-        "run_config": {"class": "Loihi2SimCfg", "select_tag": "fixed_pt",
-                       "exception_proc_model_map": {"Extractor": "PyLoihiExtractorModel"},
-                       "models": {cls: FIXED_PT_MODELS[cls] for cls in sorted(counts)}},
+        "run_config": {"class": "Loihi2SimCfg", "select_tag": "fixed_pt", "model_set": models,
+                       "exception_proc_model_map": "every process pinned to the model listed in models",
+                       "models": {key: table[key] for key in keys},
+                       "model_origin": {key: model_origin(table[key]) for key in keys}},
         "layout": "Lava (X=W, Y=H, C); integer graph shapes are PyTorch (C, H, W)",
         "reset_interval": int(graph.reset_interval),
         "timesteps": int(graph.timesteps),
@@ -305,36 +354,41 @@ class LavaNetwork:
         procs = [self.source, *self.neurons.values(), *self.synapses.values(), *self.probes.values()]
         return procs + ([self.readout_probe] if self.readout_probe is not None else [])
 
-    def run_config(self):
-        """``Loihi2SimCfg(select_tag="fixed_pt")`` with the Extractor's untagged model, and every
-        process pinned to its fixed_pt model.
+    def run_config(self, models: str = "xoresnet", overrides: Optional[dict[str, str]] = None):
+        """``Loihi2SimCfg(select_tag="fixed_pt")`` with every process pinned to its model in the
+        model set ``models`` (:func:`process_models`; ``"lava"``: Intel's, exactly what
+        ``select_tag="fixed_pt"`` selects, as the tests check).
 
-        The pinning is what ``select_tag="fixed_pt"`` selects anyway (checked by the tests with
-        :func:`fixed_pt_models`), but it is keyed by process *instance*: lava's compiler then skips
-        its model discovery for that process (``ProcGroupDiGraphs._map_proc_to_model`` checks
-        ``proc in exception_proc_model_map``), which otherwise re-executes every module of the
-        process's package once per process (about 45 ms each, most of the compile time).
+        The pinning is keyed by process *instance*: lava's compiler then skips its model discovery
+        for that process (``ProcGroupDiGraphs._map_proc_to_model`` checks ``proc in
+        exception_proc_model_map``), which otherwise re-executes every module of the process's
+        package once per process (about 45 ms each, most of the compile time).
         """
         from lava.magma.core.run_configs import Loihi2SimCfg
-        from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
 
-        models = fixed_pt_models()
-        pinned: dict = {Extractor: PyLoihiExtractorModel}
+        chosen = process_models(models, overrides)
+        pinned: dict = {proc_cls: model for key, (proc_cls, model) in chosen.items() if ":" not in key}
         for proc in self.processes():
-            pinned[proc] = models[type(proc)]
+            key = READOUT_PROBE_KEY if proc is self.readout_probe else type(proc).__name__
+            pinned[proc] = chosen[key][1]
         return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=pinned)
 
     def receive(self, steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Drain ``steps`` messages from every probe: spikes ``{p: bool [steps, *shape]}`` in PyTorch
-        layout and the readout ``int64 [steps, K]``."""
+        layout and the readout ``int64 [steps, K]``.
+
+        Reads each probe's channel to the host directly (what ``Extractor.receive()`` does with its
+        default blocking FIFO configuration, without the float64 array of zeros it allocates per call)."""
         spikes = {}
         for name, probe in self.probes.items():
-            buf = np.stack([probe.receive() for _ in range(steps)]) if steps else \
+            port = probe.out_port.external_pipe_csp_recv_port
+            buf = np.stack([port.recv() for _ in range(steps)]) if steps else \
                 np.zeros((0,) + lava_shape(self.graph.populations[name].shape))
             spikes[name] = from_lava(buf != 0, lead=1)
         K = self.graph.num_classes
         if self.readout_probe is not None and steps:
-            raw = np.stack([self.readout_probe.receive() for _ in range(steps)])
+            port = self.readout_probe.out_port.external_pipe_csp_recv_port
+            raw = np.stack([port.recv() for _ in range(steps)])
             if not np.array_equal(raw, np.round(raw)):
                 raise RuntimeError("the readout extractor returned non-integer values")
             readout = raw.astype(np.int64)
@@ -342,24 +396,26 @@ class LavaNetwork:
             readout = np.zeros((steps, K), dtype=np.int64)
         return spikes, readout
 
-
-def fixed_pt_models() -> dict:
-    """Process class -> ProcessModel class, as listed in :data:`FIXED_PT_MODELS` (imports Lava)."""
+def process_models(models: str = "xoresnet", overrides: Optional[dict[str, str]] = None) -> dict:
+    """Model-table key -> ``(process class, ProcessModel class)``, as listed by :func:`model_table`
+    (imports Lava)."""
     import importlib
 
     from deploy.lava_compat import lava_ready
 
     lava_ready()
-    process_modules = {"RingBuffer": "lava.proc.io.source", "LIFReset": "lava.proc.lif.process",
-                       "Conv": "lava.proc.conv.process", "Sparse": "lava.proc.sparse.process",
-                       "DelaySparse": "lava.proc.sparse.process", "Dense": "lava.proc.dense.process",
-                       "DelayDense": "lava.proc.dense.process", "Extractor": "lava.proc.io.extractor"}
     out = {}
-    for cls_name, model_path in FIXED_PT_MODELS.items():
-        proc_cls = getattr(importlib.import_module(process_modules[cls_name]), cls_name)
+    for key, model_path in model_table(models, overrides).items():
+        cls_name = key.split(":")[0]
+        proc_cls = getattr(importlib.import_module(PROCESS_MODULES[cls_name]), cls_name)
         module, _, model = model_path.rpartition(".")
-        out[proc_cls] = getattr(importlib.import_module(module), model)
+        out[key] = (proc_cls, getattr(importlib.import_module(module), model))
     return out
+
+
+def fixed_pt_models() -> dict:
+    """Process class -> Intel's ProcessModel class (:data:`FIXED_PT_MODELS`; imports Lava)."""
+    return {proc_cls: model for key, (proc_cls, model) in process_models("lava").items() if ":" not in key}
 
 
 def _perturbed_weight(syn: Synapse, perturb: Optional[dict]) -> np.ndarray:

@@ -4,8 +4,10 @@ processes or shared memory. One runner for both run configurations of
 Loihi 2 hardware (``hw``, ``Loihi2HwCfg``: :meth:`hw_targets.loihi2.Loihi2Target.dispatch`).
 
 Why a child process: Lava hangs instead of raising on some errors (an exception inside a
-model's ``run_spk`` deadlocks the runtime; spec section 4.4), and a killed Lava leaks its
-shared-memory channel buffers. :func:`run_lava` therefore runs the simulation in
+model's ``run_spk`` deadlocks the runtime, and its ``stop()`` then waits forever; spec section
+4.4), and a killed Lava leaks its shared-memory channel buffers. The child reports such an
+exception within about a second, naming the Lava process (:mod:`deploy.lava_worker`), and
+leaves; the timeout remains for runs that are slow or hang without an exception. :func:`run_lava` therefore runs the simulation in
 ``python -m deploy.lava_worker`` (:mod:`deploy.lava_worker`) started with
 ``start_new_session=True``: the child and everything it forks (Lava's actor processes, the
 ``SharedMemoryManager`` server, the watchdog monitors and ``multiprocessing``'s resource
@@ -39,7 +41,8 @@ Cleanup policy (never touches other users' segments):
    existed before the run, or that other programs create meanwhile, are left alone (a snapshot
    diff alone would delete a concurrent Lava run's segments).
 
-The temporary directory (graph, pixels, results, logs, ``$TMPDIR``) is removed in every case.
+The temporary directory (graph, pixels, results, logs, ``$TMPDIR``) is removed in every case the parent
+can run code, and by the next run when the parent was killed (:func:`remove_stale_scratch`).
 """
 
 from __future__ import annotations
@@ -64,12 +67,22 @@ from deploy.reference import StreamWindows, readout_latency_of, stream_steps
 from xoresnet.errors import LavaRunError
 
 SHM_DIR = Path("/dev/shm")
-#: Steps per ``run()`` call in the child (the extractors' channel depth).
+#: Most steps per ``run()`` call in the child (the extractors' channel depth).
 DEFAULT_CHUNK = 64
+#: Shared memory the extractors' channels to the host may take (one byte per neuron and slot with
+#: our spike extractor): the chunk shrinks below :data:`DEFAULT_CHUNK` for networks so large.
+EXTRACTOR_BYTES = 256 << 20
 #: Seconds between SIGTERM and SIGKILL when stopping the child's session.
 KILL_GRACE = 1.0
 #: Seconds a finished child's helper processes get to exit on their own.
 EXIT_GRACE = 3.0
+#: The scratch folder of a run: ``$TMPDIR/xoresnet-lava-<parent pid>-<random>`` (:func:`remove_stale_scratch`).
+SCRATCH_PREFIX = "xoresnet-lava-"
+#: Environment of the child: one BLAS/OpenMP thread per process. Lava runs one OS process per
+#: Lava process, all at once; multi-threaded BLAS in each of them oversubscribes the cores (a
+#: float32 product of 64x2304 by 2304x256 took 118 ms with OpenBLAS's threads on 2 loaded cores, 2
+#: ms with one).
+CHILD_THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -86,7 +99,12 @@ class LavaRunResult(StreamWindows):
     ``phases``: seconds spent in the child per phase (``load``:
     imports and graph reading, ``build``: process objects, ``start``: compile, channels and one
     forked actor per Lava process, ``run``: the steps, ``stop``: runtime shutdown);
-    ``run_config``: the key of :data:`deploy.lava_worker.RUN_CONFIGS` it ran with.
+    ``run_config``: the key of :data:`deploy.lava_worker.RUN_CONFIGS` it ran with;
+    ``process_models``: the process models that ran, ``{process class: {"model": dotted path,
+    "origin": "xoresnet" (ours, :mod:`deploy.lava_models`) | "lava" (Intel's), "processes": n}}``
+    (:func:`deploy.lava_worker.models_that_ran`; empty for a hardware run); ``cpu_seconds``: CPU
+    seconds of Lava's actor processes per process class, of its runtime service and of the host side
+    (:func:`deploy.lava_worker.cpu_by_class`).
     """
 
     spikes: dict[str, np.ndarray]
@@ -102,6 +120,8 @@ class LavaRunResult(StreamWindows):
     phases: dict[str, float] = field(default_factory=dict)
     pixels: Optional[np.ndarray] = None  # the input stream [N, C, H, W] (for divergence reports)
     run_config: str = "fixed_pt"
+    process_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def predictions(self) -> np.ndarray:
         """``[N]``: the argmax of each sample's summed logits (``StreamResult.predictions()[0]``)."""
@@ -229,6 +249,14 @@ def _last_error_line(work: Path) -> str:
     return lines[-1] if lines else "no error output"
 
 
+def _progress(work: Path) -> int:
+    """Steps the child has finished (0 before the first chunk)."""
+    try:
+        return int((work / lava_worker.PROGRESS).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _report_progress(work: Path, shown: list, start: float) -> None:
     try:
         done, total = (int(x) for x in (work / lava_worker.PROGRESS).read_text().split())
@@ -241,19 +269,33 @@ def _report_progress(work: Path, shown: list, start: float) -> None:
     print(f"lava: step {done}/{total} ({time.monotonic() - start:.1f} s)", end=end, file=sys.stderr, flush=True)
 
 
+def default_chunk(graph: IntegerGraph) -> int:
+    """Steps per ``run()`` call: :data:`DEFAULT_CHUNK`, fewer when the extractors' slots (one byte
+    per neuron) would exceed :data:`EXTRACTOR_BYTES`."""
+    neurons = max(1, sum(p.size for p in graph.populations.values()))
+    return int(min(DEFAULT_CHUNK, max(1, EXTRACTOR_BYTES // neurons)))
+
+
 def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb: Optional[dict] = None,
-             progress: bool = False, chunk: int = DEFAULT_CHUNK, validate: bool = True,
-             run_config: str = "fixed_pt") -> LavaRunResult:
+             progress: bool = False, chunk: Optional[int] = None, validate: bool = True,
+             run_config: str = "fixed_pt", models: str = "xoresnet",
+             model_overrides: Optional[dict[str, str]] = None) -> LavaRunResult:
     """Run ``graph`` in Lava on one stream of ``pixels [N, C, H, W]`` (integers), in a child
     process, for ``stream_steps(graph, N)`` steps.
 
     ``run_config``: ``"fixed_pt"`` (``Loihi2SimCfg(select_tag="fixed_pt")``, the CPU simulator) or
     ``"hw"`` (``Loihi2HwCfg``, Loihi 2 hardware through lava-loihi); see
-    :data:`deploy.lava_worker.RUN_CONFIGS`.
+    :data:`deploy.lava_worker.RUN_CONFIGS`. ``models``: the process models of a ``fixed_pt`` run
+    (:data:`deploy.lava_graph.MODEL_SETS`: ``"xoresnet"``, ours where we have one, else Intel's;
+    ``"lava"``, Intel's as lava-nc ships them), ``model_overrides``: ``{process class name:
+    dotted path of a ProcessModel}`` on top (tests inject a failing model with it).
     ``timeout``: wall-clock seconds for the whole child (Lava's startup included); on expiry the
-    child's session is killed and :class:`LavaRunError` raised. ``perturb``: fault injection
+    child's session is killed and :class:`LavaRunError` raised. An exception inside any Lava
+    process ends the run within about a second with :class:`LavaRunError` naming the process and
+    the exception (:mod:`deploy.lava_worker`). ``perturb``: fault injection
     (``{"synapse", "index", "delta"}``, see :func:`deploy.lava_graph.build_lava_network`).
-    ``validate``: check the graph against Loihi's ranges first (an out-of-range delay would make
+    ``chunk``: steps per ``run()`` call in the child (the extractors' depth; default
+    :func:`default_chunk`). ``validate``: check the graph against Loihi's ranges first (an out-of-range delay would make
     Lava hang rather than fail); only tests turn it off.
     """
     if not graph.scheduled:
@@ -274,6 +316,9 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     if run_config not in lava_worker.RUN_CONFIGS:
         raise ValueError(f"unknown run configuration {run_config!r}; known: {', '.join(lava_worker.RUN_CONFIGS)}")
     what = lava_worker.RUN_CONFIGS[run_config][0]
+    from deploy.lava_graph import model_table
+
+    model_table(models, model_overrides)  # an unknown model set or process class fails here
     if validate:
         graph.validate()
     if perturb is not None and perturb.get("synapse") not in {s.name for s in graph.synapses}:
@@ -281,7 +326,8 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     N = int(pixels.shape[0])
     S = stream_steps(graph, N)
 
-    work = Path(tempfile.mkdtemp(prefix="xoresnet-lava-"))
+    remove_stale_scratch()
+    work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
     child: Optional[subprocess.Popen] = None
     before = _shm_names()
     cleanup: dict[str, Any] = {"session": None, "workdir": str(work), "processes_killed": 0, "segments_created": 0,
@@ -289,13 +335,16 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     try:
         save_integer_graph(graph, work / "graph.h5")
         np.save(work / "pixels.npy", pixels)
+        chunk = default_chunk(graph) if chunk is None else chunk
         (work / "job.json").write_text(json.dumps({"steps": S, "chunk": int(max(1, chunk)), "perturb": perturb,
-                                                   "parent_pid": os.getpid(), "run_config": run_config}))
+                                                   "parent_pid": os.getpid(), "run_config": run_config,
+                                                   "models": models, "model_overrides": model_overrides}))
         (work / "tmp").mkdir()
         env = dict(os.environ)
         repo = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["TMPDIR"] = str(work / "tmp")  # multiprocessing's pymp-* socket dirs land here
+        env.update(CHILD_THREADS)
         env.setdefault("PYTHONUNBUFFERED", "1")
         start = time.monotonic()
         with open(work / "stdout.log", "wb") as out_f, open(work / "stderr.log", "wb") as err_f:
@@ -318,10 +367,11 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
             killed, held = stop_session(child.pid)
             child.wait()
             cleanup.update(_cleanup_segments(work, held, before), processes_killed=killed)
+            done = _progress(work)
             err = LavaRunError(
-                f"{what} did not finish within {timeout:g} s (Lava hangs instead of raising on some "
-                f"errors); it was stopped and cleaned up. Increase the timeout for long streams "
-                f"({S} steps for {N} samples).")
+                f"{what} did not finish within {timeout:g} s ({done} of {S} steps done for {N} samples; no Lava "
+                f"process reported an error); it was stopped and cleaned up. A longer stream needs a longer "
+                f"timeout.")
             err.cleanup = cleanup
             raise err from None
         seconds = time.monotonic() - start
@@ -343,6 +393,8 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                 spikes = {name: z[f"spike_{i}"] for i, name in enumerate(names)}
                 readout = z["readout"].astype(np.int64)
                 phases = json.loads(str(z["phases"])) if "phases" in z else {}
+                ran = json.loads(str(z["models"])) if "models" in z else {}
+                cpu = json.loads(str(z["cpu"])) if "cpu" in z else {}
         except (OSError, KeyError, ValueError) as e:
             raise LavaRunError(f"{what} exited without a readable result ({e})") from None
     except BaseException:
@@ -361,7 +413,38 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                          reset_interval=graph.reset_interval, timesteps=graph.timesteps,
                          readout_latency=readout_latency_of(graph),
                          readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
-                         phases=phases, pixels=pixels, run_config=run_config)
+                         phases=phases, pixels=pixels, run_config=run_config, process_models=ran,
+                         cpu_seconds=cpu)
+
+
+def remove_stale_scratch() -> list[str]:
+    """Remove the scratch folders (``$TMPDIR/xoresnet-lava-PID-*``, holding a ``job.json``) of dead parents.
+
+    The folder dies with its parent: :func:`run_lava` removes it in every case it can run code (a signal
+    is an exception, see :mod:`xoresnet.interrupts`), the child's watchdog when the parent disappears during
+    the run; a parent killed (SIGKILL) after its child exited leaves it, and the next run removes it here.
+    Returns the names removed."""
+    removed = []
+    root = Path(tempfile.gettempdir())
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if not (entry.name.startswith(SCRATCH_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # the parent lives
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        if (Path(entry.path) / "job.json").is_file():
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 def _cleanup_segments(work: Path, held: set[str], before: set[str]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import torch
 from xoresnet.blocks import ConvBN, XORResidualBlock
 from xoresnet.errors import UnsupportedModelError
 from xoresnet.network import XOResNet
-from xoresnet.neuron import CubaLIF
+from xoresnet.neuron import CubaLIF, decay_problem
 
 NIR_FORMAT = "xoresnet-nir"
 NIR_VERSION = 1
@@ -79,11 +79,9 @@ def check_deployable(model: XOResNet) -> None:
             "the model uses soft reset (v -= vth on a spike); Loihi 2's LIF resets v to 0 and NIR neurons reset to "
             "v_reset, so it cannot be deployed without changing its behaviour: retrain with --reset hard")
     for name, neuron in model.neurons().items():
-        du, dv = (float(d) for d in neuron.decays())
-        if du < 1.0 and dv == 0.0:
-            raise UnsupportedModelError(
-                f"neuron {name} has du={du:g} < 1 with dv=0: NIR's CubaLIF needs a finite membrane time constant "
-                "to carry the per-step bias; use dv > 0 or du = 1")
+        problem = decay_problem(*(float(d) for d in neuron.decays()))
+        if problem:
+            raise UnsupportedModelError(f"neuron {name} has {problem}")
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UnsupportedModelError(f"tensor {name} holds NaN/Inf values")

@@ -5,6 +5,12 @@ reference's Loihi-timing stream (:meth:`deploy.reference.ReferenceSimulator.run_
 stream, ``B = 1``) on every population, every neuron and every stream step (which covers every
 sample and timestep, and the steps in between), plus the readout values and the predicted classes.
 
+A verdict on a network that never spikes proves little, so the report also says what the
+comparison covered (:func:`parity_coverage`, from the reference's spikes in each sample's window:
+equal to Lava's when parity holds): how many populations spiked, how many spikes were compared,
+the fraction of neurons that spiked at least once, and which populations stayed silent in every
+parity image (the verdict line warns about those).
+
 On failure, :attr:`ParityReport.first_divergence` localizes the problem: the earliest stream step
 with any mismatch, at the earliest population (topological order) that differs at that step, the
 first differing neuron there, its sample and timestep (from the population's latency and the
@@ -28,6 +34,8 @@ from xoresnet.errors import ParityError
 RECENT_STEPS = 4
 #: At most this many differing source elements are listed for a dense synapse.
 MAX_LISTED = 20
+#: At most this many silent populations are named on the verdict line (all are in the report).
+MAX_SILENT_NAMED = 5
 
 
 @dataclass
@@ -44,6 +52,7 @@ class ParityReport:
     readout_mismatching_steps: int = 0
     problems: list[str] = field(default_factory=list)
     first_divergence: Optional[dict[str, Any]] = None
+    coverage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predictions_equal(self) -> bool:
@@ -59,7 +68,7 @@ class ParityReport:
         if self.passed:
             return (f"parity passed: Lava equals the integer reference bit for bit on {self.populations} populations "
                     f"x {self.steps} steps ({self.neuron_steps_compared} neuron-steps, {self.samples} samples), "
-                    f"readout and predictions included")
+                    f"readout and predictions included" + coverage_text(self.coverage))
         parts = []
         fd = self.first_divergence
         if fd:
@@ -78,6 +87,57 @@ class ParityReport:
             parts.append(f"predictions Lava {self.predictions['lava']} vs reference {self.predictions['reference']}")
         parts += self.problems
         return "parity FAILED: " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------------- coverage
+
+def parity_coverage(graph: IntegerGraph, reference) -> dict[str, Any]:
+    """What a parity run exercised, from ``reference`` (the reference's one-stream
+    :class:`~deploy.reference.StreamResult`), counted in each sample's ``T``-step window (the steps
+    a parity image drives):
+
+    ``populations``, ``populations_spiked`` (at least one spike in some image), ``spikes_compared``
+    (all spikes of all populations in the images' windows), ``neurons``, ``neurons_spiked`` and
+    ``neurons_spiked_fraction`` (neurons that spiked at least once), ``spikes_by_population``
+    (name -> spikes), ``silent_populations`` (names: no spike in any parity image, in topological
+    order). The stream's other steps (pipeline fill and drain) are compared too but not counted here.
+    """
+    spikes_by_pop: dict[str, int] = {}
+    neurons = neurons_spiked = 0
+    for name, pop in graph.populations.items():
+        fired = None
+        for n in range(int(reference.samples)):
+            w = reference.window(name, pop.latency, n)[:, 0]  # [T, *shape]
+            any_t = w.any(0) if w.shape[0] else None
+            if any_t is not None:
+                fired = any_t if fired is None else fired | any_t
+            spikes_by_pop[name] = spikes_by_pop.get(name, 0) + int(w.sum())
+        spikes_by_pop.setdefault(name, 0)
+        neurons += int(pop.size)
+        neurons_spiked += int(fired.sum()) if fired is not None else 0
+    silent = [name for name, k in spikes_by_pop.items() if k == 0]
+    return {"populations": len(graph.populations), "populations_spiked": len(graph.populations) - len(silent),
+            "spikes_compared": int(sum(spikes_by_pop.values())), "neurons": neurons,
+            "neurons_spiked": neurons_spiked, "neurons_spiked_fraction": neurons_spiked / neurons if neurons else 0.0,
+            "spikes_by_population": spikes_by_pop, "silent_populations": silent}
+
+
+def coverage_text(coverage: dict[str, Any]) -> str:
+    """``"; coverage: ..."`` for the verdict line (empty without coverage), with a warning naming the
+    populations silent in every parity image."""
+    if not coverage:
+        return ""
+    c = coverage
+    text = (f"; coverage: {c['populations_spiked']} of {c['populations']} populations spiked, "
+            f"{c['spikes_compared']} spikes compared, {100 * c['neurons_spiked_fraction']:.1f}% of neurons spiked "
+            f"at least once")
+    silent = c["silent_populations"]
+    if silent:
+        named = ", ".join(silent[:MAX_SILENT_NAMED]) + (f", ... ({len(silent) - MAX_SILENT_NAMED} more)"
+                                                         if len(silent) > MAX_SILENT_NAMED else "")
+        text += (f"; WARNING: {len(silent)} of {c['populations']} population{'s' if len(silent) > 1 else ''} silent "
+                 f"in every parity image ({named}): parity says nothing about {'them' if len(silent) > 1 else 'it'}")
+    return text
 
 
 # ---------------------------------------------------------------------- helpers
@@ -252,7 +312,8 @@ def check_parity(graph: IntegerGraph, reference, lava, *, recent_steps: int = RE
                   **_sample_timestep(step0, int(lava.readout_latency), P, T, N),
                   recent_inputs=_recent_inputs(graph, reference, lava, READOUT, (k,), step0, recent_steps))
     passed = (mismatching == 0 and readout_equal and ref_pred == lava_pred and not problems)
-    return ParityReport(passed=passed, samples=N, steps=S, populations=len(order), neuron_steps_compared=int(compared),
+    coverage = parity_coverage(graph, reference) if int(reference.samples) == N and S_ref == S_lava else {}
+    return ParityReport(coverage=coverage, passed=passed, samples=N, steps=S, populations=len(order), neuron_steps_compared=int(compared),
                         mismatching_neuron_steps=int(mismatching), readout_equal=bool(readout_equal),
                         predictions={"lava": lava_pred, "reference": ref_pred}, mismatches_by_population=by_pop,
                         readout_mismatching_steps=int(ro_diff.sum()), problems=problems, first_divergence=fd)

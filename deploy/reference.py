@@ -25,7 +25,6 @@ Two timings of the same graph:
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -145,12 +144,79 @@ class ReferenceSimulator:
         return ZeroDelayResult(spikes, logits, us, vs)
 
     # ------------------------------------------------------------------ Loihi timing
+    def source_stream(self, syn: Synapse, x: torch.Tensor, spikes: dict[str, torch.Tensor], S: int) -> torch.Tensor:
+        """``[S, B, *out]``: the output of ``syn`` computed at each stream step from its source's
+        value at that step (pixels ``x [B, N, C, H, W]`` for the input, in the stream layout of
+        :meth:`run_stream`; else the source's spikes ``[S, B, ...]``), before any delay."""
+        if syn.src != INPUT:
+            src = spikes[syn.src]
+            out = self.synapse_output(syn, src.flatten(0, 1))
+            return out.view((S,) + tuple(src.shape[1:2]) + tuple(out.shape[1:]))
+        P, T = self.graph.reset_interval, self.graph.timesteps
+        B, N = x.shape[:2]
+        out = None
+        for n in range(N):  # the sample's pixels at its T steps, zeros elsewhere (zero in, zero out)
+            steps = [j for j in range(n * P, min(n * P + T, S))]
+            if not steps:
+                break
+            y = self.synapse_output(syn, x[:, n])
+            if out is None:
+                out = torch.zeros((S,) + tuple(y.shape), dtype=y.dtype, device=self.device)
+            out[steps] = y
+        if out is None:
+            y = self.synapse_output(syn, torch.zeros_like(x[:, 0]))
+            out = torch.zeros((S,) + tuple(y.shape), dtype=y.dtype, device=self.device)
+        return out
+
+    def _integrate_windows(self, p, a: torch.Tensor, record_state: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The LIF of population ``p`` over the stream input ``a [S, B, *shape]``: ``(spikes, u, v)``
+        as :func:`calibration.fixed_point.integrate` returns them (``u``, ``v`` only with
+        ``record_state``).
+
+        ``u`` and ``v`` are zeroed before every 0-based step ``r`` with ``r % P == latency % P``
+        (Lava's ``LIFReset`` at ``t % P == (1 + latency) % P``, ``t = r + 1``), so the stream splits
+        into independent runs from zero state: the steps before the first reset, then windows of
+        ``P`` steps (the last one padded with zero input after its real steps, which cannot change
+        them). A window whose input equals the previous window's has the same output (the steps
+        between samples, while the pipeline fills and drains, repeat one pattern): only the others
+        are integrated, all at once as a batch."""
+        S, B = a.shape[:2]
+        P = self.graph.reset_interval
+        first = min(S, p.latency % P)
+        n_win = -(-(S - first) // P)
+        lif = dict(du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth, record_state=record_state)
+        head = fx.integrate(a[:first], **lif) if first else None
+        tail = None
+        if n_win:
+            w = a[first:]
+            if w.shape[0] < n_win * P:
+                w = torch.cat([w, torch.zeros((n_win * P - w.shape[0],) + tuple(w.shape[1:]), dtype=w.dtype,
+                                              device=w.device)])
+            w = w.view((n_win, P) + tuple(w.shape[1:]))
+            sums = w.flatten(1).sum(1).tolist()  # different sums: different windows, no full comparison
+            distinct = [0] + [i for i in range(1, n_win) if sums[i] != sums[i - 1] or not torch.equal(w[i], w[i - 1])]
+            source = torch.zeros(n_win, dtype=torch.int64, device=w.device)  # window -> its distinct window
+            source[distinct] = 1
+            source = source.cumsum(0) - 1
+            batch = w[distinct].transpose(0, 1).flatten(1, 2)  # [P, distinct * B, ...]
+            tail = [None if r is None else
+                    r.view((P, len(distinct)) + tuple(a.shape[1:])).transpose(0, 1)[source].flatten(0, 1)[: S - first]
+                    for r in fx.integrate(batch, **lif)]
+        parts = [x for x in (head, tail) if x is not None]
+        return tuple(None if parts[0][i] is None else torch.cat([part[i] for part in parts]) for i in range(3))
+
     @torch.no_grad()
     def run_stream(self, pixels: torch.Tensor | np.ndarray, *, steps: Optional[int] = None,
                    record_state: bool = False) -> StreamResult:
         """``pixels``: ``[B, N, C, H, W]``: ``B`` independent streams of ``N`` samples each.
 
         Runs ``steps`` stream steps (default: until the last sample has left the readout).
+
+        The graph is feed-forward with every hop delayed by ``1 + delay`` steps, so each
+        population's whole stream depends only on its sources' whole streams: populations run in
+        topological order, each synapse over all ``S`` steps at once (one batched convolution, not
+        ``S``), then the LIF through time, every reset interval at once
+        (:meth:`_integrate_windows`). The integers are those of a step-by-step loop.
         """
         g = self.graph
         if not g.scheduled:
@@ -161,41 +227,37 @@ class ReferenceSimulator:
         readout_latency = readout_latency_of(g)
         S = steps or stream_steps(g, N)
         dev = self.device
-        state = {p.name: (torch.zeros((B,) + p.shape, dtype=torch.int64, device=dev),
-                          torch.zeros((B,) + p.shape, dtype=torch.int64, device=dev)) for p in self.pops}
-        fifos: dict[str, deque] = {}
-        for syn in g.synapses:
-            shape = (B, g.num_classes) if syn.dst == READOUT else (B,) + g.populations[syn.dst].shape
-            fifos[syn.name] = deque(torch.zeros(shape, dtype=torch.int64, device=dev) for _ in range(syn.delay + 1))
-        spikes = {p.name: torch.zeros((S, B) + p.shape, dtype=torch.bool, device=dev) for p in self.pops}
-        us = {p.name: torch.zeros((S, B) + p.shape, dtype=torch.int64, device=dev) for p in self.pops} \
-            if record_state else {}
-        vs = {p.name: torch.zeros((S, B) + p.shape, dtype=torch.int64, device=dev) for p in self.pops} \
-            if record_state else {}
+        spikes: dict[str, torch.Tensor] = {}
+        us: dict[str, torch.Tensor] = {}
+        vs: dict[str, torch.Tensor] = {}
+
+        def delivered(syn: Synapse, into: Optional[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+            """``into`` plus what ``syn`` delivers at each step (its output of ``1 + delay`` steps
+            before, broadcast to ``shape``); ``into`` None: a new ``[S, B, *shape]`` tensor (int32 if
+            the output is, else int64)."""
+            out = self.source_stream(syn, x, spikes, S)
+            if into is None:
+                into = torch.zeros((S, B) + tuple(shape), dtype=out.dtype, device=dev)
+            elif into.dtype != out.dtype:
+                into = into.to(torch.int64)
+            d = 1 + syn.delay
+            if d < S:
+                into[d:] += out[: S - d]
+            return into
+
+        for p in self.pops:  # topological order: every source's stream is complete
+            syns = self.incoming[p.name]
+            a = None
+            for syn in syns:  # int32 outputs are below 2^23: sums of up to 255 of them fit int32
+                a = delivered(syn, a if a is None or len(syns) <= 255 else a.to(torch.int64), p.shape)
+            if a is None:
+                a = torch.zeros((S, B) + p.shape, dtype=torch.int64, device=dev)
+            spikes[p.name], u, v = self._integrate_windows(p, a, record_state)
+            if record_state:
+                us[p.name], vs[p.name] = u, v
         readout = torch.zeros((S, B, g.num_classes), dtype=torch.int64, device=dev)
-        reset_phase = {p.name: (1 + p.latency) % P for p in self.pops}
-        zero_in = torch.zeros((B,) + tuple(g.input_shape), dtype=torch.int64, device=dev)
-        for t in range(1, S + 1):
-            delivered = {name: q.popleft() for name, q in fifos.items()}
-            for p in self.pops:
-                u, v = state[p.name]
-                if t % P == reset_phase[p.name]:
-                    u, v = torch.zeros_like(u), torch.zeros_like(v)
-                a = torch.zeros_like(u)
-                for syn in self.incoming[p.name]:
-                    a += delivered[syn.name]
-                u, _h, s, v = fx.lif_step(u, v, a, du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth)
-                state[p.name] = (u, v)
-                spikes[p.name][t - 1] = s
-                if record_state:
-                    us[p.name][t - 1], vs[p.name][t - 1] = u, v
-            for syn in g.readout:
-                readout[t - 1] += delivered[syn.name]
-            n, k = divmod(t - 1, P)
-            inp = x[:, n] if (n < N and k < T) else zero_in
-            for syn in g.synapses:
-                src = inp if syn.src == INPUT else spikes[syn.src][t - 1]
-                fifos[syn.name].append(self.synapse_output(syn, src))
+        for syn in g.readout:
+            readout = delivered(syn, readout, (g.num_classes,))
         return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs)
 
 

@@ -35,8 +35,8 @@ def register_target(target: HwTarget) -> None:
 
 
 def get_target(name: Optional[str] = None) -> HwTarget:
-    """The target called ``name`` (default :data:`DEFAULT_TARGET`)."""
-    name = name or DEFAULT_TARGET
+    """The target called ``name`` (``None``: :data:`DEFAULT_TARGET`; an empty name is unknown, not the default)."""
+    name = DEFAULT_TARGET if name is None else name
     if name in TARGETS:
         return TARGETS[name]
     if name in RESERVED_TARGETS:

@@ -1,10 +1,10 @@
 """The common interface of a deployment target: its limits, its systems, its energy model, dispatch.
 
 A target is a :class:`HwTarget` (a plain object with a few fields and one method, ``dispatch``).
-Every hardware limit is a :class:`Limit`: a named value with the **source** it comes from and an
-``estimate`` flag. ``estimate=True`` marks a figure that is known only from memory of a
-publication, or inferred, and that cannot be verified without Intel's proprietary compiler
-(``[MEM]`` in ``loihi2-fixed-point.md``); reports print such limits as estimates.
+Every hardware limit is a :class:`~calibration.loihi2_limits.Limit` (defined, with every Loihi 2
+figure, in :mod:`calibration.loihi2_limits`): a named value with the **source** it comes from and
+an **evidence grade** (CODE, RUN, LOG, INFER, MEM); INFER and MEM figures are estimates (inferred
+from compiler logs, or known only from memory of a publication), which reports print as such.
 
 Errors raised here (exit codes of :mod:`xoresnet.errors`):
 
@@ -17,8 +17,9 @@ Errors raised here (exit codes of :mod:`xoresnet.errors`):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
+from calibration.loihi2_limits import ESTIMATE_GRADES, Limit
 from xoresnet.errors import DispatchUnavailableError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,34 +35,21 @@ class NoHardwareError(DispatchUnavailableError):
 
 
 @dataclass(frozen=True)
-class Limit:
-    """One hardware limit. ``value`` in ``unit``; ``source`` says where the figure comes from."""
-
-    name: str
-    value: int
-    unit: str
-    source: str
-    estimate: bool
-    description: str = ""
-    #: False for informational limits the design-rule check does not enforce.
-    enforced: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class System:
-    """A Loihi system: a number of chips."""
+    """A Loihi system: a number of chips; ``evidence`` grades ``source`` like a :class:`Limit`'s."""
 
     name: str
     key: str
     chips: int
     source: str
-    estimate: bool
+    evidence: str
+
+    @property
+    def estimate(self) -> bool:
+        return self.evidence in ESTIMATE_GRADES
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "estimate": self.estimate}
 
 
 @dataclass
@@ -122,9 +110,3 @@ class HwTarget:
             "systems": [s.to_dict() for s in self.systems],
             "notes": list(self.notes),
         }
-
-
-def fmt_limit(limit: Limit, value: Optional[float] = None) -> str:
-    """``"4096 neurons per core (estimate)"``."""
-    v = limit.value if value is None else value
-    return f"{v:g} {limit.unit}" + (" (estimate)" if limit.estimate else "")

@@ -33,6 +33,10 @@ import numpy as np
 
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph
 from xoresnet.errors import DataError
+from xoresnet.files import MiB, read_bounded
+
+#: The largest energy table read (ours is 3 kB).
+MAX_TABLE_BYTES = 1 * MiB
 
 LOIHI1_LABEL = "Loihi-1-calibrated estimate"
 HOROWITZ_LABEL = "45 nm estimate (Horowitz 2014)"
@@ -140,16 +144,16 @@ class EnergyTable:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "EnergyTable":
-        """:meth:`from_dict` of a JSON file; a missing, unreadable or invalid file raises
-        :class:`~xoresnet.errors.DataError` (exit code 3), one line."""
+        """:meth:`from_dict` of a JSON file (a regular file of at most :data:`MAX_TABLE_BYTES`); a missing,
+        unreadable, oversized or invalid file, a FIFO or a device raises :class:`~xoresnet.errors.DataError`
+        (exit code 3), one line."""
         try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        except OSError as e:
-            raise DataError(f"energy table {path}: cannot be read ({type(e).__name__}: {e.strerror or e})") from None
+            return cls.from_dict(json.loads(read_bounded(path, what=f"energy table {path}", limit=MAX_TABLE_BYTES)))
         except json.JSONDecodeError as e:
             raise DataError(f"energy table {path}: not valid JSON (line {e.lineno}, column {e.colno}: "
                             f"{e.msg})") from None
+        except RecursionError:
+            raise DataError(f"energy table {path}: nested too deeply for an energy table") from None
         except (UnicodeDecodeError, ValueError) as e:
             raise DataError(f"energy table {path}: {e}") from None
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from calibration.loihi2_limits import CAPACITY_LIMITS
+from calibration.loihi2_limits import LIMITS as LOIHI2_LIMITS
+
 from .base import HwTarget
-from .loihi2 import LIMITS as LOIHI2_LIMITS
 from .loihi2 import SYSTEMS
 
-#: Loihi 2 limits a CPU simulation is not bound by (reported as warnings only).
-CAPACITY_LIMITS = ("cores_per_chip", "neurons_per_core", "synmem_bits_per_core", "core_memory_bits",
-                   "neuron_groups_per_core", "axons_in_per_core", "axons_out_per_core")
-
+#: The Loihi 2 limits, the capacity ones (cores, per-core budgets) not enforced: warnings only.
 LIMITS = {k: (replace(v, enforced=False) if k in CAPACITY_LIMITS else v) for k, v in LOIHI2_LIMITS.items()}
 
 

@@ -1,4 +1,4 @@
-"""``report.json`` (schema ``xoresnet-report`` version 1.1, ``docs/report-schema.md``) and ``report.html``.
+"""``report.json`` (schema ``xoresnet-report`` version 1.2, ``docs/report-schema.md``) and ``report.html``.
 
 * :func:`make_report`: everything from an integer graph and a dataset split (one reference run).
 * :func:`build_report`: assemble the JSON from already computed parts; :func:`lava_section` the
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as _dt
 import html
 import io
@@ -25,13 +26,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from xoresnet.files import read_bounded
 from xoresnet.errors import XoresnetError
 
 SCHEMA = "xoresnet-report"
 #: ``version`` changes when a field is removed or retyped (a reader refuses other versions);
 #: ``minor`` when keys are added (:data:`ADDED_IN_MINOR`; a reader accepts newer minors).
 VERSION = 1
-MINOR = 1
+MINOR = 2
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
@@ -99,7 +101,8 @@ ENERGY_MODEL = obj({"label": STR, "total_pj": NUM, "total_uj": NUM, "breakdown_p
 LAVA = obj({"run_config": STR, "samples": INT, "timesteps": INT, "steps": INT, "seconds": NUM,
             "layers": arr(obj({"name": STR, "spikes_per_sample": arr(INT), "reference_spikes_per_sample": arr(INT),
                                "equal": BOOL})),
-            "equal": BOOL, "predictions": arr(INT), "reference_predictions": arr(INT)}, nullable=True)
+            "equal": BOOL, "predictions": arr(INT), "reference_predictions": arr(INT)}, nullable=True,
+           optional={"process_models": mapping(obj({"model": STR, "origin": STR, "processes": INT}))})
 
 REPORT_SCHEMA = obj({
     "schema": STR, "version": INT, "created": STR,
@@ -131,17 +134,42 @@ REPORT_SCHEMA = obj({
                                                "truncated": BOOL}))}, nullable=True),
     "warnings": arr(STR),
 }, optional={"minor": INT})
-#: Top-level keys added by each minor version: required in reports of that minor or later, checked
-#: when present in older ones.
-ADDED_IN_MINOR = {1: {"lava": LAVA}}
+FAN_IN_SPLIT = obj({"layer": STR, "neurons": INT, "reason": STR, "need": NUM,
+                    "parts": arr(obj({"inputs": arr(obj({"synapse": STR, "start": INT, "stop": INT})), "cores": INT,
+                                      "axons_in": INT, "synmem_units": NUM})),
+                    "sum_cores": INT, "payload_bits": INT, "extra_latency": INT, "partial_cores": INT, "cores": INT})
+ARCHITECTURE_CHECK = obj({"passed": BOOL, "extreme": STR, "cores": INT, "chips": INT, "lower_bound": NUM,
+                          "bound_ratio": NUM, "smallest_system": OSTR, "fan_in_splits": INT, "seconds": NUM,
+                          "violations": arr(STR), "narrowest_cores": OINT}, nullable=True)
+#: Keys added by each minor version, by the path of the object they are added to (``()``: the top
+#: level; a list or map on the path stands for its items): required in reports of that minor or
+#: later, checked when present in older ones.
+ADDED_IN_MINOR = {
+    1: {(): {"lava": LAVA}},
+    2: {(): {"architecture_check": ARCHITECTURE_CHECK},
+        ("drc", "layers"): {"tile": arr(INT, True), "synmem_units_max": NUM, "core_memory_max": NUM,
+                            "lower_bound": NUM, "fan_in_split": BOOL},
+        ("drc", "violations"): {"source": STR, "evidence": STR, "warning": BOOL},
+        ("drc", "warnings"): {"source": STR, "evidence": STR, "warning": BOOL},
+        ("drc", "packing"): {"lower_bound": NUM, "bound_ratio": NUM, "smallest_system": OSTR,
+                             "fan_in_splits": arr(FAN_IN_SPLIT), "cost_model": mapping(LIMIT)},
+        ("target", "limits"): {"evidence": STR},
+        ("target", "systems"): {"evidence": STR}},
+}
 
 
 def _schema(minor: int) -> dict:
     """:data:`REPORT_SCHEMA` as it stands in minor version ``minor``."""
-    keys, optional = dict(REPORT_SCHEMA["keys"]), dict(REPORT_SCHEMA["optional"])
-    for m, added in ADDED_IN_MINOR.items():
-        (keys if m <= minor else optional).update(added)
-    return obj(keys, optional)
+    root = copy.deepcopy(REPORT_SCHEMA)
+    for m, additions in ADDED_IN_MINOR.items():
+        for path, added in additions.items():
+            node = root
+            for key in path:
+                node = node["keys"][key]
+                while node["type"] in ("list", "map"):
+                    node = node["items"] if node["type"] == "list" else node["values"]
+            (node["keys"] if m <= minor else node["optional"]).update(added)
+    return root
 
 
 def _type_ok(v: Any, kind: str) -> bool:
@@ -326,7 +354,8 @@ def lava_section(graph, lava, reference) -> dict[str, Any]:
     got, ref = window_spike_counts(graph, lava), window_spike_counts(graph, reference)
     layers = [{"name": name, "spikes_per_sample": got[name], "reference_spikes_per_sample": ref[name],
                "equal": got[name] == ref[name]} for name in graph.populations]
-    return {"run_config": RUN_CONFIGS[lava.run_config][1], "samples": int(lava.samples),
+    return {"run_config": RUN_CONFIGS[lava.run_config][1], "process_models": dict(lava.process_models),
+            "samples": int(lava.samples),
             "timesteps": int(lava.timesteps), "steps": int(lava.steps), "seconds": round(float(lava.seconds), 2),
             "layers": layers, "equal": all(layer["equal"] for layer in layers),
             "predictions": [int(x) for x in lava.predictions()],
@@ -335,8 +364,11 @@ def lava_section(graph, lava, reference) -> dict[str, Any]:
 
 def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str, Any], raster: Optional[dict],
                  model: dict[str, Any], dataset: Optional[dict[str, Any]] = None, parity: Any = None,
-                 lava: Optional[dict[str, Any]] = None, warnings: Optional[list[str]] = None) -> dict[str, Any]:
-    """Assemble a version-1.1 report (validated) from its parts; ``lava``: :func:`lava_section` or None."""
+                 lava: Optional[dict[str, Any]] = None, warnings: Optional[list[str]] = None,
+                 architecture: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Assemble a version-1.2 report (validated) from its parts; ``lava``: :func:`lava_section` or None;
+    ``architecture``: the design-rule check before calibration
+    (``deploy.pipeline.ArchitectureCheck.to_dict()``) or None."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -350,6 +382,10 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
                             "reference for this export")
     elif not parity["passed"]:
         all_warnings.append(f"parity FAILED: {parity['summary']}")
+    silent = (parity or {}).get("coverage", {}).get("silent_populations") or []
+    if silent:
+        all_warnings.append(f"{len(silent)} population(s) silent in every parity image, so parity says nothing about "
+                            f"them: {', '.join(silent)}")
     if lava is not None and not lava["equal"]:
         all_warnings.append("Lava's spike counts per sample differ from the integer reference's in "
                             + ", ".join(layer["name"] for layer in lava["layers"] if not layer["equal"]))
@@ -367,6 +403,7 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
         "latency": stats["latency"],
         "parity": parity,
         "lava": lava,
+        "architecture_check": architecture,
         "raster": raster,
         "warnings": all_warnings,
     }
@@ -380,7 +417,8 @@ def make_report(graph, pixels, labels=None, *, target="loihi2", float_accuracy: 
     """DRC + packing, statistics (one zero-delay reference run over ``pixels``), energy, report."""
     from . import get_target
     from .energy import estimate_energy
-    from .resources import check_design_rules, connectivity
+    from .connectivity import connectivity
+    from .design_rules import check_design_rules
     from .stats import collect_statistics
 
     tgt = get_target(target) if target is None or isinstance(target, str) else target
@@ -433,21 +471,26 @@ def write_report(out_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
     return jpath, hpath
 
 
+#: The largest report.json read back (XOResNet-101's is a few MB).
+MAX_REPORT_BYTES = 256 << 20
+
+
 def load_report(path: str | os.PathLike) -> dict:
-    """Read and validate a report.json (a directory means ``DIR/report.json``); :class:`ReportError` else."""
+    """Read and validate a report.json (a directory means ``DIR/report.json``; a regular file of at most
+    :data:`MAX_REPORT_BYTES`); :class:`ReportError` else."""
     p = Path(path)
     if p.is_dir():
         p = p / REPORT_JSON
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bounded(p, what=str(p), limit=MAX_REPORT_BYTES, error=ReportError).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise ReportError(f"{p} cannot be read ({type(e).__name__}: {e})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ReportError(f"{p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise ReportError(f"{p} is JSON nested too deeply for a report") from None
     try:
         return validate_report(data)
     except ReportError as e:
@@ -507,7 +550,7 @@ def plot_firing_rates(report: dict) -> str:
 def plot_cores(report: dict) -> str:
     layers = report["drc"]["layers"]
     return _bar_per_layer([l["name"] for l in layers], [l["cores"] for l in layers], [l["kind"] for l in layers],
-                          "neuro-cores (a core shared by two layers counts in both)", "Cores per layer", "{:.0f}")
+                          "neuro-cores (one layer tile per core)", "Cores per layer", "{:.0f}")
 
 
 _ENERGY_COLORS = {"synaptic_ops": "#3b6fb6", "graded_input_ops": "#7fa7dd", "neuron_updates_active": "#d9534f",
@@ -679,12 +722,46 @@ def _lava_html(lava: dict) -> str:
             for l in lava["layers"]]
     verdict = ("<span class='ok'>equal</span>" if lava["equal"] else "<span class='bad'>not equal</span>")
     more = f" (the first {shown} shown; all {N} in report.json)" if N > shown else ""
+    origin = {"xoresnet": "ours, proved equal to Intel's", "lava": "Intel's, as lava-nc ships it"}
+    models = "; ".join(f"{_e(cls)} x{m['processes']}: {_e(m['model'])} ({origin.get(m['origin'], _e(m['origin']))})"
+                       for cls, m in (lava.get("process_models") or {}).items())
     return (f"<h2>Lava on the {N} parity samples</h2><p class='meta'>{_e(lava['run_config'])}: {lava['steps']} "
-            f"steps in {_num(lava['seconds'])} s. Spikes per population in each sample's {lava['timesteps']}-step "
+            f"steps in {_num(lava['seconds'])} s" + (f". Process models that ran: {models}" if models else "")
+            + f". Spikes per population in each sample's {lava['timesteps']}-step "
             f"window, as Lava recorded them{more}; per sample {verdict} to the integer reference's. Predictions: "
             f"Lava {_e(lava['predictions'])}, reference {_e(lava['reference_predictions'])}.</p>"
             + _table(["layer"] + [f"sample {n}" for n in range(shown)]
                      + [f"Lava total ({N})", f"reference total ({N})", "equal per sample"], rows))
+
+
+def _resources_html(r: dict) -> str:
+    """Lower bound, fan-in splits, the check before calibration and the cost model (reports >= 1.2)."""
+    pk, arch = r["drc"]["packing"], r.get("architecture_check")
+    if "lower_bound" not in pk:
+        return ""
+    est = '<span class="est">estimate</span>'
+    out = [f"<p class='meta'>{pk['cores']:,} cores on {pk['chips']} chip(s) of {pk['cores_per_chip']} cores; smallest "
+           f"system that fits: {_e(pk['smallest_system'] or 'none')}. Lower bound {pk['lower_bound']:,.1f} cores; the "
+           f"packing is {pk['bound_ratio']:.2f}x the bound.{est}</p>"]
+    if arch:
+        verdict = "passed" if arch["passed"] else "failed: " + "; ".join(arch["violations"])
+        out.append(f"<p class='meta'>Before calibration (every weight at its {_e(arch['extreme'])} precision): "
+                   f"{arch['cores']:,} cores on {arch['chips']} chip(s), {arch['bound_ratio']:.2f}x the lower bound "
+                   f"{arch['lower_bound']:,.1f}, design rules {_e(verdict)} in {arch['seconds']:.1f} s.</p>")
+    if pk["fan_in_splits"]:
+        rows = [[_e(sp["layer"]), _e(sp["reason"]), _num(sp["need"]), _num(len(sp["parts"])),
+                 "; ".join(", ".join(f"{_e(i['synapse'])} [{i['start']}, {i['stop']})" for i in p["inputs"])
+                           for p in sp["parts"]),
+                 _num(sp["partial_cores"]), _num(sp["sum_cores"]), _num(sp["payload_bits"]),
+                 f"+{sp['extra_latency']}"] for sp in pk["fan_in_splits"]]
+        out.append("<h3>Fan-in splits (packed; not built by the Lava lowering yet)</h3>"
+                   + _table(["layer", "budget exceeded", "one neuron needs", "parts", "input ranges",
+                             "partial-sum cores", "summing cores", "partial-sum bits", "latency"], rows, "wrap", left=5))
+    rows = [[_e(c["name"]), _num(c["value"]), _e(c["unit"]), _e(c["evidence"]), _e(c["source"])]
+            for c in pk["cost_model"].values()]
+    out.append("<h3>SynMem cost model</h3>" + _table(["figure", "value", "unit", "evidence", "source"], rows, "wrap",
+                                                      left=5))
+    return "".join(out)
 
 
 def render_html(report: dict) -> str:
@@ -726,7 +803,8 @@ def render_html(report: dict) -> str:
         ("Design rules", f"<span class='{'ok' if drc['passed'] else 'bad'}'>"
                          f"{'passed' if drc['passed'] else str(len(drc['violations'])) + ' violation(s)'}</span>",
          f"{len(drc['warnings'])} warning(s); target {_e(tgt['name'])}"),
-        ("Neuro-cores / chips", f"{pk['cores']} / {pk['chips']}", f"fits: {_e(fits)}"),
+        ("Neuro-cores / chips", f"{pk['cores']} / {pk['chips']}",
+         f"fits: {_e(fits)}" + (f"; {pk['bound_ratio']:.2f}x the lower bound" if "bound_ratio" in pk else "")),
         ("Latency", f"{_num(lat['latency_steps'])} steps" if lat["latency_steps"] is not None else "&ndash;",
          f"T = {lat['timesteps']}, readout latency {_num(lat['readout_latency'])}, "
          f"a new sample every {_num(lat['steps_per_sample'])} steps"),
@@ -777,21 +855,27 @@ def render_html(report: dict) -> str:
     rows = []
     for l in drc["layers"]:
         s = stat_by.get(l["name"])
+        tile = l.get("tile")
         rows.append([_e(l["name"]), _e(l["kind"] + (f" ({l['op']})" if l["op"] else "")), _num(l["neurons"]),
                      _num(l["synapses"]), _num(l["synmem_bits"]), _num(l["fan_in_max"]), _num(l["fan_out_max"]),
                      f"{l['weight_bits']} {''.join(_SIGN[m] for m in l['sign_modes'])}" if l["sign_modes"]
                      else "&ndash;",
-                     _num(l["delay_max"]), _num(l["latency"]), _num(l["cores"]),
+                     _num(l["delay_max"]), _num(l["latency"]),
+                     "&times;".join(str(v) for v in tile) if tile else "&ndash;",
+                     _num(l.get("synmem_units_max")), _num(l["cores"]) + (" (split)" if l.get("fan_in_split") else ""),
+                     _num(l.get("lower_bound")),
                      _num(s["spikes_per_sample"]["mean"]) if s else "&ndash;",
                      f"{s['firing_rate']:.3f}" if s else "&ndash;",
                      _num(s["synops_in_per_sample"]) if s else _num(st["totals"]["readout_synops_per_sample"])])
     parts.append("<h2>Per-layer resources and activity</h2>")
     parts.append(_table(["layer", "kind", "neurons", "synapses in", f"syn. memory (bits){est}", "max fan-in",
-                         "max fan-out", "weight bits", "max delay", "latency", "cores", "spikes / sample",
+                         "max fan-out", "weight bits", "max delay", "latency", f"tile x&times;y&times;c{est}",
+                         f"SynMem units / core{est}", f"cores{est}", "lower bound (cores)", "spikes / sample",
                          "firing rate", "synops in / sample"], rows, left=2))
     parts.append(f"<p class='meta'>Weight bits: stored precision, sign modes &plusmn; mixed, + excitatory, &minus; "
                  f"inhibitory. Max fan-in / fan-out: synapses of the most connected neuron. Synaptic memory model: "
-                 f"{_e(drc['synmem_model'])}. Packing: {_e(pk['method'])}.</p>")
+                 f"{_e(drc['synmem_model'])}. Packing: {_e(pk['method'])}. Lower bound: max(neurons / 4,096, SynMem "
+                 f"of the distinct weights / 12,000).</p>")
     # systems
     rows = [[_e(s["name"]) + (est if s["estimate"] else ""), _num(s["chips"]), _num(s["cores"]),
              _num(s["chips_needed"]), f"{100 * s['core_utilization']:.2f}%",
@@ -799,6 +883,7 @@ def render_html(report: dict) -> str:
             for s in pk["systems"]]
     parts.append("<h2>Systems</h2>" + _table(["system", "chips", "cores", "chips needed", "core utilisation", ""],
                                                rows))
+    parts.append(_resources_html(r))
     # blocks
     if st["blocks"]:
         rows = [[_e(b["name"]), _e(b["merge"]), "yes" if b["selection"] else "no", _num(b["block_input_spikes"]),
@@ -816,12 +901,14 @@ def render_html(report: dict) -> str:
     if r.get("lava"):
         parts.append(_lava_html(r["lava"]))
     # limits
-    rows = [[_e(l["name"]), _num(l["value"]), _e(l["unit"]), est if l["estimate"] else "",
+    rows = [[_e(l["name"]), _num(l["value"]), _e(l["unit"]), _e(l.get("evidence", "")) + (est if l["estimate"] else ""),
              "yes" if l["enforced"] else "no", _e(l["source"])]
             for l in tgt["limits"].values()]
     parts.append(f"<h2>Target limits: {_e(tgt['name'])}</h2><p class='meta'>{_e(tgt['description'])}. Dispatch: "
-                 f"{_e(tgt['dispatch_note'])}</p>")
-    parts.append(_table(["limit", "value", "unit", "", "enforced", "source"], rows, "wrap", left=6))
+                 f"{_e(tgt['dispatch_note'])}. Evidence: CODE read in Lava's source, RUN confirmed by running it, LOG "
+                 "printed by Intel's lava-loihi compiler in the lava-dl tutorials, INFER derived from those logs "
+                 "(estimate), MEM from memory of a publication (estimate).</p>")
+    parts.append(_table(["limit", "value", "unit", "evidence", "enforced", "source"], rows, "wrap", left=6))
     if tgt["notes"]:
         parts.append("<ul class='findings'>" + "".join(f"<li>{_e(n)}</li>" for n in tgt["notes"]) + "</ul>")
     parts.append(f"<footer>Rendered from report.json (schema {_e(r['schema'])} version {r['version']}."

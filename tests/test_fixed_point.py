@@ -327,7 +327,7 @@ def test_synapse_current_binary_and_graded_payloads():
 
 def test_sign_mode_is_one_rule_for_numpy_and_torch():
     import numpy as np
-    from calibration.ranges import sign_mode, weight_range
+    from calibration.loihi2_limits import sign_mode, weight_range
     for w, mode in [([0, 3], "excitatory"), ([], "excitatory"), ([0, 0], "excitatory"), ([-1, 0], "inhibitory"),
                     ([-2, 4], "mixed")]:
         assert sign_mode(np.array(w)) == sign_mode(torch.tensor(w)) == mode

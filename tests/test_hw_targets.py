@@ -20,7 +20,9 @@ from hw_targets.base import NoHardwareError, UnknownTargetError
 from hw_targets.energy import EnergyTable, ann_macs, estimate_energy
 from hw_targets.loihi2 import missing_loihi2_modules
 from hw_targets.report import (ReportError, load_report, report_problems, validate_report, write_report)
-from hw_targets.resources import check_design_rules, require_design_rules, synapse_connectivity
+from hw_targets.connectivity import synapse_connectivity
+from hw_targets.design_rules import check_design_rules, require_design_rules
+from hw_targets.packing import InputRange
 from hw_targets.stats import StatsAccumulator
 from xoresnet.errors import DesignRuleError, DispatchUnavailableError
 
@@ -71,14 +73,24 @@ def test_registry_and_unknown_target():
         assert "onnx" in str(e)
 
 
-def test_every_limit_has_source_and_estimate_flag():
+def test_every_limit_has_source_and_evidence_grade():
+    from calibration import loihi2_limits
+
     for t in TARGETS.values():
         for name, lim in t.limits.items():
-            assert lim.name == name and lim.source and isinstance(lim.estimate, bool)
+            assert lim.name == name and lim.source and lim.evidence in loihi2_limits.EVIDENCE
+            assert lim.estimate == (lim.evidence in ("INFER", "MEM"))
     lim = get_target("loihi2").limits
-    assert lim["cores_per_chip"].value == 128 and lim["delay_max"].value == 62 and lim["weight_bits"].value == 8
-    assert lim["axons_in_per_core"].estimate and not lim["delay_max"].estimate
+    assert lim["cores_per_chip"].value == 120 and "NUM_VIRTUAL_CORES_L3" in lim["cores_per_chip"].source
+    assert lim["delay_max"].value == 62 and lim["weight_bits"].value == 8
+    assert lim["synmem_units_per_core"].value == 12000 and lim["axon_in_units_per_core"].value == 16000
+    assert lim["axon_in_units_per_core"].estimate and not lim["delay_max"].estimate
     assert [s.chips for s in get_target("loihi2").systems] == [1, 8, 1152]
+    # one home per limit: the target's limits are calibration's objects, which IntegerGraph.validate reads
+    assert lim["delay_max"] is loihi2_limits.DELAY and lim == loihi2_limits.LIMITS
+    g = two_layer_graph(delay=loihi2_limits.DELAY_MAX + 1)
+    with pytest.raises(Exception, match=f"delay = {loihi2_limits.DELAY_MAX + 1} is outside"):
+        g.validate()
 
 
 def test_loihi2_dispatch_unavailable_names_missing_modules(tmp_path):
@@ -136,35 +148,37 @@ def test_conv_synapse_count_by_hand():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_fragment_sources_equal_the_full_transposed_convolution(seed):
-    """Sources of a set of destinations (read off their receptive fields) == the transposed conv of
-    their mask over the whole layer: ranges in flat order and arbitrary sets."""
+def test_conv_output_routes_equal_the_full_transposed_convolution(seed):
+    """Output routes of every source tile of a conv (destination tiles whose receptive-field box
+    overlaps it, counted per axis) == the destination tiles that the transposed convolution of each
+    destination tile's mask really reaches: strides, padding, groups and uneven tiles."""
+    from hw_targets.packing import LayerSpec, conv_routes, grid_tiling
+
     rng = np.random.default_rng(seed)
     groups = int(rng.choice([1, 2]))
-    c_in, c_out = 2 * int(rng.integers(1, 3)), 2 * int(rng.integers(1, 4))
+    c_in, c_out = 2 * int(rng.integers(1, 4)), 2 * int(rng.integers(1, 4))
     k, stride, padding = int(rng.choice([1, 3])), int(rng.choice([1, 2])), int(rng.integers(0, 2))
-    h, w = int(rng.integers(4, 8)), int(rng.integers(4, 8))
+    h, w = int(rng.integers(4, 9)), int(rng.integers(4, 9))
     ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
-    weight = rng.integers(-1, 2, (c_out, c_in // groups, k, k)) * 2
-    g = make_graph([pop("a", (c_in, h, w)), pop("b", (c_out, ho, wo))],
-                   [conv("c", "a", "b", weight, stride=(stride,) * 2, padding=(padding,) * 2, groups=groups)])
-    c = synapse_connectivity(g, g.synapses[0])
-    n = c_out * ho * wo
-    ind = torch.as_tensor(weight != 0, dtype=torch.float64)
+    weight = np.ones((c_out, c_in // groups, k, k), np.int64) * 2
+    syn = conv("c", "a", "b", weight, stride=(stride,) * 2, padding=(padding,) * 2, groups=groups)
+    src = grid_tiling(LayerSpec("a", "neuron", (c_in, h, w)), *(int(rng.integers(1, n + 1)) for n in (w, h, c_in)))
+    dst = grid_tiling(LayerSpec("b", "neuron", (c_out, ho, wo)), *(int(rng.integers(1, n + 1)) for n in (wo, ho, c_out)))
+    owner = np.zeros((c_in, h, w), np.int64)  # source tile of every source neuron
+    for i, t in enumerate(src.tiles):
+        (c0, c1), (y0, y1), (x0, x1) = t.box
+        owner[c0:c1, y0:y1, x0:x1] = i
+    ind = torch.ones_like(torch.as_tensor(weight, dtype=torch.float64))
     out_pad = (h - ((ho - 1) * stride - 2 * padding + k), w - ((wo - 1) * stride - 2 * padding + k))
-
-    def full_transposed(dst: np.ndarray) -> np.ndarray:
-        mask = torch.zeros(n, dtype=torch.float64)
-        mask[dst] = 1
-        hit = torch.nn.functional.conv_transpose2d(mask.reshape(1, c_out, ho, wo), ind, stride=stride,
-                                                   padding=padding, groups=groups, output_padding=out_pad)
-        return np.flatnonzero(hit.reshape(-1).numpy() > 0)
-
-    ranges = [(0, n), (0, 1), (n - 1, n)] + [tuple(sorted(rng.choice(n + 1, 2, replace=False))) for _ in range(20)]
-    sets = [np.arange(a, b) for a, b in ranges] + [rng.permutation(n)[: int(rng.integers(1, n + 1))]
-                                                   for _ in range(20)]
-    for dst in sets:
-        assert np.array_equal(c.sources_of(dst), full_transposed(dst)), dst
+    truth = np.zeros(len(src.tiles))
+    for t in dst.tiles:
+        (c0, c1), (y0, y1), (x0, x1) = t.box
+        mask = torch.zeros((1, c_out, ho, wo), dtype=torch.float64)
+        mask[0, c0:c1, y0:y1, x0:x1] = 1
+        hit = torch.nn.functional.conv_transpose2d(mask, ind, stride=stride, padding=padding, groups=groups,
+                                                   output_padding=out_pad)[0].numpy() > 0
+        truth[np.unique(owner[hit])] += 1
+    assert np.array_equal(conv_routes(syn, src, dst), truth)
 
 
 # ---------------------------------------------------------------------- design rules
@@ -196,20 +210,27 @@ def test_drc_weight_bits_and_odd_mixed_weight():
     _raises_drc(g, "layer b", "odd")
 
 
-def test_drc_fan_in_over_limit_and_near_limit_warning():
-    n = 5000
-    g = make_graph([pop("a", (n,)), pop("b", (1,))], [dense("a->b", "a", "b", np.ones((1, n)))])
-    r = _raises_drc(g, "layer b", "fan-in", "5000", "axons_in_per_core")
-    assert r.layer("b").fan_in_max == 5000
-    # the CPU simulator is not bound by it: a warning only
-    r = check_design_rules(g, "lava-sim")
-    assert r.passed and any(w.limit == "axons_in_per_core" and "would not fit" in w.message for w in r.warnings)
-    # 3500 = 85 % of 4096: a warning, not an error
-    g = make_graph([pop("a", (3500,)), pop("b", (1,))], [dense("a->b", "a", "b", np.ones((1, 3500)))])
+def test_drc_fan_in_over_a_core_is_split_not_refused_and_near_limit_warning():
+    # 5000 inputs (the old Loihi 1 limit was 4096) fit one core of Loihi 2
+    g = make_graph([pop("a", (5000,)), pop("b", (1,))], [dense("a->b", "a", "b", np.ones((1, 5000)))])
     r = require_design_rules(check_design_rules(g))
-    assert any(w.layer == "b" and w.limit == "axons_in_per_core" and "85%" in w.message for w in r.warnings)
+    assert r.layer("b").fan_in_max == 5000 and r.layer("b").cores == 1 and not r.packing.splits
+    # 20000 inputs: one neuron needs 20000 AxonIn units (> 16000) and, one synapse per row, 20000 SynMem
+    # units (> 12000): two partial sums of 10000 inputs on a core each, summed on a third; not a violation
+    n = 20000
+    g = make_graph([pop("a", (n,)), pop("b", (1,))], [dense("a->b", "a", "b", np.ones((1, n)))])
+    for target in ("loihi2", "lava-sim"):
+        r = require_design_rules(check_design_rules(g, target))
+        split = r.packing.splits[0]
+        assert split.layer == "b" and split.reason == "axon_in_units_per_core" and split.need == n
+        assert [p.inputs for p in split.parts] == [(InputRange("a->b", 0, 10000),), (InputRange("a->b", 10000, n),)]
+        assert split.partial_cores == 2 and split.sum_cores == 1 and split.extra_latency == 1
+        assert split.payload_bits == 16  # 20000 ones: 15 bits and a sign, within the 24-bit graded payload
+        assert r.layer("b").cores == 3 and r.layer("b").fan_in_split
+        assert r.packing.num_cores == -(-n // 3584) + 3
+        assert any(w.layer == "b" and "fan-in split into 2 partial sums" in w.message for w in r.warnings)
     r = require_design_rules(check_design_rules(two_layer_graph(delay=55)))
-    assert any(w.limit == "delay_max" and "b" in w.layer for w in r.warnings)
+    assert any(w.limit == "delay_max" and "b" in w.layer and "89%" in w.message for w in r.warnings)
 
 
 def test_drc_conv_delay_and_reset_interval():
@@ -225,40 +246,51 @@ def test_drc_conv_delay_and_reset_interval():
 
 
 def test_drc_population_too_large_for_system():
-    n = 129 * 4096  # 129 cores: more than one chip
+    n = 129 * 4096  # 148 tiles of 3,584 neurons: more than one chip of 120 cores
     g = make_graph([pop("big", (n,))], [])
-    _raises_drc(g, "layer big", "129 cores", "Oheo Gulch", system="oheo-gulch")
+    r = _raises_drc(g, "layer big", "148 cores", "Oheo Gulch", "cores_of_oheo-gulch", "NUM_VIRTUAL_CORES_L3",
+                    system="oheo-gulch")
+    assert r.violations[0].source and r.violations[0].evidence == "CODE"
     r = require_design_rules(check_design_rules(g, system="kapoho-point"))
-    assert r.layer("big").cores == 129 and r.packing.chips == 2
+    assert r.layer("big").cores == 148 and r.packing.chips == 2
+    # the CPU simulator is not bound by cores: a warning only
+    r = check_design_rules(g, "lava-sim", system="oheo-gulch")
+    assert r.passed and any("would not fit Loihi 2" in w.message and "Oheo Gulch" in w.message for w in r.warnings)
     with pytest.raises(UnknownTargetError):
         check_design_rules(g, system="pohoiki")
 
 
 # ---------------------------------------------------------------------- packing
 
-def test_packing_splits_and_shares_cores():
+def test_packing_splits_layers_and_gives_each_its_own_cores():
+    # 11,988 neurons: four tiles of at most 3,584; the small populations do not share a core with it
+    # (every core of the lava-loihi logs holds one layer's tile)
     g = make_graph([pop("big", (3 * 4096 - 300,)), pop("s1", (100,)), pop("s2", (100,))], [])
     r = check_design_rules(g)
-    assert r.layer("big").cores == 3 and r.layer("big").fragments == 3
-    # the two small populations share a core (with the big one's remainder): 3 cores in all
-    assert r.packing.num_cores == 3 and r.packing.chips == 1
-    shared = [c for c in r.packing.cores if "s1" in c.layers]
-    assert len(shared) == 1 and "s2" in shared[0].layers
+    assert r.layer("big").cores == 4 and r.layer("big").fragments == 4
+    assert [t.neurons for t in r.packing.tilings["big"][0].tiles] == [3584, 3584, 3584, 1236]
+    assert r.packing.num_cores == 6 and r.packing.chips == 1
+    assert all(len(row["layers"]) == 1 for row in r.packing.to_dict()["core_table"])
 
 
 def test_packing_synaptic_memory_split():
-    # 100 neurons x 4000 dense 8-bit synapses: 32000 bits each, 24 per 768000-bit core -> 5 cores
+    # 100 neurons x 4000 dense 8-bit synapses, 20 bits each (8 + 12 index bits): a source row of n
+    # neurons on a core takes ceil(20 n / 64) units, so 9 neurons (3 units x 4000 rows) per core
     g = make_graph([pop("a", (4000,)), pop("b", (100,))], [dense("a->b", "a", "b", np.full((100, 4000), 255))])
     r = require_design_rules(check_design_rules(g))
     b = r.layer("b")
-    assert b.synapses == 400_000 and b.synmem_bits == 400_000 * 8 and b.cores == 5
-    assert r.synapses[0].index_bits == 0 and r.synapses[0].weight_bits == 8
+    assert b.synapses == 400_000 and b.cores == 12 and b.synmem_units_max == 12000
+    assert b.synmem_bits == (11 * 12000 + 4000) * 64
+    s = r.synapses[0]
+    assert s.index_bits == 12 and s.weight_bits == 8 and s.bits_per_synapse == 20
+    assert s.synmem_bits == 4000 * 32 * 64  # 100 neurons of a row: ceil(2000 / 64) = 32 units
+    assert r.layer("a").cores == 2 and r.layer("a").axons_out_max == 3584  # one route unit per source neuron
 
 
 def test_packing_200_cores_two_chips():
     g = make_graph([pop("big", (200 * 4096,))], [])
     r = check_design_rules(g)
-    assert r.packing.num_cores == 200 and r.packing.chips == 2
+    assert r.packing.num_cores == 229 and r.packing.chips == 2
     assert r.systems_fit() == ["Kapoho Point", "Hala Point"]
     fits = {s["key"]: s["fits"] for s in r.packing.systems}
     assert fits == {"oheo-gulch": False, "kapoho-point": True, "hala-point": True}

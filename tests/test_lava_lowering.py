@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ import torch
 from calibration import fixed_point as fx
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
-from conftest import REPO, firing_model, random_pixels, small_config
+from conftest import REPO, firing_model, random_pixels, run_in_own_session, small_config
 from deploy import lava_run
 from deploy.lava_graph import (describe_lava_network, from_lava, lava_flat_order, lava_plan, lava_shape,
                                to_lava)
@@ -103,16 +105,7 @@ def reference_stream(graph: IntegerGraph, pixels):
 
 def run_child(code: str, timeout: float = 120) -> str:
     """Run ``code`` in a fresh Python (own session); on timeout kill the whole session."""
-    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        lava_run.stop_session(p.pid)
-        p.communicate()
-        pytest.fail(f"the Lava child did not finish within {timeout} s")
-    assert p.returncode == 0, err[-3000:]
-    return out.strip().splitlines()[-1]
+    return run_in_own_session([sys.executable, "-c", textwrap.dedent(code)], timeout).strip().splitlines()[-1]
 
 
 def orphaned_new_segments(before: set[str]) -> set[str]:
@@ -420,6 +413,31 @@ def test_parity_gate_logic_without_lava():
     json.dumps(report.to_dict())
 
 
+def test_parity_coverage_and_the_silent_population_warning():
+    """The verdict says what it covered; a population silent in every parity image is named."""
+    graph = joined({"n": integer_graph(small_config(timesteps=3, blocks_per_stage=(1, 1)), 7)})
+    pixels = random_pixels(2, small_config(), 5).numpy()
+    reference = reference_stream(graph, pixels)
+    report = check_parity(graph, reference, as_lava_result(graph, reference, pixels))
+    c = report.coverage
+    P, T = graph.reset_interval, graph.timesteps
+    for name, pop in graph.populations.items():  # counted in each sample's T-step window
+        want = sum(int(reference.spikes[name][n * P + pop.latency: n * P + pop.latency + T].sum()) for n in range(2))
+        assert c["spikes_by_population"][name] == want, name
+    assert c["spikes_compared"] == sum(c["spikes_by_population"].values()) > 0
+    assert c["populations"] == len(graph.populations) and c["neurons"] == sum(p.size for p in graph.populations.values())
+    assert 0 < c["neurons_spiked_fraction"] <= 1 and c["neurons_spiked"] == round(c["neurons_spiked_fraction"] * c["neurons"])
+    assert f"coverage: {c['populations_spiked']} of {c['populations']} populations spiked" in report.summary()
+    # silence one population in the reference and in "Lava" alike: parity passes, with a warning naming it
+    quiet = next(name for name in graph.populations if c["spikes_by_population"][name])
+    reference.spikes[quiet][:] = False
+    report = check_parity(graph, reference, as_lava_result(graph, reference, pixels))
+    assert report.passed and report.coverage["silent_populations"] == [quiet]
+    assert report.summary().endswith(f"WARNING: 1 of {c['populations']} population silent in every parity image "
+                                     f"({quiet}): parity says nothing about it")
+    json.dumps(report.to_dict())
+
+
 # ---------------------------------------------------------------------- 5. timeouts, hangs and failures
 
 def tiny_graph(delay: int) -> IntegerGraph:
@@ -436,7 +454,17 @@ def tiny_graph(delay: int) -> IntegerGraph:
     return IntegerGraph((1, 4, 4), 16, 2, pops, syns, np.zeros(3, np.int64), 1.0, reset_interval=2)
 
 
+def assert_nothing_left(cleanup: dict, before: set[str]) -> None:
+    """No process of the run's session, none of its shared-memory segments, no work directory."""
+    assert session_members(cleanup["session"]) == []
+    present = set(os.listdir("/dev/shm"))
+    assert not set(cleanup["segments_logged"]) & present
+    assert orphaned_new_segments(before) == set()
+    assert not os.path.exists(cleanup["workdir"])
+
+
 def test_timeout_kills_everything_and_leaks_nothing(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # the Lava child imports tests/lava_fault_models.py
     pixels = np.ones((2, 1, 4, 4), np.int64)
     # (a) a run that cannot finish in 0.5 s (Python and Lava are still starting)
     before = set(os.listdir("/dev/shm"))
@@ -444,20 +472,52 @@ def test_timeout_kills_everything_and_leaks_nothing(monkeypatch):
         run_lava(tiny_graph(1), pixels, timeout=0.5)
     assert e.value.exit_code == 6
     assert session_members(e.value.cleanup["session"], include_zombies=False) == []
-    # (b) a real Lava hang: DelaySparse raises on a delay > 63 inside run_spk and the runtime
-    # deadlocks. SIGKILL without grace, so the resource trackers cannot clean up: we must.
+    # (b) a real hang without an exception: a LIF model that blocks forever at step 3. SIGKILL
+    # without grace, so the resource trackers cannot clean up: we must.
     monkeypatch.setattr(lava_run, "KILL_GRACE", 0.0)
-    with pytest.raises(LavaRunError, match="did not finish within 6 s") as e:
-        run_lava(tiny_graph(64), pixels, timeout=6, validate=False)
+    with pytest.raises(LavaRunError, match=r"did not finish within 8 s \(2 of 8 steps done") as e:
+        run_lava(tiny_graph(1), pixels, timeout=8, chunk=1,
+                 model_overrides={"LIFReset": "lava_fault_models.PyLifResetModelHanging"})
+    assert "no Lava process reported an error" in str(e.value)
     cleanup = e.value.cleanup
-    assert session_members(cleanup["session"]) == []
     assert cleanup["processes_killed"] >= 1
-    present = set(os.listdir("/dev/shm"))
-    assert not set(cleanup["segments_logged"]) & present
-    if cleanup["segments_logged"]:  # the runtime was up (it normally is after 6 s: it needs about 3)
+    if cleanup["segments_logged"]:  # the runtime was up (it normally is after 8 s: it needs about 3)
         assert cleanup["segments_removed"]
-    assert orphaned_new_segments(before) == set()
-    assert not os.path.exists(cleanup["workdir"])
+    assert_nothing_left(cleanup, before)
+
+
+def test_exception_in_a_lava_process_fails_fast_and_names_it(monkeypatch):
+    """An exception raised inside a Lava process (here an injected LIF model that raises at step 3
+    before it sends, so the processes downstream wait forever for its spikes) ends the run within
+    seconds, not at the timeout, with one line naming the process, its model and the exception,
+    and leaves no process and no shared memory behind."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests"))  # the Lava child imports tests/lava_fault_models.py
+    pixels = np.ones((2, 1, 4, 4), np.int64)
+    before = set(os.listdir("/dev/shm"))
+    t0 = time.monotonic()
+    with pytest.raises(LavaRunError) as e:
+        run_lava(tiny_graph(1), pixels, timeout=600, chunk=1,
+                 model_overrides={"LIFReset": "lava_fault_models.PyLifResetModelRaising"})
+    took = time.monotonic() - t0
+    message = str(e.value)
+    assert e.value.exit_code == 6 and "\n" not in message
+    assert re.fullmatch(r"the Lava simulation failed \(exit code 1\): Lava process 'pop:[ab]' \(LIFReset, model "
+                        r"lava_fault_models\.PyLifResetModelRaising\) raised RuntimeError: injected fault at "
+                        r"step 3( \(and 1 more Lava process failed\))?", message), message
+    assert "timeout" not in message
+    assert took < 60, took  # startup (~3 s on an idle machine) plus about a second; the timeout was 600 s
+    assert_nothing_left(e.value.cleanup, before)
+
+
+def test_intels_model_raising_is_reported_not_hung():
+    """Intel's own DelaySparse model raises inside ``run_spk`` on a delay above 63 (Lava's runtime
+    used to deadlock on it): the run fails fast with the process and the exception named."""
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(LavaRunError, match=r"Lava process 'syn:i' \(DelaySparse, model lava\.proc\.sparse\.models"
+                                           r"\.PyDelaySparseModelBitAcc\) raised ValueError: DelaySparse Process "
+                                           r"'delays' expects values between 0 and 63") as e:
+        run_lava(tiny_graph(64), np.ones((2, 1, 4, 4), np.int64), timeout=600, validate=False, models="lava")
+    assert_nothing_left(e.value.cleanup, before)
 
 
 def test_child_failure_reports_the_error():

@@ -9,7 +9,9 @@ afterwards with their original content.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,9 +74,41 @@ def prepare(kind: str, root: Path) -> Path:
         (root / "sub").mkdir()
         (root / "sub" / "keep.txt").write_text("kept")
         return root / "sub" / ".."
+    elif kind in ("immutable", "append-only"):  # chattr +i / +a: the folder cannot be renamed or emptied
+        our_export(out)
+        chattr("+" + kind[0], out)
+    elif kind == "immutable-parent":
+        (root / "p").mkdir()
+        chattr("+i", root / "p")
+        return root / "p" / "out"
+    elif kind == "cwd-empty":  # `--out .` in an empty folder: replacing it would pull it from under the shell
+        out.mkdir()
+        return Path(".")
+    elif kind == "cwd-ours":
+        our_export(out)
+        return Path(".")
+    elif kind == "above-cwd":
+        (out / "sub").mkdir(parents=True)
+        return Path("..")
     else:
         raise AssertionError(kind)
     return out
+
+
+#: The folder the command runs in, for the cases that name --out relative to it.
+CWD = {"cwd-empty": "out", "cwd-ours": "out", "above-cwd": "out/sub"}
+
+
+def chattr(flag: str, path: Path) -> None:
+    """Set an inode flag (needs root and a file system that has them: the case is skipped otherwise)."""
+    if shutil.which("chattr") is None or subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode:
+        pytest.skip(f"chattr {flag} is not available here")
+
+
+def unlock(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if path.is_dir() and not path.is_symlink() and shutil.which("chattr"):
+            subprocess.run(["chattr", "-i", "-a", str(path)], capture_output=True)
 
 
 # kind, force, expected ("ok" or the exit-2 message fragment), files that must keep their content
@@ -100,12 +134,29 @@ CASES = [
     ("force-clash", True, "--force never overwrites a file it did not write",
      {"out/notes.txt": "my notes", "out/parity.json": "the user's parity notes"}),
     ("dot-dot", False, "holds files that are not an xoresnet export", {"sub/keep.txt": "kept"}),
+    ("immutable", False, "is immutable (chattr +i)", {"out/parity.json": '{"passed": true}'}),
+    ("append-only", False, "is append-only (chattr +a)", {"out/parity.json": '{"passed": true}'}),
+    ("immutable-parent", False, "is immutable (chattr +i)", {}),
+    ("cwd-empty", False, "is the current folder, which an export cannot replace", {}),
+    ("cwd-empty", True, "ok", {}),
+    ("cwd-ours", False, "is the current folder, which an export cannot replace", {"out/parity.json": '{"passed": true}'}),
+    ("cwd-ours", True, "ok", {}),
+    ("above-cwd", False, "is above the current folder", {}),
 ]
 
 
 @pytest.mark.parametrize("kind,force,expected,kept", CASES, ids=[f"{c[0]}{'-force' if c[1] else ''}" for c in CASES])
-def test_out_folder_cases(tmp_path, kind, force, expected, kept):
+def test_out_folder_cases(tmp_path, monkeypatch, kind, force, expected, kept):
+    try:
+        check_out_folder_case(tmp_path, monkeypatch, kind, force, expected, kept)
+    finally:
+        unlock(tmp_path)
+
+
+def check_out_folder_case(tmp_path, monkeypatch, kind, force, expected, kept):
     out = prepare(kind, tmp_path)
+    if kind in CWD:
+        monkeypatch.chdir(tmp_path / CWD[kind])
     before = {name: (tmp_path / name).read_text() for name in kept}
     if expected != "ok":
         with pytest.raises(UsageError) as e:
@@ -116,7 +167,7 @@ def test_out_folder_cases(tmp_path, kind, force, expected, kept):
         art.write_json(PARITY_FILE, {"passed": True, "new": 1})
         art.write_json(MANIFEST_FILE, {**OURS, "artifacts": art.hashes()})
         art.commit()
-        real = Path(os.path.realpath(out))
+        real = art.out
         assert json.loads((real / PARITY_FILE).read_text())["new"] == 1
         assert json.loads((real / MANIFEST_FILE).read_text())["format"] == "xoresnet-export"
         if out.is_symlink():
@@ -187,3 +238,49 @@ def test_train_out_must_be_a_file_path(tmp_path, make):
                         "--out", str(target), "--no-progress"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("xoresnet-train: error: --out ")
     assert ("is a folder" if make == "folder" else "not a regular file") in r.stderr
+
+
+def _commit_at_the_same_instant(folder: str, tag: int, barrier, exchange: bool) -> None:
+    """One of the racing exports: collect its artifacts, wait for the other, commit."""
+    import deploy.export_dir as export_dir
+
+    if not exchange:
+        export_dir._renameat2 = lambda *a: False  # the two-rename fallback of platforms without renameat2
+    art = ArtifactDir(Path(folder))
+    art.write_json(PARITY_FILE, {"passed": True, "tag": tag})
+    art.write_json(MANIFEST_FILE, {**OURS, "artifacts": art.hashes()})
+    barrier.wait()
+    art.commit()
+
+
+def test_two_exports_committing_into_the_same_folder_at_the_same_instant(tmp_path):
+    """Twenty rounds of two processes committing into DIR at once (DIR absent, then present): both succeed,
+    DIR holds one of the two complete exports, and nothing is orphaned (no .DIR.partial-*, no .DIR.old-*)."""
+    ctx = multiprocessing.get_context("fork")
+    out = tmp_path / "out"
+    for round_ in range(20):
+        barrier = ctx.Barrier(2)
+        procs = [ctx.Process(target=_commit_at_the_same_instant, args=(str(out), 2 * round_ + i, barrier, True))
+                 for i in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0], round_
+        manifest = json.loads((out / MANIFEST_FILE).read_text())
+        tag = json.loads((out / PARITY_FILE).read_text())["tag"]
+        assert tag in (2 * round_, 2 * round_ + 1) and manifest["artifacts"][PARITY_FILE] == file_sha256(out / PARITY_FILE)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], round_
+
+
+def test_an_export_replaces_the_previous_one_and_leaves_no_marker(tmp_path):
+    """The temporary folder's ``.xoresnet-partial`` marker is not committed: the folder holds only our artifact
+    names, so the next export may replace it."""
+    out = tmp_path / "out"
+    for tag in range(2):
+        art = ArtifactDir(out)
+        art.write_json(PARITY_FILE, {"passed": True, "tag": tag})
+        art.write_json(MANIFEST_FILE, {**OURS, "artifacts": art.hashes()})
+        art.commit()
+        assert sorted(os.listdir(out)) == [MANIFEST_FILE, PARITY_FILE]
+    assert json.loads((out / PARITY_FILE).read_text())["tag"] == 1

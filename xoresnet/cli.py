@@ -15,10 +15,14 @@ from pathlib import Path
 import torch
 
 from .config import ARCH_PRESETS, BLOCK_PRESETS, MERGES, SELECTIONS, SHORTCUTS, NetworkConfig
-from .errors import CheckpointError, ConfigError, OneLineArgumentParser, UsageError, number, run_cli
+from .errors import ConfigError, OneLineArgumentParser, UsageError, number, run_cli
+from .neuron import decay_problem
 
 
 POSITIVE_INT = number(int)
+#: The largest --seed: the per-epoch generators are seeded with seed + 1000 * epoch + rank, which must stay a
+#: 64-bit seed; every 32-bit seed is allowed.
+MAX_SEED = 2**32 - 1
 POSITIVE = number(float)
 NON_NEGATIVE = number(float, inclusive=True)
 
@@ -40,7 +44,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     from .data import DATASETS
 
     p.add_argument("--dataset", choices=sorted(DATASETS), required=required,
-                   help="dataset (digits is bundled; the others read --data-dir)")
+                   help="dataset (digits and mnist are bundled; the others read --data-dir)")
     p.add_argument("--data-dir", help="folder holding FashionMNIST/, cifar-10-batches-py/, cifar-100-python/ "
                                       "or miniImageNet/ in torchvision's on-disk layout")
 
@@ -48,7 +52,8 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool) -> None:
 def network_config_from_args(args: argparse.Namespace) -> NetworkConfig:
     """The config that ``xoresnet-train``'s architecture and block flags describe.
 
-    A config the flags make invalid or unsupported is the user's usage error (:class:`UsageError`).
+    A config the flags make invalid or unsupported is the user's usage error (:class:`UsageError`), and so is
+    a neuron that trains but cannot be deployed for its decays (:func:`xoresnet.neuron.decay_problem`).
     """
     from .data import DATASETS
 
@@ -64,9 +69,13 @@ def network_config_from_args(args: argparse.Namespace) -> NetworkConfig:
               if v is not None}
     try:
         base = NetworkConfig.preset(args.arch, block=block)
-        return base.replace(neuron=dataclasses.replace(base.neuron, **neuron), **overrides)
+        config = base.replace(neuron=dataclasses.replace(base.neuron, **neuron), **overrides)
     except ConfigError as e:
         raise UsageError(str(e)) from None
+    problem = decay_problem(config.neuron.du, config.neuron.dv)
+    if problem:  # it would train, and then export, eval --integer and QAT would all refuse it
+        raise UsageError(f"--du {config.neuron.du:g} --dv {config.neuron.dv:g}: {problem}")
+    return config
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -95,7 +104,8 @@ def train_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=POSITIVE, default=1e-3, help="initial learning rate (cosine annealing to 0)")
     t.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4)
     t.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=number(int, inclusive=True, maximum=MAX_SEED), default=0,
+                   help=f"random seed, 0..{MAX_SEED} (default 0)")
     t.add_argument("--no-augment", action="store_true", help="no random translation/flips")
     o = p.add_argument_group("run")
     o.add_argument("--out", default="runs/model.pt", help="checkpoint path (written after every epoch)")
@@ -175,18 +185,14 @@ def eval_main(argv: list[str] | None = None) -> None:
         from .checkpoint import load_model
         from .data import load_dataset
         from .errors import DataError
-        from .training import dataset_mismatch, evaluate
+        from .training import evaluate, require_dataset_fits
 
         args = eval_parser().parse_args(argv)
         model, ckpt = load_model(args.checkpoint)
         dataset = args.dataset or ckpt.meta.get("dataset")
         if dataset is None:
             raise DataError("the checkpoint does not name its dataset: pass --dataset")
-        mismatch = dataset_mismatch(model.config, dataset)
-        if mismatch and args.dataset:
-            raise UsageError(f"--dataset {dataset}: {mismatch}")
-        if mismatch:
-            raise CheckpointError(f"{args.checkpoint}: its meta names dataset {dataset!r}, but {mismatch}")
+        require_dataset_fits(model.config, dataset, named_by_flag=bool(args.dataset), checkpoint=args.checkpoint)
         ds = load_dataset(dataset, args.split, args.data_dir, limit=args.limit)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         result = evaluate(model.to(device), ds, batch_size=args.batch_size, device=device, stats=True)

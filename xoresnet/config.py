@@ -25,6 +25,17 @@ SHORTCUTS = ("add_current", "spike")
 STEMS = ("conv", "conv_s2_orpool")
 BOTTLENECK_EXPANSION = 4
 
+# The ranges of a config's sizes and numbers (:meth:`NetworkConfig.validate`). A checkpoint's config is
+# untrusted input: these keep a few bytes of JSON from asking for a network that takes hours to build or
+# more memory than any machine has. ResNet-101 has 4 stages of at most 23 blocks and 2048 channels.
+MAX_STAGES = 8
+MAX_BLOCKS_PER_STAGE = 64
+MAX_CHANNELS = 16384
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 4, 1024
+MAX_IN_CHANNELS = 16
+MAX_CLASSES = 10000
+MAX_TIMESTEPS = 4096
+
 
 @dataclass(frozen=True)
 class BlockSpec:
@@ -114,27 +125,41 @@ class NetworkConfig:
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> None:
-        _need(self.block_type in BLOCK_TYPES, f"block_type {self.block_type!r} is not one of {BLOCK_TYPES}")
-        _need(len(self.blocks_per_stage) >= 1 and all(b >= 1 for b in self.blocks_per_stage),
-              f"blocks_per_stage must be positive integers, got {list(self.blocks_per_stage)}")
-        _need(self.base_width >= 1 and 0 < self.width_factor < math.inf,
-              f"base_width and width_factor must be positive, got {self.base_width} and {self.width_factor}")
-        _need(self.input_size >= 4, f"input_size {self.input_size} is too small (>= 4)")
-        _need(self.in_channels >= 1 and self.num_classes >= 2, "in_channels >= 1 and num_classes >= 2 are required")
-        _need(self.timesteps >= 1, f"timesteps must be >= 1, got {self.timesteps}")
+        """Refuse what this xoresnet cannot build. Sizes and numbers are checked against their ranges
+        (:data:`LIMITS`) first, before anything is computed from them, and raise :class:`ConfigFormatError`
+        (a malformed config, exit 3); unsupported choices raise :class:`ConfigError` (exit 4)."""
+        _in_range(1 <= len(self.blocks_per_stage) <= MAX_STAGES,
+                  f"blocks_per_stage must list 1..{MAX_STAGES} stages, got {len(self.blocks_per_stage)}")
+        _in_range(all(1 <= b <= MAX_BLOCKS_PER_STAGE for b in self.blocks_per_stage),
+                  f"blocks_per_stage must hold integers in 1..{MAX_BLOCKS_PER_STAGE}, got "
+                  f"{shown(list(self.blocks_per_stage))}")
+        _in_range(1 <= self.base_width <= MAX_CHANNELS and 0 < self.width_factor <= MAX_CHANNELS,
+                  f"base_width must be in 1..{MAX_CHANNELS} and width_factor in (0, {MAX_CHANNELS}], got "
+                  f"{shown(self.base_width)} and {shown(self.width_factor)}")
+        _in_range(self.feature_width() <= MAX_CHANNELS,
+                  f"the widest layer would have {self.feature_width()} channels; at most {MAX_CHANNELS} are supported "
+                  f"(base_width x 2^(stages-1) x width_factor x {self.expansion})")
+        _in_range(MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE,
+                  f"input_size must be in {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE}, got {shown(self.input_size)}")
+        _in_range(1 <= self.in_channels <= MAX_IN_CHANNELS and 2 <= self.num_classes <= MAX_CLASSES,
+                  f"in_channels must be in 1..{MAX_IN_CHANNELS} and num_classes in 2..{MAX_CLASSES}, got "
+                  f"{shown(self.in_channels)} and {shown(self.num_classes)}")
+        _in_range(1 <= self.timesteps <= MAX_TIMESTEPS,
+                  f"timesteps must be in 1..{MAX_TIMESTEPS}, got {shown(self.timesteps)}")
         _need(1 <= self.input_levels <= 255,
-              f"input_levels must be in 1..255 (8-bit graded input spikes), got {self.input_levels}")
+              f"input_levels must be in 1..255 (8-bit graded input spikes), got {shown(self.input_levels)}")
+        _need(self.block_type in BLOCK_TYPES, f"block_type {self.block_type!r} is not one of {BLOCK_TYPES}")
         _need(self.stem in STEMS, f"stem {self.stem!r} is not one of {STEMS}")
         check_block(self.block_type, self.block, f"architecture {self.arch!r}")
         n = self.neuron
-        _need(0 < n.vth < math.inf, f"neuron vth must be positive and finite, got {n.vth}")
+        _in_range(0 < n.vth < math.inf, f"neuron vth must be positive and finite, got {n.vth}")
+        _in_range(0 < n.surrogate_alpha < math.inf,
+                  f"surrogate_alpha must be positive and finite, got {n.surrogate_alpha}")
         _need(n.reset in ("hard", "soft"), f"neuron reset {n.reset!r} is not 'hard' or 'soft'")
         _need(math.isfinite(n.du) and on_decay_grid(n.du, offset=1),
               f"neuron du={n.du} is not on Loihi's 12-bit grid: du must be (k + 1) / 4096 for k in 0..4095")
         _need(math.isfinite(n.dv) and on_decay_grid(n.dv, offset=0),
               f"neuron dv={n.dv} is not on Loihi's 12-bit grid: dv must be k / 4096 for k in 0..4095")
-        _need(0 < n.surrogate_alpha < math.inf,
-              f"surrogate_alpha must be positive and finite, got {n.surrogate_alpha}")
 
     # ----------------------------------------------------------------- (de)serialization
     def to_dict(self) -> dict[str, Any]:
@@ -157,9 +182,12 @@ class NetworkConfig:
     @classmethod
     def from_json(cls, text: str) -> "NetworkConfig":
         try:
-            return cls.from_dict(json.loads(text))
+            value = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigFormatError(f"network config is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ConfigFormatError("network config is nested too deeply to be a network config") from None
+        return cls.from_dict(value)
 
     @classmethod
     def preset(cls, arch: str, *, block: str | BlockSpec = "xor-or", **overrides: Any) -> "NetworkConfig":
@@ -179,6 +207,11 @@ class NetworkConfig:
 def _need(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+def _in_range(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigFormatError(msg)
 
 
 def check_block(block_type: str, spec: BlockSpec, where: str) -> None:
@@ -239,7 +272,7 @@ def shown(value: Any, limit: int = 40) -> str:
     """``value`` as JSON for an error message, cut to about ``limit`` characters."""
     try:
         text = json.dumps(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         text = type(value).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

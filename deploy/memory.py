@@ -1,0 +1,122 @@
+"""The memory an export needs, estimated from the network's config before any work is done.
+
+Every stage of ``xoresnet-export`` that simulates the network holds per-neuron, per-timestep state for a
+batch of images, so its memory grows with ``T x neurons x images``. Asked for ``--timesteps 3000``, the
+export would run out of memory an hour in; :func:`check_export_memory` refuses it up front with the
+figure it would need (:class:`~xoresnet.errors.UsageError`, exit 2).
+
+The estimate (:func:`estimate_export_memory`), per image and timestep of a LIF neuron of the network
+(:func:`lif_neurons`; the gates and relays of the integer graph add 0.5-1x that many neurons, folded into
+the per-neuron figures), takes the largest of the stages, which run one after another:
+
+=================  ==========================================  ===================================
+stage              images at once                              bytes per LIF neuron-step-image
+=================  ==========================================  ===================================
+NIR check          ``min(--eval-samples, 256)`` (its batch)    :data:`CHECK_BYTES` (28)
+calibration        ``--calib-samples`` (or ``--calib-data``'s)  :data:`CALIBRATION_BYTES` (12)
+parity stream      ``--parity-samples``, ~2T steps each        :data:`STREAM_BYTES` (8)
+=================  ==========================================  ===================================
+
+plus :data:`BASE_BYTES` for the interpreter, torch and the loaded model. The figures were measured on this
+code (peak RSS per stage, ``/proc/self/status`` VmHWM): the digits model at T = 8, 24, 64 (stage 2 at 256
+images: 36 B per LIF neuron-step-image at T = 24) and an XOResNet-18 at width 0.25 on 32x32 images at
+T = 4 (24 B); calibration of XOResNet-18 / -101 at width 1.0 (``docs/performance.md``: 13 / 6 B). They are
+estimates: a refusal says so and names the flags that lower the figure.
+
+The memory available is the kernel's ``MemAvailable`` (``/proc/meminfo``), lowered to what a cgroup
+memory limit leaves (``/sys/fs/cgroup/memory.max`` minus ``memory.current``) when there is one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Optional
+
+from xoresnet.config import NetworkConfig
+from xoresnet.errors import UsageError
+from xoresnet.files import GiB, size_text
+
+BASE_BYTES = GiB // 2
+CHECK_BYTES = 28
+CALIBRATION_BYTES = 12
+STREAM_BYTES = 8
+
+
+def _conv_out(size: int, stride: int) -> int:
+    """Side of a 3x3 convolution's output (padding 1)."""
+    return (size - 1) // stride + 1
+
+
+def lif_neurons(config: NetworkConfig) -> int:
+    """LIF neurons of the network of ``config`` per image and timestep: the stem's and every backbone
+    convolution's (a ``spike`` shortcut's too), at the resolution of their outputs."""
+    side = _conv_out(config.input_size, 2 if config.stem == "conv_s2_orpool" else 1)
+    total = config.stem_width() * side * side
+    if config.stem == "conv_s2_orpool":
+        side //= 2
+    cin = config.stem_width()
+    for i, (blocks, planes) in enumerate(zip(config.blocks_per_stage, config.stage_widths())):
+        for j in range(blocks):
+            stride = 2 if (i > 0 and j == 0) else 1
+            side = _conv_out(side, stride)
+            cout = planes * config.expansion
+            widths = [planes, cout] if config.block_type == "basic" else [planes, planes, cout]
+            if (stride != 1 or cin != cout) and config.block.shortcut == "spike":
+                widths.append(cout)
+            total += sum(widths) * side * side
+            cin = cout
+    return total
+
+
+def estimate_export_memory(config: NetworkConfig, *, eval_images: int, calib_images: int,
+                           parity_images: int) -> tuple[int, str]:
+    """``(bytes, what sets them)``: the peak memory an export of ``config`` (its ``timesteps``) is estimated
+    to need, and a phrase naming the stage that sets it (see the module docstring)."""
+    from deploy.nir_check import compare_nir_to_model
+
+    check_batch = inspect.signature(compare_nir_to_model).parameters["batch_size"].default
+    T, n = config.timesteps, lif_neurons(config)
+    stream_steps = 2 * T  # the reset interval: the next power of two above T plus the pipeline latency
+    stages = {
+        f"the NIR check of {min(eval_images, check_batch)} images": CHECK_BYTES * min(eval_images, check_batch) * T,
+        f"calibration on {calib_images} images": CALIBRATION_BYTES * calib_images * T,
+        f"the parity run of {parity_images} images": STREAM_BYTES * parity_images * stream_steps,
+    }
+    what = max(stages, key=stages.get)
+    return BASE_BYTES + stages[what] * n, f"{what} x {T} timesteps x {n:,} LIF neurons"
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still get (see the module docstring), or None when unknown."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_export_memory(config: NetworkConfig, *, eval_images: int, calib_images: int, parity_images: int) -> None:
+    """Raise :class:`~xoresnet.errors.UsageError` (exit 2) when the export is estimated to need more memory
+    than the machine has available, with both figures and the most timesteps that would fit."""
+    images = dict(eval_images=eval_images, calib_images=calib_images, parity_images=parity_images)
+    need, what = estimate_export_memory(config, **images)
+    have = available_memory()
+    if have is None or need <= have:
+        return
+    per_step = estimate_export_memory(config.replace(timesteps=1), **images)[0] - BASE_BYTES
+    fits = max(0, (have - BASE_BYTES) // per_step)
+    raise UsageError(
+        f"T={config.timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "
+        f"this machine has {size_text(have)} available (at most T={fits} fits with these images): lower --timesteps, "
+        "--eval-samples, --calib-samples or --parity-samples")

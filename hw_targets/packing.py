@@ -1,0 +1,702 @@
+"""Tiles and cores: each layer cut onto Loihi 2 neuro-cores the way Intel's lava-loihi compiler does
+it (an estimate), the lower bound it is compared with, and the fan-in splits a layer needs.
+
+**Tiling** (:func:`tile_layer`). A spatial population ``(C, H, W)`` is cut into tiles of
+``tx x ty x tc`` (width x height x channels), **one tile per core**, ``ceil(W/tx) * ceil(H/ty) *
+ceil(C/tc)`` cores. Read off the compiler's logs (``loihi2-resources.md`` section 2; all 15 conv
+layers of YOLO-KP and PilotNet, tile shapes and core counts, are reproduced by this rule, see
+``docs/resources.md``) [INFER]:
+
+* ``tx`` is a power of two, at most ``W`` (PilotNet's 20x2x64 layer takes two 16-wide tiles
+  although 2,560 neurons would fit one core; every logged tile width is a power of two);
+* ``ty = ceil(H / 2**j)`` and ``tc = ceil(C / 2**k)``: heights and channels are halved (PilotNet's
+  49x15x36 layer takes thirteen 4x15x36 tiles, not twelve 16x6x36 or 16x15x12; YOLO-KP's 14x14x48
+  head four 4x14x48, not three 16x14x16);
+* ``tx * ty * tc <= neurons_per_tile`` (3,584), and every per-core budget holds for the tile;
+* the compiler takes the fewest cores; ties go to the largest ``tc`` (YOLO-KP layers 6/7 split
+  channels only as far as synaptic memory forces), then the smallest allocation, then the widest
+  tile no wider than tall (the spatial shape changes no cost).
+
+A population without a spatial shape (the readout, 1-D test populations) is cut into contiguous
+neuron ranges, each the longest that fits. Cores are not shared between layers: every logged core
+holds one layer's tile (mnist/run.ipynb gives a 10-neuron layer a core of its own).
+
+**SynMem cost model** (units of 64 bits, fitted to the YOLO-KP log; :data:`COST_MODEL`):
+
+* a conv synapse stores its kernel **once per core** for the output channels the core holds: per
+  ``(input channel, kernel tap)`` row, ``CONV_ROW_HEADER_UNITS`` plus ``CONV_BITS_PER_WEIGHT_BIT x
+  weight bits / 64`` per output channel of the row on the core. With 8-bit weights this is 0.75 +
+  0.0586 per channel, which gives YOLO-KP layers 3, 4, 5, 7, 8, 9 exactly (3.75 bits per 8-bit
+  weight after the compiler's compression, and 48 bits per row);
+* a sparse/dense (identity, dense, readout) synapse is stored per synapse: ``weight bits + 12``
+  index bits (+ 6 delay bits when delayed) per synapse, each source row of a core rounded up to
+  whole 64-bit units (PilotNet's 10-input, 1-neuron layer takes 10 units; oxford's dense layers
+  log 20.2 bits per 8-bit synapse).
+
+**Input axons** (AxonIn units): ``conv_axon_in_units`` per conv synapse into a core, whatever its
+channels; one per distinct source neuron of a sparse/dense synapse. **Output routes** (AxonMap
+units, charged to the core's memory with its synapses, ``core_memory``): one per source neuron of
+a sparse/dense synapse (:func:`synapse_routes`); one per (source tile, destination tile) of a
+conv whose receptive-field boxes overlap (:func:`conv_routes`).
+
+**Fan-in split** (:class:`FanInSplit`): a layer one of whose neurons alone overflows a core
+(its inputs over the AxonIn budget, or its synapses over SynMem, e.g. the readout over 2048 x 4 x
+4 inputs of XOResNet-50/101) is not refused: its inputs are cut into ``P`` contiguous ranges, each
+summed on partial-sum cores (a layer ``<name>.part<i>`` of the same neurons) and sent as graded
+spikes to the layer itself, which then has ``P`` inputs per neuron and one more step of latency.
+The split is *described* here and packed (its cores counted); building it is another stage's work.
+
+**Lower bound** (:func:`lower_bound`): per layer ``max(neurons / neurons_per_core, SynMem of its
+distinct weights / synmem_units_per_core)``, summed; a bound for any packing that keeps layers on
+cores of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from calibration import loihi2_limits as L
+from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
+
+from .connectivity import stored_weight_bits
+
+# ---------------------------------------------------------------------- cost model
+
+_YOLO = "lava-dl tutorials/lava/lib/dl/netx/yolo_kp/run.ipynb"
+CONV_ROW_HEADER = L.Limit(
+    "conv_row_header_units", 0.75, "SynMem units per (input channel, kernel tap) row on a core",
+    f"{_YOLO}: per-core SynMem / rows = 4.5, 8.25, 15.75 units for 64, 128, 256 output channels (layers 3/7/9, "
+    "4/5, 8: exactly 0.75 + 0.05859 x channels)", "INFER", enforced=False)
+CONV_BITS_PER_WEIGHT_BIT = L.Limit(
+    "conv_bits_per_weight_bit", 15 / 32, "stored bits per bit of weight precision",
+    f"{_YOLO}: 0.05859 units = 3.75 bits per output channel and row, for YOLO-KP's 8-bit weights (slayer "
+    "quantize_8bit, lava-dl object_detection/models/yolo_kp.py); the other layers log 3.75-6.0 bits per weight, "
+    "the compiler's compression depends on the trained weights", "INFER", enforced=False)
+SPARSE_INDEX_BITS = L.Limit(
+    "sparse_index_bits", 12, "bits per sparse/dense synapse beside its weight",
+    "lava-dl tutorials netx/oxford/run.ipynb: 16,128 units for 256 x 200 synapses = 20.2 bits per synapse "
+    "(8 weight bits + 12); PilotNet's and mnist's dense layers log 15-23 bits per synapse", "INFER",
+    enforced=False)
+SYNMEM_UNIT_BITS = L.Limit(
+    "synmem_unit_bits", 64, "bits per SynMem unit",
+    "the unit in which the conv and dense fits above are whole numbers (PilotNet: 10 one-synapse rows = 10 units)",
+    "INFER", enforced=False)
+#: The cost model's figures (reported beside the limits).
+COST_MODEL: dict[str, L.Limit] = {c.name: c for c in (CONV_ROW_HEADER, CONV_BITS_PER_WEIGHT_BIT, SPARSE_INDEX_BITS,
+                                                      SYNMEM_UNIT_BITS)}
+UNIT_BITS = SYNMEM_UNIT_BITS.value
+
+
+def conv_weight_units(weight_bits: int) -> float:
+    """SynMem units one stored conv weight of ``weight_bits`` costs on a core (see :data:`COST_MODEL`)."""
+    return weight_bits * CONV_BITS_PER_WEIGHT_BIT.value / UNIT_BITS
+
+
+def sparse_synapse_bits(weight_bits: int, delayed: bool) -> int:
+    """Bits of one sparse/dense synapse: weight + index (+ delay field)."""
+    return weight_bits + SPARSE_INDEX_BITS.value + (L.DELAY_FIELD_BITS if delayed else 0)
+
+
+# ---------------------------------------------------------------------- what the tiler sees
+
+@dataclass(frozen=True)
+class ConvInput:
+    """One conv synapse process into a layer, as far as its cost goes: ``ipg`` input channels per
+    group (fewer in a fan-in split part, which reads a range of them), ``groups``, ``opg`` output
+    channels per group, ``taps = kh * kw``, stored at ``weight_bits``."""
+
+    synapse: str
+    ipg: int
+    groups: int
+    opg: int
+    taps: int
+    weight_bits: int
+
+    def units(self, c0: int, c1: int) -> float:
+        """SynMem units of the kernel rows that output channels ``[c0, c1)`` need on one core."""
+        w = conv_weight_units(self.weight_bits)
+        total = 0.0
+        for g in range(c0 // self.opg, (c1 - 1) // self.opg + 1):
+            overlap = min(c1, (g + 1) * self.opg) - max(c0, g * self.opg)
+            total += self.ipg * self.taps * (CONV_ROW_HEADER.value + overlap * w)
+        return total
+
+    def distinct_units(self) -> float:
+        """SynMem units of every distinct weight once, one header per row (the lower bound's share)."""
+        return self.groups * self.ipg * self.taps * (CONV_ROW_HEADER.value
+                                                     + self.opg * conv_weight_units(self.weight_bits))
+
+
+@dataclass
+class PointInput:
+    """One identity/dense synapse process into a layer, stored per synapse.
+
+    ``nonzero``: bool ``[dst neurons, src neurons]`` (dense) or ``[dst neurons]`` (identity: source
+    ``i`` feeds destination ``i``); ``bits``: bits per synapse (:func:`sparse_synapse_bits`).
+    """
+
+    synapse: str
+    nonzero: np.ndarray
+    bits: int
+    identity: bool
+
+    def __post_init__(self):
+        self._cum: Optional[np.ndarray] = None
+
+    @property
+    def fan_in(self) -> np.ndarray:
+        """int64 [dst]: synapses into each destination neuron."""
+        nz = self.nonzero
+        return nz.astype(np.int64) if self.identity else nz.sum(1).astype(np.int64)
+
+    def neuron_units(self) -> np.ndarray:
+        """float [dst]: SynMem units per destination neuron, rows not rounded (the per-neuron view a
+        spatial tile sums; identity rows hold one synapse: one whole unit each)."""
+        if self.identity:
+            return self.nonzero.astype(np.float64) * math.ceil(self.bits / UNIT_BITS)
+        return self.fan_in * (self.bits / UNIT_BITS)
+
+    def range_cost(self, a: int, b: int) -> tuple[float, int]:
+        """``(SynMem units, AxonIn units)`` of destination neurons ``[a, b)`` on one core: each
+        source row rounded up to whole units."""
+        if self.identity:
+            n = int(np.count_nonzero(self.nonzero[a:b]))
+            return float(n * math.ceil(self.bits / UNIT_BITS)), n
+        if self._cum is None:
+            self._cum = np.concatenate([np.zeros((1, self.nonzero.shape[1]), np.int32),
+                                        np.cumsum(self.nonzero, axis=0, dtype=np.int32)])
+        counts = (self._cum[b] - self._cum[a]).astype(np.int64)
+        return float(np.sum((counts * self.bits + UNIT_BITS - 1) // UNIT_BITS)), int(np.count_nonzero(counts))
+
+    def distinct_units(self) -> float:
+        return self.range_cost(0, len(self.nonzero))[0]
+
+    def sources(self) -> int:
+        """Distinct source neurons with a synapse into the layer."""
+        return int(np.count_nonzero(self.nonzero if self.identity else self.nonzero.any(0)))
+
+
+@dataclass
+class LayerSpec:
+    """A layer (population, readout, or fan-in split part) as the tiler sees it.
+
+    ``shape``: ``(C, H, W)`` for spatial layers, ``(N,)`` otherwise; ``routes``: float ``[neurons]``
+    output-route units of each neuron through its sparse/dense out-synapses (set before tiling).
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    conv: list[ConvInput] = field(default_factory=list)
+    point: list[PointInput] = field(default_factory=list)
+    routes: Optional[np.ndarray] = None
+
+    @property
+    def neurons(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+    def distinct_units(self) -> float:
+        return sum(c.distinct_units() for c in self.conv) + sum(p.distinct_units() for p in self.point)
+
+    def lower_bound(self) -> float:
+        """``max(neurons / neurons_per_core, distinct-weight SynMem / synmem_units_per_core)``."""
+        return max(self.neurons / L.NEURONS_PER_CORE.value, self.distinct_units() / L.SYNMEM_UNITS_PER_CORE.value)
+
+
+# ---------------------------------------------------------------------- tiles
+
+@dataclass
+class Tile:
+    """One core's share of a layer: neurons ``box`` (spatial: ``((c0, c1), (y0, y1), (x0, x1))``;
+    otherwise ``((a, b),)``, half-open) and what they cost the core."""
+
+    layer: str
+    box: tuple[tuple[int, int], ...]
+    neurons: int
+    allocated: int
+    synmem_units: float
+    axons_in: int
+    routes: float = 0.0
+
+    @property
+    def core_memory(self) -> float:
+        """Fraction of the core's memory (:data:`calibration.loihi2_limits.CORE_MEMORY`)."""
+        return (L.CORE_MEMORY_NEURON_WEIGHT * self.allocated / L.NEURONS_PER_CORE.value
+                + L.CORE_MEMORY_TABLE_WEIGHT * (self.synmem_units + self.routes) / L.SYNMEM_UNITS_PER_CORE.value)
+
+
+@dataclass
+class LayerTiling:
+    """The tiles of one layer; ``tile_shape`` ``(tx, ty, tc)`` for spatial layers."""
+
+    spec: LayerSpec
+    tiles: list[Tile]
+    tile_shape: Optional[tuple[int, int, int]] = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def cores(self) -> int:
+        return len(self.tiles)
+
+
+def _halvings(n: int) -> list[int]:
+    """``ceil(n / 2**j)`` for j = 0, 1, ... down to 1, ascending."""
+    return sorted({-(-n // (1 << j)) for j in range(max(1, n).bit_length() + 1)})
+
+
+def _powers_of_two_upto(n: int) -> list[int]:
+    """1, 2, 4, ... up to the last power of two <= n."""
+    return [1 << i for i in range(max(1, n).bit_length())]
+
+
+def _conv_units_for(spec: LayerSpec, tc: int) -> float:
+    """Max over the layer's channel groups of size ``tc`` of the conv kernel units one core stores."""
+    C = spec.shape[0]
+    if all(c.groups == 1 for c in spec.conv):
+        return sum(c.units(0, min(tc, C)) for c in spec.conv)
+    return max(sum(c.units(c0, min(c0 + tc, C)) for c in spec.conv) for c0 in range(0, C, tc))
+
+
+def _budgets() -> tuple[int, float, int]:
+    return L.NEURONS_PER_TILE.value, float(L.SYNMEM_UNITS_PER_CORE.value), L.AXON_IN_UNITS_PER_CORE.value
+
+
+def _fits_memory(allocated, synmem, routes):
+    """Whether (arrays of) tiles fit :data:`calibration.loihi2_limits.CORE_MEMORY`."""
+    return (L.CORE_MEMORY_NEURON_WEIGHT * allocated / L.NEURONS_PER_CORE.value
+            + L.CORE_MEMORY_TABLE_WEIGHT * (synmem + routes) / L.SYNMEM_UNITS_PER_CORE.value) <= L.CORE_MEMORY.value
+
+
+def _spatial_tiling(spec: LayerSpec) -> Optional[LayerTiling]:
+    """The fewest-core tiling of a spatial layer (module docstring), or None when not even one
+    neuron per core fits (a fan-in split is needed)."""
+    C, H, W = spec.shape
+    cap, syn_cap, ax_cap = _budgets()
+    per_neuron = sum((p.neuron_units() for p in spec.point), np.zeros(spec.neurons))
+    unit_max = float(per_neuron.max(initial=0.0))
+    route_max = float(spec.routes.max(initial=0.0)) if spec.routes is not None else 0.0
+    point_axons_dense = sum(p.sources() for p in spec.point if not p.identity)
+    n_identity = sum(1 for p in spec.point if p.identity)
+    conv_axons = L.CONV_AXON_IN.value * len(spec.conv)
+    tcs = np.array(_halvings(C), np.int64)
+    conv_units = np.array([_conv_units_for(spec, int(tc)) for tc in tcs])
+    txs = np.array(_powers_of_two_upto(W), np.int64)
+    tys = np.array(_halvings(H), np.int64)
+    tc_, tx_, ty_ = np.meshgrid(tcs, txs, tys, indexing="ij")
+    cu = np.broadcast_to(conv_units[:, None, None], tc_.shape)
+    alloc = tx_ * ty_ * tc_
+    synmem = cu + unit_max * alloc  # per-neuron costs bounded by the worst neuron: conservative
+    axons = conv_axons + point_axons_dense + n_identity * alloc
+    routes = route_max * alloc
+    ok = (alloc <= cap) & (synmem <= syn_cap) & (axons <= ax_cap) & _fits_memory(alloc, synmem, routes)
+    if not ok.any():
+        return None
+    cores = -(-W // tx_) * -(-H // ty_) * -(-C // tc_)
+    # fewest cores, then the largest channel group, the smallest allocation, and the widest tile no
+    # wider than tall (Intel's own choice on 12 of the 15 logged layers; the others tie in every cost)
+    order = np.lexsort((-tx_[ok], tx_[ok] > ty_[ok], alloc[ok], -tc_[ok], cores[ok]))
+    i = order[0]
+    return grid_tiling(spec, int(tx_[ok][i]), int(ty_[ok][i]), int(tc_[ok][i]))
+
+
+def grid_tiling(spec: LayerSpec, tx: int, ty: int, tc: int) -> LayerTiling:
+    """The tiles of spatial layer ``spec`` cut ``tx x ty x tc`` (enumerated channel group, then y,
+    then x), each with its exact costs."""
+    C, H, W = spec.shape
+    conv_axons = L.CONV_AXON_IN.value * len(spec.conv)
+    dense_axons = sum(p.sources() for p in spec.point if not p.identity)
+    per_neuron = sum((p.neuron_units() for p in spec.point), np.zeros(spec.neurons)).reshape(C, H, W)
+    routes = spec.routes.reshape(C, H, W) if spec.routes is not None else np.zeros((C, H, W))
+    identity_sources = sum((p.nonzero.reshape(C, H, W).astype(np.int64) for p in spec.point if p.identity),
+                           np.zeros((C, H, W), np.int64))
+    tiles = []
+    for c0 in range(0, C, tc):
+        c1 = min(c0 + tc, C)
+        kernel_units = sum(c.units(c0, c1) for c in spec.conv)
+        for y0 in range(0, H, ty):
+            y1 = min(y0 + ty, H)
+            for x0 in range(0, W, tx):
+                x1 = min(x0 + tx, W)
+                box = (slice(c0, c1), slice(y0, y1), slice(x0, x1))
+                tiles.append(Tile(spec.name, ((c0, c1), (y0, y1), (x0, x1)), (c1 - c0) * (y1 - y0) * (x1 - x0),
+                                  tx * ty * tc, kernel_units + float(per_neuron[box].sum()),
+                                  conv_axons + dense_axons + int(identity_sources[box].sum()),
+                                  float(routes[box].sum())))
+    return LayerTiling(spec, tiles, (tx, ty, tc))
+
+
+def _range_cost(spec: LayerSpec, a: int, b: int, route_cum: np.ndarray) -> tuple[float, int, float]:
+    syn, ax = 0.0, 0
+    for p in spec.point:
+        s, x = p.range_cost(a, b)
+        syn, ax = syn + s, ax + x
+    return syn, ax, float(route_cum[b] - route_cum[a])
+
+
+def _range_tiling(spec: LayerSpec) -> Optional[LayerTiling]:
+    """Contiguous neuron ranges, each the longest that fits a core; None when one neuron does not."""
+    cap, syn_cap, ax_cap = _budgets()
+    n = spec.neurons
+    routes = spec.routes if spec.routes is not None else np.zeros(n)
+    route_cum = np.concatenate([[0.0], np.cumsum(routes)])
+
+    def fits(a: int, b: int) -> bool:
+        syn, ax, rt = _range_cost(spec, a, b, route_cum)
+        return b - a <= cap and syn <= syn_cap and ax <= ax_cap and _fits_memory(b - a, syn, rt)
+
+    tiles, a = [], 0
+    while a < n:
+        if not fits(a, a + 1):
+            return None
+        lo, hi = a + 1, min(n, a + cap)  # the longest fitting range: costs grow with its end
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(a, mid) else (lo, mid - 1)
+        syn, ax, rt = _range_cost(spec, a, lo, route_cum)
+        tiles.append(Tile(spec.name, ((a, lo),), lo - a, lo - a, syn, ax, rt))
+        a = lo
+    return LayerTiling(spec, tiles)
+
+
+def tile_layer(spec: LayerSpec) -> Optional[LayerTiling]:
+    """The tiles of ``spec`` (module docstring); ``None`` when one neuron alone overflows a core."""
+    return _spatial_tiling(spec) if spec.spatial else _range_tiling(spec)
+
+
+# ---------------------------------------------------------------------- fan-in split
+
+@dataclass(frozen=True)
+class InputRange:
+    """Sources ``[start, stop)`` (flat PyTorch ``(C, H, W)`` order of the synapse's source) of one
+    synapse process; a conv part reads input channels ``[start, stop)`` of every group instead."""
+
+    synapse: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class FanInPart:
+    """One partial sum: the layer's neurons over ``inputs`` only, on ``cores`` cores."""
+
+    inputs: tuple[InputRange, ...]
+    cores: int
+    axons_in: int
+    synmem_units: float
+
+
+@dataclass(frozen=True)
+class FanInSplit:
+    """How a layer whose neurons overflow one core's fan-in budget is computed exactly.
+
+    Each of ``parts`` computes, for every neuron of ``layer``, the integer sum of its synapses
+    from the part's input ranges (``neurons`` partial-sum neurons per part, on the part's cores);
+    the partial sums travel as graded spikes of ``payload_bits`` (at most the 24-bit graded
+    payload: Lava's ``GradedVec`` with ``vth = 0`` forwards any nonzero sum) into ``layer``, whose
+    neurons then receive ``len(parts)`` graded inputs each (weight 1) on ``sum_cores`` cores.
+    The relay adds ``extra_latency`` timestep(s): the other branches into the layer's consumers
+    must be delayed to match. ``reason``: the budget one neuron exceeds (``axon_in_units_per_core``
+    or ``synmem_units_per_core``) with ``need`` units of it.
+    """
+
+    layer: str
+    neurons: int
+    reason: str
+    need: float
+    parts: tuple[FanInPart, ...]
+    sum_cores: int
+    payload_bits: int
+    extra_latency: int = 1
+
+    @property
+    def partial_cores(self) -> int:
+        return sum(p.cores for p in self.parts)
+
+    @property
+    def cores(self) -> int:
+        return self.partial_cores + self.sum_cores
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["partial_cores"], d["cores"] = self.partial_cores, self.cores
+        return d
+
+
+def _point_part(p: PointInput, lo: int, hi: int) -> PointInput:
+    """``p`` restricted to sources ``[lo, hi)``."""
+    if p.identity:
+        keep = np.zeros_like(p.nonzero)
+        keep[lo:hi] = p.nonzero[lo:hi]
+        return PointInput(p.synapse, keep, p.bits, True)
+    return PointInput(p.synapse, p.nonzero[:, lo:hi], p.bits, False)
+
+
+def _input_axes(spec: LayerSpec) -> list[tuple[str, int, Any]]:
+    """The layer's inputs as one concatenated axis: ``(synapse, length, input)`` per synapse
+    (a conv's length: its input channels per group; a sparse/dense synapse's: its sources)."""
+    out = [(c.synapse, c.ipg, c) for c in spec.conv]
+    out += [(p.synapse, p.nonzero.shape[0] if p.identity else p.nonzero.shape[1], p) for p in spec.point]
+    return out
+
+
+def _split_spec(spec: LayerSpec, parts: int) -> list[tuple[LayerSpec, tuple[InputRange, ...]]]:
+    """``spec``'s inputs cut into ``parts`` contiguous ranges of the concatenated input axis."""
+    axes = _input_axes(spec)
+    total = sum(n for _, n, _ in axes)
+    bounds = [round(total * i / parts) for i in range(parts + 1)]
+    out = []
+    for i in range(parts):
+        lo, hi = bounds[i], bounds[i + 1]
+        part = LayerSpec(f"{spec.name}.part{i}", "partial_sum", spec.shape, routes=np.ones(spec.neurons))
+        ranges, offset = [], 0
+        for name, n, inp in axes:
+            a, b = max(lo, offset) - offset, min(hi, offset + n) - offset
+            if a < b:
+                ranges.append(InputRange(name, a, b))
+                if isinstance(inp, ConvInput):
+                    part.conv.append(ConvInput(inp.synapse, b - a, inp.groups, inp.opg, inp.taps, inp.weight_bits))
+                else:
+                    part.point.append(_point_part(inp, a, b))
+            offset += n
+        out.append((part, tuple(ranges)))
+    return out
+
+
+def split_fan_in(spec: LayerSpec, payload_bits: int) -> tuple[FanInSplit, list[LayerTiling]]:
+    """The fewest-part :class:`FanInSplit` of ``spec`` (one neuron of which overflows a core) and
+    the tilings of its parts and of the summing layer. ``payload_bits``: the largest partial sum's
+    bits (sign included), from the weights (:func:`partial_sum_bits`)."""
+    syn_need = sum(c.units(0, 1) for c in spec.conv) + sum(
+        float((p.fan_in * math.ceil(p.bits / UNIT_BITS)).max(initial=0)) for p in spec.point)
+    ax_need = L.CONV_AXON_IN.value * len(spec.conv) + sum(int(p.fan_in.max(initial=0)) for p in spec.point)
+    reason, need = (("axon_in_units_per_core", ax_need) if ax_need > L.AXON_IN_UNITS_PER_CORE.value
+                    else ("synmem_units_per_core", syn_need))
+    total = sum(n for _, n, _ in _input_axes(spec))
+    first = max(2, math.ceil(max(ax_need / L.AXON_IN_UNITS_PER_CORE.value, syn_need / L.SYNMEM_UNITS_PER_CORE.value)))
+    for parts in range(first, total + 1):
+        tilings, ranges = [], []
+        for part, rng in _split_spec(spec, parts):
+            t = tile_layer(part)
+            if t is None:
+                break
+            tilings.append(t)
+            ranges.append((rng, t))
+        else:
+            identity = np.ones(spec.neurons, bool)
+            sum_spec = LayerSpec(spec.name, spec.kind, spec.shape,
+                                 point=[PointInput(f"{spec.name}.part{i}", identity,
+                                                   sparse_synapse_bits(1, False), True) for i in range(parts)],
+                                 routes=spec.routes)
+            sum_tiling = tile_layer(sum_spec)
+            if sum_tiling is None:  # more parts would only add inputs to the summing neurons
+                break
+            split = FanInSplit(spec.name, spec.neurons, reason, float(need),
+                               tuple(FanInPart(rng, t.cores, max(x.axons_in for x in t.tiles),
+                                               max(x.synmem_units for x in t.tiles)) for rng, t in ranges),
+                               sum_tiling.cores, payload_bits)
+            return split, tilings + [sum_tiling]
+    # one input per part always fits (a kernel row of one channel, or one sparse synapse), and a
+    # summing neuron takes thousands of partial sums: only a neuron whose output routes alone fill a
+    # core (some 15,000 out-synapse processes) gets here
+    raise ValueError(f"layer {spec.name}: no fan-in split fits a core")
+
+
+# ---------------------------------------------------------------------- from an integer graph
+
+def _populations_and_readout(graph: IntegerGraph) -> list[tuple[str, str, tuple[int, ...]]]:
+    out = [(p.name, p.kind, tuple(p.shape)) for p in graph.populations.values()]
+    if graph.readout:
+        out.append((READOUT, "readout", (graph.num_classes,)))
+    return out
+
+
+def weight_bits_of(s: Synapse) -> int:
+    """The stored precision of a synapse process (:func:`~hw_targets.connectivity.stored_weight_bits`)."""
+    return stored_weight_bits(s.weight, s.sign_mode)
+
+
+def layer_specs(graph: IntegerGraph, weight_bits: Optional[dict[str, int]] = None) -> dict[str, LayerSpec]:
+    """Every population (and the readout) of ``graph`` as a :class:`LayerSpec`, topological order;
+    ``weight_bits``: each synapse process's stored precision, when already known."""
+    specs = {name: LayerSpec(name, kind, shape) for name, kind, shape in _populations_and_readout(graph)}
+    for s in graph.synapses:
+        spec = specs[s.dst]
+        bits = weight_bits[s.name] if weight_bits is not None else weight_bits_of(s)
+        w = np.asarray(s.weight)
+        if s.kind == "conv":
+            c_out, ipg, kh, kw = w.shape
+            spec.conv.append(ConvInput(s.name, int(ipg), int(s.groups), int(c_out) // int(s.groups), int(kh * kw), bits))
+        elif s.kind == "identity":
+            spec.point.append(PointInput(s.name, w.reshape(-1) != 0, sparse_synapse_bits(bits, bool(s.delay)), True))
+        else:
+            spec.point.append(PointInput(s.name, w.reshape(w.shape[0], -1) != 0,
+                                         sparse_synapse_bits(bits, bool(s.delay)), False))
+    return specs
+
+
+def partial_sum_bits(graph: IntegerGraph, layer: str) -> int:
+    """Bits (sign included) of the largest partial sum any input range of ``layer``'s synapses can
+    reach: per neuron, the sum of its positive (or of its negative) weights times the largest input
+    (the pixel range for graded input, else 1)."""
+    worst = 0
+    for s in graph.incoming(layer):
+        w = np.asarray(s.weight, np.int64)
+        x = graph.input_levels if s.graded else 1
+        per = w.reshape(-1, 1) if s.kind == "identity" else w.reshape(w.shape[0], -1)  # one row per neuron
+        worst = max(worst, int(np.maximum(per.clip(min=0).sum(1), (-per).clip(min=0).sum(1)).max(initial=0)) * x)
+    return worst.bit_length() + 1
+
+
+def synapse_routes(p: PointInput) -> np.ndarray:
+    """Output-route units per source neuron of a sparse/dense synapse (its :class:`PointInput`
+    ``p``): one for every source with a nonzero synapse, whatever the cores it reaches (PilotNet's
+    and mnist's dense layers log AxonMap = their neuron count; a conv-shaped source feeding a
+    12-core dense layer logs fewer units than neurons)."""
+    return (p.nonzero if p.identity else p.nonzero.any(0)).astype(np.float64)
+
+
+def _overlaps(dst_edges: list[tuple[int, int]], src_edges: list[tuple[int, int]], stride: int, pad: int,
+              k: int, size: int) -> np.ndarray:
+    """int [src tiles]: along one axis, how many destination tiles read each source tile (a
+    destination range ``[a, b)`` reads sources ``[a*stride - pad, (b-1)*stride - pad + k)``)."""
+    count = np.zeros(len(src_edges), np.int64)
+    for a, b in dst_edges:
+        lo, hi = max(0, a * stride - pad), min(size, (b - 1) * stride - pad + k)
+        for j, (s0, s1) in enumerate(src_edges):
+            count[j] += s0 < hi and lo < s1
+    return count
+
+
+def _edges(n: int, step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+def conv_routes(s: Synapse, src: LayerTiling, dst: LayerTiling) -> np.ndarray:
+    """float [src tiles]: output-route units of each source tile of conv synapse ``s``: the
+    destination tiles whose receptive-field box overlaps it (separable per axis: x, y, channels)."""
+    (stx, sty, stc), (dtx, dty, dtc) = src.tile_shape, dst.tile_shape
+    C_in, H, W = src.spec.shape
+    C_out, Ho, Wo = dst.spec.shape
+    kh, kw = np.asarray(s.weight).shape[2:]
+    (sh, sw), (ph, pw) = s.stride, s.padding
+    cx = _overlaps(_edges(Wo, dtx), _edges(W, stx), int(sw), int(pw), int(kw), W)
+    cy = _overlaps(_edges(Ho, dty), _edges(H, sty), int(sh), int(ph), int(kh), H)
+    ipg, opg = C_in // int(s.groups), C_out // int(s.groups)
+    cc = np.zeros(len(_edges(C_in, stc)), np.int64)
+    for a, b in _edges(C_out, dtc):  # input channels the output channels [a, b) read: their groups'
+        lo, hi = (a // opg) * ipg, ((b - 1) // opg + 1) * ipg
+        for j, (s0, s1) in enumerate(_edges(C_in, stc)):
+            cc[j] += s0 < hi and lo < s1
+    # tiles are enumerated channel group, then y, then x (grid_tiling)
+    return (cc[:, None, None] * cy[None, :, None] * cx[None, None, :]).reshape(-1).astype(np.float64)
+
+
+@dataclass
+class Packing:
+    """Every layer's tiles (one per core), the fan-in splits, cores and chips, systems, lower bound."""
+
+    tilings: dict[str, list[LayerTiling]]  # layer -> its tiling (a split layer: parts, then the sum)
+    splits: list[FanInSplit]
+    cores_per_chip: int
+    bounds: dict[str, float]  # layer -> lower bound in cores
+    systems: list[dict[str, Any]] = field(default_factory=list)
+    method: str = ("lava-loihi tiling as logged: per layer tx x ty x tc tiles (tx a power of two, ty = ceil(H/2^j), "
+                   "tc = ceil(C/2^k)), the fewest that meet every per-core budget, one tile per core; "
+                   "readout/1-D layers in contiguous ranges; fan-in splits packed as partial-sum layers")
+
+    @property
+    def num_cores(self) -> int:
+        return sum(lt.cores for ts in self.tilings.values() for lt in ts)
+
+    @property
+    def chips(self) -> int:
+        return -(-self.num_cores // self.cores_per_chip)
+
+    @property
+    def cores_per_layer(self) -> dict[str, int]:
+        return {name: sum(lt.cores for lt in ts) for name, ts in self.tilings.items()}
+
+    @property
+    def lower_bound(self) -> float:
+        return float(sum(self.bounds.values()))
+
+    @property
+    def bound_ratio(self) -> float:
+        return self.num_cores / self.lower_bound if self.lower_bound else 1.0
+
+    @property
+    def smallest_system(self) -> Optional[str]:
+        fitting = [s for s in self.systems if s["fits"]]
+        return min(fitting, key=lambda s: s["chips"])["name"] if fitting else None
+
+    def to_dict(self, max_cores: int = 4096) -> dict[str, Any]:
+        table, k = [], 0
+        for ts in self.tilings.values():
+            for lt in ts:
+                for t in lt.tiles:
+                    if k < max_cores:
+                        table.append({"core": k, "chip": k // self.cores_per_chip, "layers": [t.layer],
+                                      "fragments": [[t.layer] + [list(b) for b in t.box]], "neurons": t.neurons,
+                                      "synmem_bits": int(round(t.synmem_units * UNIT_BITS)), "axons_in": t.axons_in,
+                                      "axons_out": int(round(t.routes))})
+                    k += 1
+        return {"method": self.method, "cores": self.num_cores, "chips": self.chips,
+                "cores_per_chip": self.cores_per_chip, "cores_per_layer": self.cores_per_layer,
+                "systems": self.systems, "core_table": table, "core_table_truncated": k > max_cores,
+                "lower_bound": round(self.lower_bound, 3), "bound_ratio": round(self.bound_ratio, 4),
+                "smallest_system": self.smallest_system, "fan_in_splits": [s.to_dict() for s in self.splits],
+                "cost_model": {k_: v.to_dict() for k_, v in COST_MODEL.items()}}
+
+
+def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.value,
+         weight_bits: Optional[dict[str, int]] = None) -> Packing:
+    """Tile every layer of ``graph`` (its sparse/dense output routes charged to its cores), split the
+    fan-in of layers one neuron of which overflows a core, then add the conv output routes of every
+    tile (a few units per core; the design rules check the total). ``systems``: the
+    :class:`~hw_targets.base.System` objects to report (fits or not); ``weight_bits``: see
+    :func:`layer_specs`."""
+    specs = layer_specs(graph, weight_bits)
+    out_syn: dict[str, list[Synapse]] = {name: [] for name in specs}
+    for s in graph.synapses:
+        if s.src != INPUT:
+            out_syn[s.src].append(s)
+    points = {p.synapse: p for spec in specs.values() for p in spec.point}
+    tilings: dict[str, list[LayerTiling]] = {}
+    splits: list[FanInSplit] = []
+    for name in specs:
+        spec = specs[name]
+        spec.routes = sum((synapse_routes(points[s.name]) for s in out_syn[name] if s.kind != "conv"),
+                          np.zeros(spec.neurons))
+        t = tile_layer(spec)
+        if t is not None:
+            tilings[name] = [t]
+            continue
+        split, ts = split_fan_in(spec, partial_sum_bits(graph, name))
+        splits.append(split)
+        tilings[name] = ts
+    for s in graph.synapses:  # conv output routes, per source tile
+        if s.kind == "conv" and s.src != INPUT:
+            src, dst = tilings[s.src][-1], tilings[s.dst]
+            for d in dst:
+                if src.tile_shape is None or d.tile_shape is None or not any(
+                        c.synapse == s.name for c in d.spec.conv):
+                    continue
+                for tile, r in zip(src.tiles, conv_routes(s, src, d)):
+                    tile.routes += float(r)
+    packing = Packing(tilings, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in specs.items()})
+    packing.systems = [{"name": s.name, "key": s.key, "chips": s.chips, "cores": s.chips * cores_per_chip,
+                        "fits": packing.num_cores <= s.chips * cores_per_chip, "chips_needed": packing.chips,
+                        "core_utilization": packing.num_cores / (s.chips * cores_per_chip), "estimate": s.estimate}
+                       for s in systems]
+    return packing

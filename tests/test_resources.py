@@ -1,0 +1,210 @@
+"""The Loihi 2 resource model against Intel's compiler logs, the presets' packing against the lower
+bound, and the design rules checked before calibration (``docs/resources.md``)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.architecture import architecture_graph
+from calibration.float_graph import nir_to_float_graph
+from deploy.nir_export import export_nir
+from deploy.schedule import schedule
+from hw_targets import get_target
+from hw_targets.design_rules import check_design_rules
+from hw_targets.packing import ConvInput, LayerSpec, PointInput, pack, sparse_synapse_bits, tile_layer
+from xoresnet.config import NetworkConfig
+from xoresnet.network import build_network
+
+REPO = Path(__file__).resolve().parents[1]
+
+# YOLO-KP on Kapoho Point, lava-dl tutorials/lava/lib/dl/netx/yolo_kp/run.ipynb: the network table
+# (output W, H, C, kernel; c_in from the layer before) and the compiler's per-core table (tile,
+# cores, 'Synapses' = SynMem % of 12,000 units). 8-bit weights (slayer quantize_8bit).
+YOLO_KP = [  # (W, H, C, k, c_in, Intel's tile (x, y, c), cores, SynMem %)
+    (224, 224, 16, 3, 3, (8, 28, 16), 224, 0.34),
+    (112, 112, 32, 3, 16, (8, 14, 32), 112, 3.60),
+    (56, 56, 64, 3, 32, (4, 14, 64), 56, 10.80),
+    (28, 28, 128, 3, 64, (4, 7, 128), 28, 39.60),
+    (28, 28, 256, 3, 128, (4, 7, 128), 56, 79.20),
+    (14, 14, 256, 3, 256, (8, 7, 64), 16, 72.00),
+    (14, 14, 512, 3, 256, (8, 7, 64), 32, 86.40),
+    (14, 14, 256, 1, 512, (2, 7, 256), 14, 67.20),
+    (14, 14, 512, 3, 256, (8, 7, 64), 32, 86.40),
+    (14, 14, 48, 1, 512, (4, 14, 48), 4, 19.20),
+]
+#: SynMem per core may be off by more than 15 % only here (docs/resources.md): layer 6 has the
+#: per-core shape of layer 7 (256 x 3 x 3 rows, 64 channels) but logs 17 % less, and the head's
+#: 48-channel rows log 6 bits per weight where the cost model, fitted to six layers that it meets
+#: exactly, has 3.75 (the compiler's compression depends on the trained weights).
+YOLO_SYNMEM_OUTLIERS = {6: 0.21, 10: 0.21}
+
+# PilotNet SNN, lava-dl tutorials/lava/lib/dl/netx/pilotnet_snn/benchmark.ipynb: not used to fit
+# the model, a check of the tiling rule on other shapes (SynMem in units, logged directly).
+PILOTNET = [  # (W, H, C, k, c_in, Intel's tile, cores, SynMem units)
+    (99, 32, 24, 3, 3, (4, 32, 24), 25, 81),
+    (49, 15, 36, 3, 24, (4, 15, 36), 13, 864),
+    (24, 7, 48, 3, 36, (8, 7, 48), 3, 1620),
+    (22, 4, 64, 3, 48, (8, 4, 64), 3, 2160),
+    (20, 2, 64, 3, 64, (16, 2, 64), 2, 2880),
+]
+
+
+def conv_layer(W, H, C, k, c_in) -> LayerSpec:
+    return LayerSpec("layer", "neuron", (C, H, W), [ConvInput("conv", c_in, 1, C, k * k, 8)])
+
+
+@pytest.mark.parametrize("i", range(1, 11))
+def test_yolo_kp_core_counts_and_synmem(i):
+    W, H, C, k, c_in, tile, cores, pct = YOLO_KP[i - 1]
+    t = tile_layer(conv_layer(W, H, C, k, c_in))
+    assert t.cores == cores  # every layer exactly
+    # Intel's tile too, but for layers 6, 7, 9: 4x14x64 where Intel has 8x7x64, the same cores and SynMem
+    assert t.tile_shape == tile or (i in (6, 7, 9) and t.tile_shape == (4, 14, 64))
+    synmem, logged = max(x.synmem_units for x in t.tiles), pct / 100 * 12000
+    assert abs(synmem / logged - 1) <= YOLO_SYNMEM_OUTLIERS.get(i, 0.15), (synmem, logged)
+
+
+def test_yolo_kp_total_and_exact_layers():
+    tilings = [tile_layer(conv_layer(*row[:5])) for row in YOLO_KP]
+    assert sum(t.cores for t in tilings) == 574  # the log's total
+    exact = [i for i, (t, row) in enumerate(zip(tilings, YOLO_KP), 1)
+             if round(max(x.synmem_units for x in t.tiles)) == round(row[7] * 120)]
+    assert exact == [3, 4, 5, 7, 8, 9]  # the six layers the cost model was fitted to, to the unit
+
+
+@pytest.mark.parametrize("row", PILOTNET, ids=lambda r: f"{r[0]}x{r[1]}x{r[2]}")
+def test_pilotnet_tiles_out_of_sample(row):
+    W, H, C, k, c_in, tile, cores, units = row
+    t = tile_layer(conv_layer(W, H, C, k, c_in))
+    assert t.cores == cores and t.tile_shape == tile
+    # its weights cost 10-29 % more per channel than YOLO-KP's: the model underestimates here
+    assert -0.30 <= max(x.synmem_units for x in t.tiles) / units - 1 <= 0
+
+
+def test_dense_layers_of_the_oxford_log():
+    """netx/oxford/run.ipynb: 200 inputs -> 85 neurons per core logs 5,400 units, 256 -> 100 logs 8,064
+    (8-bit weights + 12 index bits per synapse, rows rounded to 64-bit units)."""
+    bits = sparse_synapse_bits(8, False)
+    assert PointInput("d", np.ones((85, 200), bool), bits, False).range_cost(0, 85) == (5400.0, 200)
+    units, axons = PointInput("d", np.ones((100, 256), bool), bits, False).range_cost(0, 100)
+    assert axons == 256 and abs(units / 8064 - 1) < 0.02
+    # one synapse per row still takes a whole unit (PilotNet's 10-input, 1-neuron layer logs 10 units)
+    assert PointInput("d", np.ones((1, 10), bool), bits, False).range_cost(0, 1) == (10.0, 10)
+
+
+# ---------------------------------------------------------------------- presets at width 1.0
+
+PRESETS = ("xoresnet18", "xoresnet34", "xoresnet50", "xoresnet101")
+SIZES = (28, 32, 84)
+#: Cores / lower bound measured for each preset (docs/resources.md): lava-loihi's tiling rule cuts
+#: power-of-two layers into 2,048-neuron tiles and odd widths (21, 11, 3) into power-of-two strips.
+RATIO_RECORDED = {
+    ("xoresnet18", 28): 1.57, ("xoresnet18", 32): 2.08, ("xoresnet18", 84): 2.45,
+    ("xoresnet34", 28): 1.72, ("xoresnet34", 32): 2.08, ("xoresnet34", 84): 2.56,
+    ("xoresnet50", 28): 1.41, ("xoresnet50", 32): 2.01, ("xoresnet50", 84): 1.85,
+    ("xoresnet101", 28): 1.48, ("xoresnet101", 32): 2.01, ("xoresnet101", 84): 1.77,
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _architecture(arch: str, size: int):
+    """The widest architecture graph of a preset at width 1.0 (weights as an untrained network's,
+    batch-norm scales 1 so that no kernel is all zero), scheduled."""
+    model = build_network(NetworkConfig.preset(arch, input_size=size)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+    return schedule(architecture_graph(nir_to_float_graph(export_nir(model))))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("arch", PRESETS)
+def test_preset_packing_against_its_lower_bound(arch, size):
+    graph = _architecture(arch, size)
+    p = pack(graph, get_target("loihi2").systems)
+    # the bound is a bound: every layer takes at least max(neurons / 4096, SynMem / 12000) cores
+    for name, ts in p.tilings.items():
+        assert sum(t.cores for t in ts) >= math.ceil(p.bounds[name] - 1e-9), name
+    assert 1.0 <= p.bound_ratio <= RATIO_RECORDED[(arch, size)] + 0.02
+    assert p.chips == math.ceil(p.num_cores / 120)
+    splits = {s.layer: s for s in p.splits}
+    if arch in ("xoresnet50", "xoresnet101"):  # the readout over 2048 x H x W inputs (32768 at 28/32 px)
+        s = splits.pop("readout")
+        inputs = [r for part in s.parts for r in part.inputs]
+        assert inputs[0].start == 0 and inputs[-1].stop == 2048 * (9 if size == 84 else 16)
+        assert all(a.stop == b.start for a, b in zip(inputs, inputs[1:]))  # contiguous, exact cover
+        assert s.payload_bits <= 24 and len(s.parts) == (2 if size == 84 else 3)
+    assert not splits  # no other layer of any preset needs its fan-in split
+    if (arch, size) == ("xoresnet18", 32):
+        assert p.smallest_system == "Kapoho Point"
+
+
+@pytest.mark.xfail(strict=True, reason="not met: lava-loihi's logged tiling rule (power-of-two tile widths, halved "
+                                       "heights and channels, 3,584 neurons) needs 1.4-2.6x the bound on the presets "
+                                       "(docs/resources.md explains each source of overhead)")
+def test_preset_packing_within_1_3x_of_the_bound():
+    assert max(RATIO_RECORDED.values()) <= 1.3
+
+
+# ---------------------------------------------------------------------- check first, calibrate after
+
+def test_architecture_graph_extremes_bound_every_calibration():
+    graph = _architecture("xoresnet18", 28)
+    relays = {p.name for p in graph.populations.values() if p.kind == "relay"}
+    assert {int(np.abs(s.weight).max()) for s in graph.synapses if s.dst not in relays} == {254, 255}
+    model = build_network(NetworkConfig.preset("xoresnet-digits", input_size=8, in_channels=1, input_levels=16))
+    fg = nir_to_float_graph(export_nir(model.eval()))
+    wide, narrow = architecture_graph(fg, "widest"), architecture_graph(fg, "narrowest")
+    for s, w in zip(fg.synapses, wide.synapses):
+        assert np.array_equal(np.asarray(s.weight) != 0, w.weight != 0)
+    assert {int(np.abs(s.weight).max(initial=0)) for s in narrow.synapses} <= {0, 1, 2}
+    wide.validate()
+    narrow.validate()
+
+
+def test_export_refuses_a_network_that_cannot_fit_before_calibrating(tmp_path):
+    """XOResNet-101 (width 1/16, 8x8 digits) on one chip (--system oheo-gulch): its 159 layers take a
+    core each, more than the chip's 120 at any weight precision, so the export stops with exit 4
+    and one line naming the limit and its source, before calibration ([3/8]) starts. (XOResNet-50 at
+    width 1.0 is refused the same way: docs/resources.md.)"""
+    from xoresnet.checkpoint import save_checkpoint
+
+    cfg = NetworkConfig.preset("xoresnet101", input_size=8, in_channels=1, input_levels=16, width_factor=0.0625)
+    ckpt = tmp_path / "r101.pt"
+    save_checkpoint(ckpt, build_network(cfg), {"dataset": "digits"})
+    exe = Path(sys.executable).parent / "xoresnet-export"
+    started = time.perf_counter()
+    r = subprocess.run([str(exe), str(ckpt), "--system", "oheo-gulch", "--out", str(tmp_path / "out"),
+                        "--no-progress"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    seconds = time.perf_counter() - started
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 4, r.stderr
+    assert "[3/8]" not in r.stderr and "Traceback" not in r.stderr
+    line = err[-1]
+    assert line.startswith("xoresnet-export: error:") and "before calibration" in line
+    assert "network: needs 159 cores" in line and "cores_of_oheo-gulch" in line and "NUM_VIRTUAL_CORES_L3" in line
+    assert not (tmp_path / "out").exists()
+    print(f"refused in {seconds:.1f} s")
+
+
+def test_design_rules_after_calibration_read_the_real_weights():
+    """The same architecture at 1-bit weights needs fewer SynMem units than at 8 bits (the check
+    after calibration is not the architecture check repeated)."""
+    model = build_network(NetworkConfig.preset("xoresnet-digits", input_size=8, in_channels=1, input_levels=16))
+    fg = nir_to_float_graph(export_nir(model.eval()))
+    wide = check_design_rules(schedule(architecture_graph(fg, "widest")))
+    narrow = check_design_rules(schedule(architecture_graph(fg, "narrowest")))
+    assert wide.passed and narrow.passed
+    conv_layers = [l for l in wide.layers if l.tile]
+    assert all(narrow.layer(l.name).synmem_units_max < l.synmem_units_max for l in conv_layers
+               if any(s.dst == l.name and s.kind == "conv" and s.weight_bits == 8 for s in wide.synapses))
