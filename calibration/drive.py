@@ -28,7 +28,7 @@ and scaled by ``N / M``: an unbiased estimate (for rows drawn at random; these a
 A candidate then costs one matrix product per synapse instead of a convolution over all samples.
 
 :func:`measure` runs the chosen scale exactly on every sample: the integer current of every
-neuron-step (:func:`deploy.reference.zero_delay_current`, exact integers), the Loihi spikes
+neuron-step (:func:`~calibration.fixed_point.zero_delay_current`, exact integers), the Loihi spikes
 (:func:`~calibration.fixed_point.integrate`), their agreement with the float model's, in chunks of
 images (memory). Spikes are kept 8 to a byte: :class:`PackedSpikes`.
 """
@@ -44,8 +44,6 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from deploy.reference import zero_delay_current
 
 from . import fixed_point as fx
 from .float_graph import FloatPopulation, FloatSynapse
@@ -203,7 +201,7 @@ def measure(population: Population, int_syns: list[Synapse], samples: Population
     differ = 0
     for b0, b1 in image_chunks(B, T * p.size):
         src = [samples.source(i, b0, b1) for i in range(len(int_syns))]
-        a = zero_delay_current(int_syns, weights, src, p.shape, T, b1 - b0, torch.device("cpu"))
+        a = fx.zero_delay_current(int_syns, weights, src, p.shape, T, b1 - b0, torch.device("cpu"))
         s = fx.integrate(a, du=p.du, dv=p.dv, bias=bias, vth=p.vth)[0]
         del a
         differ += int(torch.count_nonzero(s != samples.float_spikes.unpack(b0, b1)))
@@ -253,8 +251,10 @@ class CandidateScorer:
     (see the module docstring): exactly when every row fits the budget (``rows == total_rows``),
     else from the exact per-neuron mean and the sampled rows' deviations from it.
 
-    Built once per population (it gathers the inputs of the mean frame's and the sampled rows);
-    :meth:`score` per candidate: one matrix product per synapse.
+    Built once per population: exact, it keeps the inputs unpacked in float32 (no more values than
+    one candidate's multiply-adds, times the stride's area); sampled, it gathers the inputs of the
+    mean frame's and the sampled rows. :meth:`score` per candidate: the convolutions over all
+    samples (exact) or one matrix product per synapse (sampled).
     """
 
     def __init__(self, pop: FloatPopulation, syns: list[FloatSynapse], samples: PopulationSamples,
@@ -267,7 +267,9 @@ class CandidateScorer:
         per_row = sum(self._row_macs(s) for s in syns) or 1
         self.rows = min(self.total_rows, max(1, score_macs // per_row))
         self.exact = self.rows == self.total_rows
-        if self.exact:
+        if self.exact:  # every candidate reads the same inputs: unpacked and in float32 once
+            self.chunks = [(b1 - b0, [self.samples.source(i, b0, b1).to(torch.float32) for i in range(len(syns))])
+                           for b0, b1 in image_chunks(self.B, self.T * math.prod(pop.shape))]
             return
         P = self.positions
         idx = self.sampled = stratified_rows(self.total_rows, self.rows)  # row = (t * B + b) * P + position
@@ -349,9 +351,7 @@ class CandidateScorer:
         if self.exact:
             residual = residual_synapses(self.syns, residuals)
             beta = bias_residual(p, self.pop).to(torch.float32)
-            squares = sum(drive_error_squares(residual, beta, [self.samples.source(i, b0, b1) for i in
-                                                               range(len(residual))], self.T, b1 - b0)
-                          for b0, b1 in image_chunks(self.B, self.T * p.size))
+            squares = sum(drive_error_squares(residual, beta, sources, self.T, b) for b, sources in self.chunks)
         else:
             mean, rows = self.sampled_errors(p, residuals)
             deviation = rows - mean[self.row_positions]  # a sampled row's error minus its neurons' mean
