@@ -1,7 +1,9 @@
-"""Export time (checkpoint -> artifacts, no simulation) of XOResNet-18/34/50/101, per stage, with peak memory.
+"""Export time (checkpoint -> artifacts, no simulation) of XOResNet-18/34/50/101 and the bundled models, per
+stage, with peak memory, and calibration before/after (the baseline commit's code side by side).
 
-    .venv/bin/python bench/export_time.py                     # width 1.0, 32x32, T=4, 64 calibration images
-    .venv/bin/python bench/export_time.py --archs xoresnet18 --width 0.25 --calib-samples 16   # quicker
+    .venv/bin/python bench/export_time.py --threads 1         # width 1.0, 32x32, T=4, 64 calibration images
+    .venv/bin/python bench/export_time.py --archs xoresnet18 --width 0.25 --calib-samples 16 --bundled digits
+    .venv/bin/python bench/export_time.py --baseline none --bundled ''   # the presets only, no before/after
     .venv/bin/python bench/export_time.py --json              # machine-readable result on stdout
 
 "Export" is what ``xoresnet-export`` (:mod:`deploy.cli`) does to produce the artifacts, with the
@@ -42,6 +44,25 @@ estimated size (``(neurons + gate neurons) x T x N / 8`` bytes, from the NIR gra
 architecture whose 64-image trace would exceed it is calibrated on the largest power-of-two N that
 fits; the output says so (no extrapolation). ``--stage-timeout`` stops a
 worker; its finished stages are still reported and the unfinished one is named.
+
+Bundled models (``--bundled``: digits, digits-qat, mnist, mnist-qat): the checkpoints in ``models/``,
+calibrated on the first ``--calib-samples`` training images of their dataset as ``xoresnet-export``
+reads them; ``--bundled-repeats`` rounds (they take seconds).
+
+Before/after: ``--baseline REV`` (default :data:`BASELINE_REV`, main with the old calibration, which
+scored every candidate by a convolution over all samples) is extracted with ``git archive`` (its
+``calibration``, ``deploy``, ``hw_targets``, ``xoresnet`` packages) into the temporary folder; for
+the bundled models and ``--baseline-archs`` (default XOResNet-18: the old code takes minutes per
+preset) a worker with that code first on ``sys.path`` runs ``load``, ``nir_export`` and
+``calibrate`` (:func:`deploy.pipeline.calibrate_checkpoint`, which exports the NIR graph again and
+runs the float trace, as ``calib_trace`` + ``calib_quantize`` do), right after the worktree's worker
+on the same checkpoint and images. The output gives both calibrations' medians, the speedup
+(before / after) and both peak RSS; then the issue's targets (total <= 30 s for XOResNet-18, <= 120 s
+for XOResNet-101, peak <= 4 GiB) against the medians.
+
+Threads: on the shared 2-core machine use ``--threads 1`` (torch's default of 2 intra-op threads
+spins against the other engineers' processes: XOResNet-18's calibration took 119 s with 2 threads
+and 17 s with 1 at the same load, 2026-12-05).
 
 Timing: ``--repeats`` rounds over the architectures (interleaved); medians (min/max shown).
 ``--skip design_rules`` leaves out the rules and the packing; the output marks skipped stages.

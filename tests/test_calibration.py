@@ -787,6 +787,51 @@ def test_a_sampled_search_says_so_and_takes_its_smallest_score():
     assert sampled >= 3 and cal.report["score_macs"] == 1 << 12
 
 
+def sampled_and_exact_choices(score_macs: int) -> list[tuple[str, int, int, int, int]]:
+    """Per neuron population of a small firing network (8/16 channels, 16x16, T=4, 16 random images):
+    ``(name, exact choice, sampled choice, rows scored, all rows)``, the threshold mantissas that
+    :func:`~calibration.quantize.choose_scale` picks with the exact drive error (every row) and with
+    the sampled score at ``score_macs``, on the same inputs (the integer spikes of the exact choices
+    upstream)."""
+    from calibration.drive import CandidateScorer, PopulationSamples, measure
+    from calibration.quantize import DEFAULT_CANDIDATES, choose_scale, float_trace, quantize_population
+
+    cfg = small_config(base_width=8, input_size=16, timesteps=4)
+    graph = export_nir(firing_model(cfg, seed=0))
+    pixels = random_pixels(16, cfg, seed=1)
+    fg = nir_to_float_graph(graph)
+    trace = float_trace(graph, fg, pixels)
+    spikes, out = {}, []
+    for name, pop in fg.populations.items():
+        syns = fg.incoming(name)
+        view = PopulationSamples([pixels if s.src == INPUT else spikes[s.src] for s in syns], trace[name])
+        if pop.kind == "gate":
+            q = quantize_population(pop, syns, fg.input_levels, None)
+        else:
+            q, _ = choose_scale(pop, syns, fg.input_levels, CandidateScorer(pop, syns, view, 1 << 62), fixed=None,
+                                candidates=DEFAULT_CANDIDATES)
+            sampled = CandidateScorer(pop, syns, view, score_macs)
+            fast, _ = choose_scale(pop, syns, fg.input_levels, sampled, fixed=None, candidates=DEFAULT_CANDIDATES)
+            out.append((name, q.population.vth, fast.population.vth, sampled.rows, sampled.total_rows))
+        spikes[name] = measure(q.population, q.synapses, view, keep_spikes=True).spikes
+    return out
+
+
+def test_the_sampled_score_chooses_the_exact_scale():
+    """Where the exact drive error is computable, the sampled score (here on 1/9 to 8/9 of the rows
+    of each population) picks the very scale the exact one picks, in every population."""
+    choices = sampled_and_exact_choices(score_macs=1 << 20)
+    assert len(choices) == 7 and all(rows < total for _, _, _, rows, total in choices)  # all sampled
+    assert [(name, exact) for name, exact, _, _, _ in choices] == [(name, fast) for name, _, fast, _, _ in choices]
+
+
+def test_the_choice_comparison_can_fail():
+    """The comparison above detects a scorer that chooses differently: at a budget far too small (a few
+    rows per population) the sampled choice leaves the exact one in some population."""
+    choices = sampled_and_exact_choices(score_macs=1 << 14)
+    assert any(exact != fast for _, exact, fast, _, _ in choices)
+
+
 def test_chunks_of_images_change_nothing(monkeypatch):
     """The float trace and the exact pass in chunks of one image: the same spikes, errors, choices."""
     import calibration.drive as drive
