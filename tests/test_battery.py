@@ -409,6 +409,7 @@ class Case:
     subprocess: bool = False
     max_rss_mb: Optional[int] = None  # subprocess rows: the command's peak RSS must stay below
     signal_at: Optional[tuple[str, int]] = None  # subprocess rows: (stderr line prefix or "@SECONDS", signal)
+    signal_delay: float = 1.0  # seconds from the stderr line to the signal (calibration takes well under 1 s)
     heavy: bool = False  # the export's stages may run (a full export or --reverify)
     dispatch: bool = False  # lava-loihi mocked as installed (hardware run answered, see module docstring)
     absent: tuple[str, ...] = ()  # paths under tmp_path that must not exist afterwards
@@ -703,9 +704,9 @@ def earlier_export(tmp: Path, certified) -> list[str]:
 
 CASES += [
     Case("sigterm-during-calibration", "interrupts", "export", earlier_export, 128 + signal.SIGTERM, "",
-         subprocess=True, signal_at=("[3/8]", signal.SIGTERM), keep=("out",)),
+         subprocess=True, signal_at=("[3/8]", signal.SIGTERM), signal_delay=0.0, keep=("out",)),
     Case("sighup-during-calibration", "interrupts", "export", earlier_export, 128 + signal.SIGHUP, "",
-         subprocess=True, signal_at=("[3/8]", signal.SIGHUP), keep=("out",)),
+         subprocess=True, signal_at=("[3/8]", signal.SIGHUP), signal_delay=0.0, keep=("out",)),
     Case("sigterm-during-lava", "interrupts", "export", earlier_export, 128 + signal.SIGTERM, "",
          subprocess=True, signal_at=("[6/8]", signal.SIGTERM), keep=("out",)),
     Case("sigint-during-imports-export", "interrupts", "export", lambda t: [str(QAT_MODEL), "--out", str(t / "o")],
@@ -842,7 +843,7 @@ def run_subprocess(case: Case, argv: list[str], tmp: Path) -> tuple[int, str, st
                 err_lines.append(line)
                 if line.startswith(when):
                     break
-            time.sleep(1.0)
+            time.sleep(case.signal_delay)
         p.send_signal(sig)
     try:
         out, rest = p.communicate(timeout=120)
