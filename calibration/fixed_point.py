@@ -237,13 +237,18 @@ def zero_delay_current(syns: list, weights: list[torch.Tensor], sources: list[to
     :func:`synapse_current`; summed over the integer-graph synapses ``syns``) of a
     population of ``shape``. ``weights[i]``: ``syns[i].weight`` as a tensor; ``sources[i]``: the
     input pixels ``[B, C, H, W]`` (the same at every step) for a synapse from the input, else its
-    source population's spikes ``[T, B, *source_shape]``."""
+    source population's spikes ``[T, B, *source_shape]``. A synapse with a ``model_delay`` of ``k``
+    delivers its source's step ``t - k`` at step ``t`` (nothing before ``k``)."""
     size = (T, B) + tuple(shape)
     a = None
     for syn, w, x in zip(syns, weights, sources):
         every_step = syn.src == INPUT  # the pixels: one current, added at every step
         y = synapse_current(syn, x if every_step else x.flatten(0, 1), w, shape)
         y = y.view((1,) + tuple(y.shape)) if every_step else y.view((T, B) + tuple(y.shape[1:]))
+        if syn.model_delay:
+            k = min(syn.model_delay, T)
+            y = torch.cat([torch.zeros((k,) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device),
+                           y.expand((T,) + tuple(y.shape[1:]))[: T - k]])
         if a is None and tuple(y.shape) == size:
             a = y  # a new tensor: the sum starts from it
         else:

@@ -11,8 +11,10 @@ an 8-bit graded **input** and read out on the host. Every number is a Loihi regi
 * synapse: integer ``weight`` (conv: ``[C_out, C_in / groups, kH, kW]`` in PyTorch layout;
   dense: ``[N_out, N_in]`` over the source flattened in PyTorch ``(C, H, W)`` order; identity:
   one weight per element, shaped like the population), ``weight_exp`` (dense/identity only: the
-  summed input is shifted by it), ``graded`` (8-bit payloads instead of binary spikes) and
-  ``delay`` (extra steps on top of the one-step synapse hop);
+  summed input is shifted by it), ``graded`` (8-bit payloads instead of binary spikes),
+  ``delay`` (extra steps on top of the one-step synapse hop) and ``model_delay`` (steps the model
+  itself delays the synapse, a NIR ``Delay``: part of its meaning, also in zero-delay timing;
+  ``delay`` includes it once scheduled);
 * readout: synapses with ``dst == "readout"`` produce per-step integer logits on the host, to which
   ``readout_bias`` is added; the prediction is the argmax of their sum over the timesteps.
 
@@ -84,6 +86,7 @@ class Synapse:
     groups: int = 1
     graded: bool = False
     delay: int = 0
+    model_delay: int = 0
 
     @property
     def sign_mode(self) -> str:
@@ -173,6 +176,7 @@ class IntegerGraph:
                 raise RangeError(f"synapse {s.name}: Lava's Conv ignores weight_exp, but it is {s.weight_exp}")
             in_range(f"synapse {s.name}: weight_exp", s.weight_exp, *lim.WEIGHT_EXP_RANGE)
             in_range(f"synapse {s.name}: delay", s.delay, 0, lim.DELAY_MAX)
+            in_range(f"synapse {s.name}: model_delay", s.model_delay, 0, 1 << 16)
             if s.delay and s.kind == "conv":
                 raise RangeError(f"synapse {s.name}: Lava's Conv has no synaptic delay (delay {s.delay})")
 
@@ -219,7 +223,7 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
             g = syns.create_group(f"{i:05d}")
             g.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, weight_exp=s.weight_exp,
                            stride=np.array(s.stride), padding=np.array(s.padding), groups=s.groups,
-                           graded=s.graded, delay=s.delay)
+                           graded=s.graded, delay=s.delay, model_delay=s.model_delay)
             g.create_dataset("weight", data=_compact(s.weight), compression="gzip")
 
 
@@ -251,7 +255,8 @@ def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
                 name=str(a["name"]), src=str(a["src"]), dst=str(a["dst"]), kind=str(a["kind"]),
                 weight=g["weight"][()].astype(np.int64), weight_exp=int(a["weight_exp"]),
                 stride=tuple(int(x) for x in a["stride"]), padding=tuple(int(x) for x in a["padding"]),
-                groups=int(a["groups"]), graded=bool(a["graded"]), delay=int(a["delay"])))
+                groups=int(a["groups"]), graded=bool(a["graded"]), delay=int(a["delay"]),
+                model_delay=int(a.get("model_delay", 0))))
         return IntegerGraph(
             input_shape=tuple(int(x) for x in f.attrs["input_shape"]), input_levels=int(f.attrs["input_levels"]),
             timesteps=int(f.attrs["timesteps"]), populations=populations, synapses=synapses,

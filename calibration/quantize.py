@@ -272,7 +272,8 @@ class PopulationQuantizer:
             if integers:
                 q = (k * step if step != 1 else k).long().numpy()
                 int_syns.append(Synapse(syn.name, syn.src, syn.dst, syn.kind, q, weight_exp=exp, stride=syn.stride,
-                                        padding=syn.padding, groups=syn.groups, graded=syn.graded))
+                                        padding=syn.padding, groups=syn.groups, graded=syn.graded,
+                                        model_delay=syn.model_delay))
         worst = (float(pos.max()), float(neg.min()))
         limit = current_limit(du)
         if worst[0] > limit or -worst[1] > limit:

@@ -33,6 +33,7 @@ import torch
 
 from calibration import fixed_point as fx
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
+from calibration.readout import readout_time_weights, scores
 
 
 @dataclass
@@ -46,16 +47,17 @@ class ZeroDelayResult:
     logits: torch.Tensor
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
+    time_weights: Optional[np.ndarray] = None  # the readout rule's [T, K] (calibration.readout), None: a sum
 
     @property
     def predictions(self) -> torch.Tensor:
-        return self.logits.sum(0).argmax(-1)
+        return scores(self.logits, self.time_weights).argmax(-1)
 
 
 class StreamWindows:
     """Where a sample's timesteps sit in a stream (Loihi timing); shared by the reference's and Lava's
     results. Needs ``reset_interval``, ``timesteps``, ``readout_latency``, ``readout`` (steps first)
-    and ``readout_bias``."""
+    and ``readout_bias``, and ``time_weights`` (the readout rule: :mod:`calibration.readout`)."""
 
     def step_index(self, sample: int, timestep: int, latency: int) -> int:
         """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
@@ -81,6 +83,7 @@ class StreamResult(StreamWindows):
     readout_bias: torch.Tensor
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
+    time_weights: Optional[np.ndarray] = None
 
     def window(self, population: str, latency: int, sample: int) -> torch.Tensor:
         """Spikes of ``sample``'s ``T`` timesteps, aligned to zero-delay timing: ``[T, B, *shape]``."""
@@ -88,8 +91,10 @@ class StreamResult(StreamWindows):
         return self.spikes[population][start:start + self.timesteps]
 
     def predictions(self) -> torch.Tensor:
-        """``[B, N]``: the argmax of each sample's summed logits."""
-        return torch.stack([self.logits(n).sum(0).argmax(-1) for n in range(self.samples)], dim=1)
+        """``[B, N]``: the argmax of each sample's readout scores (its logits summed over time with the
+        readout rule's weights)."""
+        return torch.stack([scores(self.logits(n), self.time_weights).argmax(-1) for n in range(self.samples)],
+                           dim=1)
 
 
 class ReferenceSimulator:
@@ -106,6 +111,7 @@ class ReferenceSimulator:
         self.incoming = {p.name: graph.incoming(p.name) for p in self.pops}
         self.readout_syns = graph.readout
         self.readout_bias = torch.as_tensor(graph.readout_bias, dtype=torch.int64, device=dev)
+        self.time_weights = readout_time_weights(graph)
 
     # ------------------------------------------------------------------ synapses
     def synapse_output(self, syn: Synapse, src: torch.Tensor) -> torch.Tensor:
@@ -141,7 +147,7 @@ class ReferenceSimulator:
             logits += self.synapse_output(syn, spikes[syn.src].flatten(0, 1)).view(T, B, -1)
         if not keep_spikes:
             spikes = {}
-        return ZeroDelayResult(spikes, logits, us, vs)
+        return ZeroDelayResult(spikes, logits, us, vs, self.time_weights)
 
     # ------------------------------------------------------------------ Loihi timing
     def source_stream(self, syn: Synapse, x: torch.Tensor, spikes: dict[str, torch.Tensor], S: int) -> torch.Tensor:
@@ -258,7 +264,7 @@ class ReferenceSimulator:
         readout = torch.zeros((S, B, g.num_classes), dtype=torch.int64, device=dev)
         for syn in g.readout:
             readout = delivered(syn, readout, (g.num_classes,))
-        return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs)
+        return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs, self.time_weights)
 
 
 def readout_latency_of(graph: IntegerGraph) -> int:
