@@ -152,10 +152,11 @@ class DRCResult:
                 "systems_fit": self.systems_fit()}
 
 
-SYNMEM_MODEL = ("estimate (hw_targets.packing, fitted to the lava-loihi logs of YOLO-KP): a conv kernel is stored once "
-                "per core for the output channels on it, 0.75 SynMem units per (input channel, tap) row plus 3.75 bits "
-                "per 8-bit weight and output channel (scaled by the weight bits); a sparse/dense synapse costs its "
-                "weight bits + 12 index bits (+ 6 delay bits), each source row of a core rounded to whole 64-bit units")
+SYNMEM_MODEL = ("estimate (hw_targets.packing, read off the lava-loihi logs of YOLO-KP): a conv kernel is stored once "
+                "per core for the output channels on it, 6 bits per 8-bit weight in (input channel, tap) rows of fewer "
+                "than 64 output channels on the core and 4.125 bits in rows of 64 or more (scaled by the weight bits), no "
+                "row header; a sparse/dense synapse costs its weight bits + 12 index bits (+ 6 delay bits), each source "
+                "row of a core rounded to whole 64-bit units")
 
 
 # ---------------------------------------------------------------------- rules

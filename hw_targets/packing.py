@@ -67,15 +67,25 @@ from .connectivity import stored_weight_bits
 # ---------------------------------------------------------------------- cost model
 
 _YOLO = "lava-dl tutorials/lava/lib/dl/netx/yolo_kp/run.ipynb"
-CONV_ROW_HEADER = L.Limit(
-    "conv_row_header_units", 0.75, "SynMem units per (input channel, kernel tap) row on a core",
-    f"{_YOLO}: per-core SynMem / rows = 4.5, 8.25, 15.75 units for 64, 128, 256 output channels (layers 3/7/9, "
-    "4/5, 8: exactly 0.75 + 0.05859 x channels)", "INFER", enforced=False)
-CONV_BITS_PER_WEIGHT_BIT = L.Limit(
-    "conv_bits_per_weight_bit", 15 / 32, "stored bits per bit of weight precision",
-    f"{_YOLO}: 0.05859 units = 3.75 bits per output channel and row, for YOLO-KP's 8-bit weights (slayer "
-    "quantize_8bit, lava-dl object_detection/models/yolo_kp.py); the other layers log 3.75-6.0 bits per weight, "
-    "the compiler's compression depends on the trained weights", "INFER", enforced=False)
+CONV_WIDE_ROW_CHANNELS = L.Limit(
+    "conv_wide_row_channels", 64, "output channels of one kernel row on a core",
+    f"{_YOLO}: rows holding 16, 32, 48 output channels on a core (layers 1, 2, 10) log 6.0 bits per 8-bit weight, "
+    "rows of 64, 128, 256 channels (layers 3-9) 3.75-4.5; where between 49 and 64 channels the compression starts "
+    "is not logged (64 assumed)", "INFER", enforced=False)
+CONV_NARROW_BITS_PER_WEIGHT_BIT = L.Limit(
+    "conv_narrow_bits_per_weight_bit", 6 / 8, "stored bits per bit of weight precision, rows of fewer than "
+    "conv_wide_row_channels output channels on a core",
+    f"{_YOLO}: per-core SynMem / (rows x channels) = 40.8 / (27 x 16), 432 / (144 x 32), 2304 / (512 x 48) units = "
+    "6.04, 6.00, 6.00 bits per 8-bit weight (layers 1, 2, 10; slayer quantize_8bit weights, lava-dl "
+    "object_detection/models/yolo_kp.py); no per-row header", "INFER", enforced=False)
+CONV_WIDE_BITS_PER_WEIGHT_BIT = L.Limit(
+    "conv_wide_bits_per_weight_bit", 4.125 / 8, "stored bits per bit of weight precision, rows of "
+    "conv_wide_row_channels or more output channels on a core",
+    f"{_YOLO}: per-core SynMem / (rows x channels) = 4.50, 4.125, 4.125, 3.75, 4.50, 3.94, 4.50 bits per 8-bit "
+    "weight (layers 3-9: 1296 / (288 x 64), 4752 / (576 x 128), 9504 / (1152 x 128), 8640 / (2304 x 64), "
+    "10368 / (2304 x 64), 8064 / (512 x 256) units x 64); 4.125 is their median (layers 4 and 5 exactly): the "
+    "compiler's compression depends on the trained weights (layers 6 and 7 share a per-core shape)", "INFER",
+    enforced=False)
 SPARSE_INDEX_BITS = L.Limit(
     "sparse_index_bits", 12, "bits per sparse/dense synapse beside its weight",
     "lava-dl tutorials netx/oxford/run.ipynb: 16,128 units for 256 x 200 synapses = 20.2 bits per synapse "
@@ -86,14 +96,18 @@ SYNMEM_UNIT_BITS = L.Limit(
     "the unit in which the conv and dense fits above are whole numbers (PilotNet: 10 one-synapse rows = 10 units)",
     "INFER", enforced=False)
 #: The cost model's figures (reported beside the limits).
-COST_MODEL: dict[str, L.Limit] = {c.name: c for c in (CONV_ROW_HEADER, CONV_BITS_PER_WEIGHT_BIT, SPARSE_INDEX_BITS,
+COST_MODEL: dict[str, L.Limit] = {c.name: c for c in (CONV_WIDE_ROW_CHANNELS, CONV_NARROW_BITS_PER_WEIGHT_BIT,
+                                                      CONV_WIDE_BITS_PER_WEIGHT_BIT, SPARSE_INDEX_BITS,
                                                       SYNMEM_UNIT_BITS)}
 UNIT_BITS = SYNMEM_UNIT_BITS.value
 
 
-def conv_weight_units(weight_bits: int) -> float:
-    """SynMem units one stored conv weight of ``weight_bits`` costs on a core (see :data:`COST_MODEL`)."""
-    return weight_bits * CONV_BITS_PER_WEIGHT_BIT.value / UNIT_BITS
+def conv_row_units(channels: int, weight_bits: int) -> float:
+    """SynMem units of one kernel row (an input channel and tap) holding ``channels`` output channels
+    of ``weight_bits``-bit weights on one core (see :data:`COST_MODEL`): narrow rows (fewer than
+    ``conv_wide_row_channels`` channels) at 6 bits per 8-bit weight, wide ones at 4.125."""
+    rate = CONV_NARROW_BITS_PER_WEIGHT_BIT if channels < CONV_WIDE_ROW_CHANNELS.value else CONV_WIDE_BITS_PER_WEIGHT_BIT
+    return channels * weight_bits * rate.value / UNIT_BITS
 
 
 def sparse_synapse_bits(weight_bits: int, delayed: bool) -> int:
@@ -117,18 +131,18 @@ class ConvInput:
     weight_bits: int
 
     def units(self, c0: int, c1: int) -> float:
-        """SynMem units of the kernel rows that output channels ``[c0, c1)`` need on one core."""
-        w = conv_weight_units(self.weight_bits)
+        """SynMem units of the kernel rows that output channels ``[c0, c1)`` need on one core (each
+        group's rows hold the group's channels among them)."""
         total = 0.0
         for g in range(c0 // self.opg, (c1 - 1) // self.opg + 1):
             overlap = min(c1, (g + 1) * self.opg) - max(c0, g * self.opg)
-            total += self.ipg * self.taps * (CONV_ROW_HEADER.value + overlap * w)
+            total += self.ipg * self.taps * conv_row_units(overlap, self.weight_bits)
         return total
 
     def distinct_units(self) -> float:
-        """SynMem units of every distinct weight once, one header per row (the lower bound's share)."""
-        return self.groups * self.ipg * self.taps * (CONV_ROW_HEADER.value
-                                                     + self.opg * conv_weight_units(self.weight_bits))
+        """SynMem units of every distinct weight once: each kernel row once, holding all the output
+        channels of its group (the lower bound's share)."""
+        return self.groups * self.ipg * self.taps * conv_row_units(self.opg, self.weight_bits)
 
 
 @dataclass
