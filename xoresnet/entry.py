@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from .interrupts import install_interrupt_handlers, interrupted_exit
+from .interrupts import install_interrupt_handlers, interrupted_exit, received_interrupt
 
 
 def _run(prog: str, module: str, function: str) -> None:
@@ -20,6 +20,9 @@ def _run(prog: str, module: str, function: str) -> None:
         main = getattr(__import__(module, fromlist=[function]), function)
     except KeyboardInterrupt as e:
         sys.exit(interrupted_exit(prog, e))
+    swallowed = received_interrupt()  # a library's import caught the Interrupted and carried on
+    if swallowed is not None:
+        sys.exit(interrupted_exit(prog, swallowed))
     main()
 
 

@@ -40,7 +40,7 @@ import signal
 import sys
 from typing import Callable, NoReturn
 
-from .interrupts import install_interrupt_handlers, interrupted_exit
+from .interrupts import install_interrupt_handlers, interrupted_exit, received_interrupt
 
 
 class XoresnetError(Exception):
@@ -140,6 +140,9 @@ def run_cli(prog: str, main: Callable[[], int | None]) -> NoReturn:
         except KeyboardInterrupt as e:
             code = interrupted_exit(prog, e)
         except Exception as e:  # noqa: BLE001 - the last line of defence of a command
+            swallowed = received_interrupt()  # a library caught the Interrupted and failed later
+            if swallowed is not None:
+                raise swallowed from e
             if os.environ.get("XORESNET_DEBUG"):
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -28,8 +28,15 @@ class Interrupted(KeyboardInterrupt):
 INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+#: The signals received so far, in order. A library may swallow the raised :class:`Interrupted` (a bare
+#: ``except:`` in an import, a ``__del__``) and fail later with an unrelated error; the record lets the
+#: command still end as interrupted (:func:`received_interrupt`).
+_RECEIVED: list[int] = []
+
+
 def _interrupt(signum: int, frame) -> None:
-    """The handler: raises :class:`Interrupted` (never returns)."""
+    """The handler: records the signal and raises :class:`Interrupted` (never returns)."""
+    _RECEIVED.append(signum)
     for sig in INTERRUPTS:  # once: a second signal must not cut the cleanup short
         signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
@@ -47,6 +54,11 @@ def install_interrupt_handlers() -> dict[int, object]:
         except ValueError:  # not the main thread: signals are the main thread's business
             break
     return previous
+
+
+def received_interrupt() -> Interrupted | None:
+    """The first termination signal this process received, as an :class:`Interrupted`, or None."""
+    return Interrupted(_RECEIVED[0]) if _RECEIVED else None
 
 
 def interrupted_exit(prog: str, e: KeyboardInterrupt) -> int:
