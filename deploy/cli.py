@@ -375,13 +375,11 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     from deploy.nir_check import compare_nir_to_model
     from deploy.nir_export import export_nir, read_nir, write_nir
     from deploy.parity import check_parity
-    from deploy.pipeline import architecture_check, calibrate_checkpoint, calibration_pixels
+    from deploy.pipeline import architecture_check, calibrate_checkpoint, calibration_pixels, map_to_cores
     from deploy.reference import ReferenceSimulator
-    from deploy.schedule import schedule
     from hw_targets.energy import estimate_energy
     from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, model_section, write_report
-    from hw_targets.connectivity import connectivity
-    from hw_targets.design_rules import check_design_rules, require_design_rules
+    from hw_targets.design_rules import require_design_rules
     from hw_targets.stats import collect_statistics
     from xoresnet.data import IntImageDataset
     from xoresnet.training import evaluate
@@ -414,13 +412,13 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     say("[3/8] calibrating to Loihi 2 integers"
         + (" (scales from quantization-aware training)" if ckpt.quant else f" on {len(calib_pixels)} images"))
     calibration = calibrate_checkpoint(model, ckpt, calib_pixels, nir_graph=nir_graph)
-    graph = schedule(calibration.graph)
+    mapping = map_to_cores(calibration.graph, target, system=args.system)  # scheduled, fan-in splits, core plan
+    graph, conns = mapping.graph, mapping.conns
     save_integer_graph(graph, artifacts.path(GRAPH_FILE))
     artifacts.write_json(CALIBRATION_FILE, {"spec": calibration.spec.to_dict(), "report": calibration.report})
     artifacts.write_json(LAVA_GRAPH_FILE, describe_lava_network(graph))
     say(f"[4/8] design rules and packing for {target.name} with the calibrated weights")
-    conns = connectivity(graph)
-    drc = require_design_rules(check_design_rules(graph, target, system=args.system, conns=conns))
+    drc = require_design_rules(mapping.drc)
     say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
     stats, accumulator = collect_statistics(graph, eval_set.pixels, eval_set.labels,
                                             float_accuracy=baseline["accuracy"], conns=conns, progress=progress)

@@ -33,7 +33,7 @@ SCHEMA = "xoresnet-report"
 #: ``version`` changes when a field is removed or retyped (a reader refuses other versions);
 #: ``minor`` when keys are added (:data:`ADDED_IN_MINOR`; a reader accepts newer minors).
 VERSION = 1
-MINOR = 2
+MINOR = 3
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
@@ -137,7 +137,8 @@ REPORT_SCHEMA = obj({
 FAN_IN_SPLIT = obj({"layer": STR, "neurons": INT, "reason": STR, "need": NUM,
                     "parts": arr(obj({"inputs": arr(obj({"synapse": STR, "start": INT, "stop": INT})), "cores": INT,
                                       "axons_in": INT, "synmem_units": NUM})),
-                    "sum_cores": INT, "payload_bits": INT, "extra_latency": INT, "partial_cores": INT, "cores": INT})
+                    "sum_cores": INT, "payload_bits": INT, "extra_latency": INT, "partial_cores": INT, "cores": INT},
+                   optional={"built": BOOL})  # built: since 1.3
 ARCHITECTURE_CHECK = obj({"passed": BOOL, "extreme": STR, "cores": INT, "chips": INT, "lower_bound": NUM,
                           "bound_ratio": NUM, "smallest_system": OSTR, "fan_in_splits": INT, "seconds": NUM,
                           "violations": arr(STR), "narrowest_cores": OINT}, nullable=True)
@@ -155,6 +156,8 @@ ADDED_IN_MINOR = {
                              "fan_in_splits": arr(FAN_IN_SPLIT), "cost_model": mapping(LIMIT)},
         ("target", "limits"): {"evidence": STR},
         ("target", "systems"): {"evidence": STR}},
+    3: {("drc", "layers"): {"parts": INT},
+        ("drc", "packing"): {"partitions": obj({"cut_populations": INT, "parts": INT, "populations": INT})}},
 }
 
 
@@ -743,6 +746,11 @@ def _resources_html(r: dict) -> str:
     out = [f"<p class='meta'>{pk['cores']:,} cores on {pk['chips']} chip(s) of {pk['cores_per_chip']} cores; smallest "
            f"system that fits: {_e(pk['smallest_system'] or 'none')}. Lower bound {pk['lower_bound']:,.1f} cores; the "
            f"packing is {pk['bound_ratio']:.2f}x the bound.{est}</p>"]
+    if pk.get("partitions"):
+        cut = pk["partitions"]
+        out.append(f"<p class='meta'>Core plan: {cut['cut_populations']:,} of {cut['populations']:,} populations cut into "
+                   f"channel parts ({cut['parts']:,} Lava population processes), each part tiled by lava-loihi's rule; "
+                   "the Lava lowering builds exactly these parts.</p>")
     if arch:
         verdict = "passed" if arch["passed"] else "failed: " + "; ".join(arch["violations"])
         out.append(f"<p class='meta'>Before calibration (every weight at its {_e(arch['extreme'])} precision): "
@@ -753,10 +761,11 @@ def _resources_html(r: dict) -> str:
                  "; ".join(", ".join(f"{_e(i['synapse'])} [{i['start']}, {i['stop']})" for i in p["inputs"])
                            for p in sp["parts"]),
                  _num(sp["partial_cores"]), _num(sp["sum_cores"]), _num(sp["payload_bits"]),
-                 f"+{sp['extra_latency']}"] for sp in pk["fan_in_splits"]]
-        out.append("<h3>Fan-in splits (packed; not built by the Lava lowering yet)</h3>"
-                   + _table(["layer", "budget exceeded", "one neuron needs", "parts", "input ranges",
-                             "partial-sum cores", "summing cores", "partial-sum bits", "latency"], rows, "wrap", left=5))
+                 f"+{sp['extra_latency']}", "built" if sp.get("built") else "found"] for sp in pk["fan_in_splits"]]
+        out.append("<h3>Fan-in splits (partial sums relayed as graded spikes, GradedVec)</h3>"
+                   + _table(["layer", "budget exceeded", "one neuron needs", "parts", "input ranges (source channels)",
+                             "partial-sum cores", "summing cores", "partial-sum bits", "latency", "state"], rows,
+                            "wrap", left=5))
     rows = [[_e(c["name"]), _num(c["value"]), _e(c["unit"]), _e(c["evidence"]), _e(c["source"])]
             for c in pk["cost_model"].values()]
     out.append("<h3>SynMem cost model</h3>" + _table(["figure", "value", "unit", "evidence", "source"], rows, "wrap",
