@@ -369,8 +369,9 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
                  artifacts: ArtifactDir) -> dict:
     """Stages 2-7 for the loihi2 and lava-sim targets; ``test``: the whole test split;
     ``calib_pixels``: ``--calib-data`` (or None: the training split)."""
+    from calibration.fan_in import split_layers
     from calibration.integer_graph import save_integer_graph
-    from deploy.lava_graph import describe_lava_network
+    from deploy.lava_graph import describe_lava_network, population_parts
     from deploy.lava_run import run_lava
     from deploy.nir_check import compare_nir_to_model
     from deploy.nir_export import export_nir, read_nir, write_nir
@@ -457,6 +458,9 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     manifest["verdict"] = {
         "parity": "passed", "parity_samples": parity.samples, "neuron_steps_compared": parity.neuron_steps_compared,
         "coverage": coverage, "lava_process_models": lava.process_models,
+        "core_plan": {"cut_populations": graph.core_plan.cut_populations if graph.core_plan else 0,
+                      "lava_population_processes": sum(len(parts) for parts in population_parts(graph).values()),
+                      "fan_in_splits": sorted(split_layers(graph))},
         "predictions_equal": parity.predictions_equal, "nir_check": "passed", "design_rules": "passed",
         "dispatch_allowed": True,
         "statement": "Lava's Loihi2SimCfg('fixed_pt') run of integer_graph.h5, with the process models listed in "

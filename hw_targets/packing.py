@@ -69,7 +69,7 @@ from typing import Any, Optional
 import numpy as np
 
 from calibration import loihi2_limits as L
-from calibration.core_plan import CorePlan, PopulationPlan, cut_rules, followed_parts
+from calibration.core_plan import CorePlan, PopulationPlan, check_plan, cut_rules, followed_parts
 from calibration.fan_in import (FanInCut, InputRange, part_name, partial_sum_bound, payload_bits, restrict, split_layers,
                                 splittable)
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
@@ -832,7 +832,13 @@ class Packing:
                                "populations": len(self.plan.populations)}}
 
 
-def _constraint(name: str, rules, plans: dict[str, tuple[int, ...]], optimize: bool) -> PartitionConstraint:
+def _constraint(name: str, rules, plans: dict[str, tuple[int, ...]], optimize: bool,
+                given: Optional[CorePlan]) -> PartitionConstraint:
+    """How population ``name`` may be cut: as ``given`` (the graph's own core plan) says, else as
+    its grouped-conv source is, else as :func:`calibration.core_plan.cut_rules` allows."""
+    if given is not None:
+        return PartitionConstraint(parts=tuple(given.populations[name].parts) if name in given.populations else None,
+                                   whole=name not in given.populations)
     if name in rules.follows:
         src, ipg, opg = rules.follows[name]
         if src in plans:
@@ -889,10 +895,15 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
     described and packed; :func:`calibration.fan_in.apply_fan_in_cuts` builds it), then add the conv
     output routes of every tile (a few units per core; the design rules check the total).
     ``systems``: the :class:`~hw_targets.base.System` objects to report (fits or not);
-    ``weight_bits``: see :func:`layer_specs`; ``partition``: False cuts populations only where a
-    synapse reads a channel range (the packing before channel partitions, for comparison)."""
+    ``weight_bits``: see :func:`layer_specs`. A graph that carries a core plan (``graph.core_plan``,
+    :func:`deploy.pipeline.map_to_cores` sets it) is cut exactly as the plan says, so that the cores
+    counted are those of the Lava processes the lowering builds (:func:`calibration.core_plan.check_plan`
+    refuses a plan that would not be exact); ``partition``: False ignores it and cuts populations
+    only where a synapse reads a channel range (the packing before channel partitions, for comparison)."""
     specs = layer_specs(graph, weight_bits)
     rules = cut_rules(graph)
+    given = graph.core_plan if partition else None
+    check_plan(graph, given)
     out_syn: dict[str, list[Synapse]] = {name: [] for name in specs}
     for s in graph.synapses:
         if s.src != INPUT:
@@ -901,13 +912,13 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
     tilings: dict[str, list[LayerTiling]] = {}
     splits: list[FanInSplit] = []
     plans: dict[str, tuple[int, ...]] = {}
-    plan = CorePlan(method="hw_targets.packing.partition_layer: the fewest cores under lava-loihi's logged tile rule, "
-                           "then the fewest parts")
+    plan = CorePlan(method=given.method if given is not None else "hw_targets.packing.partition_layer: the fewest "
+                    "cores under lava-loihi's logged tile rule, then the fewest parts")
     for name in specs:
         spec = specs[name]
         spec.routes = sum((synapse_routes(points[s.name], graph, s) for s in out_syn[name] if s.kind != "conv"),
                           np.zeros(spec.neurons))
-        ts = partition_layer(_with_source_parts(spec, graph, plans), _constraint(name, rules, plans, partition)) \
+        ts = partition_layer(_with_source_parts(spec, graph, plans), _constraint(name, rules, plans, partition, given)) \
             if name != READOUT else partition_layer(spec, PartitionConstraint(whole=True))
         if ts is not None:
             tilings[name] = ts

@@ -587,6 +587,7 @@ def test_fan_in_split_and_core_plan_parity(monkeypatch, tmp_path):
     the integer reference bit for bit, partial sums included; the connections Lava builds are
     exactly those the plan lists."""
     from calibration.integer_graph import save_integer_graph
+    from hw_targets.packing import pack
 
     cfg, mapping = split_network(monkeypatch)
     graph = mapping.graph
@@ -619,8 +620,11 @@ def test_fan_in_split_and_core_plan_parity(monkeypatch, tmp_path):
 
     # any plan that keeps the cut rules is exact, not only the packer's: random cuts everywhere allowed
     packer_plan = graph.core_plan
+    assert pack(graph, []).plan.to_dict() == packer_plan.to_dict()  # the packer counts the plan it made
     graph.core_plan = random_core_plan(graph, np.random.default_rng(5))
     assert graph.core_plan.cut_populations > len(packer_plan.populations) // 2
+    cut = {n: p.parts for n, p in pack(graph, []).plan.populations.items() if len(p.parts) > 1}
+    assert cut == {n: p.parts for n, p in graph.core_plan.populations.items()}  # and any plan it is given
     report = check_parity(graph, reference, run_lava(graph, pixels, timeout=TIMEOUT))
     assert report.passed, report.summary()
     graph.core_plan = packer_plan
