@@ -373,6 +373,7 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     from calibration.integer_graph import save_integer_graph
     from deploy.lava_graph import describe_lava_network, population_parts
     from deploy.lava_run import run_lava
+    from deploy.memory import available_memory, nir_check_batch
     from deploy.nir_check import compare_nir_to_model
     from deploy.nir_export import export_nir, read_nir, write_nir
     from deploy.parity import check_parity
@@ -399,7 +400,9 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     float_eval = evaluate(model, eval_set, progress=progress)
     baseline = float_baseline(args, ckpt, eval_set, float_eval["accuracy"], progress)
     write_nir(nir_graph, artifacts.path(NIR_FILE))
-    nir_check = compare_nir_to_model(model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels)  # the file
+    check_batch = nir_check_batch(model.config, eval_images=n_eval, available=available_memory())
+    nir_check = compare_nir_to_model(model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels,  # the file
+                                     batch_size=check_batch)
     if not nir_check["passed"]:
         raise UnsupportedModelError(
             f"the NIR interpreter, on model.nir as written, disagrees with PyTorch on "

@@ -12,7 +12,7 @@ the per-neuron figures), takes the largest of the stages, which run one after an
 =================  ==========================================  ===================================
 stage              images at once                              bytes per LIF neuron-step-image
 =================  ==========================================  ===================================
-NIR check          ``min(--eval-samples, 256)`` (its batch)    :data:`CHECK_BYTES` (28)
+NIR check          its batch (:func:`nir_check_batch`)          :data:`CHECK_BYTES` (28)
 calibration        ``--calib-samples`` (or ``--calib-data``'s)  :data:`CALIBRATION_BYTES` (12)
 parity stream      ``--parity-samples``, ~2T steps each        :data:`STREAM_BYTES` (8)
 =================  ==========================================  ===================================
@@ -23,13 +23,17 @@ images: 36 B per LIF neuron-step-image at T = 24) and an XOResNet-18 at width 0.
 T = 4 (24 B); calibration of XOResNet-18 / -101 at width 1.0 (``docs/performance.md``: 13 / 6 B). They are
 estimates: a refusal says so and names the flags that lower the figure.
 
+The NIR check is the one stage that can trade memory for time without changing any result: it compares
+images batch by batch, so :func:`nir_check_batch` halves its batch (at most :data:`NIR_CHECK_MAX_BATCH`)
+until the stage fits the memory available. A width-1.0 network thus exports with the default flags on a
+machine where 256 images at once would not fit (XOResNet-18 at 32x32, T = 4: about 16 GB at 256 images).
+
 The memory available is the kernel's ``MemAvailable`` (``/proc/meminfo``), lowered to what a cgroup
 memory limit leaves (``/sys/fs/cgroup/memory.max`` minus ``memory.current``) when there is one.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +45,8 @@ BASE_BYTES = GiB // 2
 CHECK_BYTES = 28
 CALIBRATION_BYTES = 12
 STREAM_BYTES = 8
+#: Images the NIR check compares at once where memory allows (:func:`nir_check_batch`).
+NIR_CHECK_MAX_BATCH = 256
 
 
 def _conv_out(size: int, stride: int) -> int:
@@ -69,17 +75,26 @@ def lif_neurons(config: NetworkConfig) -> int:
     return total
 
 
-def estimate_export_memory(config: NetworkConfig, *, eval_images: int, calib_images: int,
+def nir_check_batch(config: NetworkConfig, *, eval_images: int, available: Optional[int]) -> int:
+    """Images the NIR check of ``config`` compares at once: ``min(eval_images, NIR_CHECK_MAX_BATCH)``, halved
+    while its estimated stage (:data:`BASE_BYTES` plus :data:`CHECK_BYTES` per LIF neuron-step-image) exceeds
+    ``available`` bytes (None: unknown, no halving); at least 1."""
+    per_image = CHECK_BYTES * config.timesteps * lif_neurons(config)
+    batch = max(1, min(eval_images, NIR_CHECK_MAX_BATCH))
+    while batch > 1 and available is not None and BASE_BYTES + batch * per_image > available:
+        batch //= 2
+    return batch
+
+
+def estimate_export_memory(config: NetworkConfig, *, check_batch: int, calib_images: int,
                            parity_images: int) -> tuple[int, str]:
     """``(bytes, what sets them)``: the peak memory an export of ``config`` (its ``timesteps``) is estimated
-    to need, and a phrase naming the stage that sets it (see the module docstring)."""
-    from deploy.nir_check import compare_nir_to_model
-
-    check_batch = inspect.signature(compare_nir_to_model).parameters["batch_size"].default
+    to need with the NIR check comparing ``check_batch`` images at once, and a phrase naming the stage that
+    sets it (see the module docstring)."""
     T, n = config.timesteps, lif_neurons(config)
     stream_steps = 2 * T  # the reset interval: the next power of two above T plus the pipeline latency
     stages = {
-        f"the NIR check of {min(eval_images, check_batch)} images": CHECK_BYTES * min(eval_images, check_batch) * T,
+        f"the NIR check of {check_batch} images at once": CHECK_BYTES * check_batch * T,
         f"calibration on {calib_images} images": CALIBRATION_BYTES * calib_images * T,
         f"the parity run of {parity_images} images": STREAM_BYTES * parity_images * stream_steps,
     }
@@ -108,10 +123,12 @@ def available_memory() -> Optional[int]:
 
 def check_export_memory(config: NetworkConfig, *, eval_images: int, calib_images: int, parity_images: int) -> None:
     """Raise :class:`~xoresnet.errors.UsageError` (exit 2) when the export is estimated to need more memory
-    than the machine has available, with both figures and the most timesteps that would fit."""
-    images = dict(eval_images=eval_images, calib_images=calib_images, parity_images=parity_images)
-    need, what = estimate_export_memory(config, **images)
+    than the machine has available (with the NIR check's batch :func:`nir_check_batch` fitted to it), with
+    both figures and the most timesteps that would fit."""
     have = available_memory()
+    check_batch = nir_check_batch(config, eval_images=eval_images, available=have)
+    images = dict(check_batch=check_batch, calib_images=calib_images, parity_images=parity_images)
+    need, what = estimate_export_memory(config, **images)
     if have is None or need <= have:
         return
     per_step = estimate_export_memory(config.replace(timesteps=1), **images)[0] - BASE_BYTES

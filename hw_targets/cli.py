@@ -1,6 +1,6 @@
 """``xoresnet-report DIR``: re-render ``DIR/report.html`` from ``DIR/report.json``.
 
-The JSON is validated first (schema ``xoresnet-report`` version 1, see :mod:`hw_targets.report`);
+The JSON is validated first (``hw_targets/report/schema.json``, see :mod:`hw_targets.report`);
 a missing, corrupt or invalid file is a one-line error with exit code 3
 (:class:`hw_targets.report.ReportError`), a usage error one line with exit code 2
 (:class:`xoresnet.errors.OneLineArgumentParser`), success exits with 0.
@@ -26,7 +26,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import REPORT_HTML, ReportError, _atomic_write, load_report, render_html
+    from .report import REPORT_HTML, ReportError, atomic_write_text, load_report, render_html
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -34,7 +34,7 @@ def _report(args: argparse.Namespace) -> int:
     report = load_report(d)
     out = Path(args.output) if args.output else d / REPORT_HTML
     try:
-        _atomic_write(out, render_html(report))
+        atomic_write_text(out, render_html(report))
     except OSError as e:
         raise UsageError(f"cannot write {out} ({type(e).__name__}: {e.strerror or e})") from None
     print(f"wrote {out}")

@@ -9,6 +9,8 @@ forward pass in training mode with momentum 1) and then draws its affine part so
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,30 @@ def digits_model_path() -> Path:
         pytest.fail(f"the bundled digits model {DIGITS_MODEL} is missing (it is committed: restore it with git, "
                     "or retrain it with scripts/train_bundled_models.sh)")
     return DIGITS_MODEL
+
+
+@functools.cache
+def _digits_report() -> dict:
+    from calibration.quantize import calibrate_nir
+    from deploy.nir_export import export_nir
+    from deploy.schedule import schedule
+    from hw_targets.report import make_report
+    from xoresnet.checkpoint import load_model
+    from xoresnet.data import load_dataset
+
+    model, ckpt = load_model(DIGITS_MODEL)
+    train = load_dataset("digits", "train", limit=16)
+    test = load_dataset("digits", "test", limit=40)
+    graph = schedule(calibrate_nir(export_nir(model), train.pixels[:16], candidates=1).graph)
+    parity = {"passed": True, "samples": 4, "summary": "bit-exact (test fixture)"}
+    return make_report(graph, test.pixels, test.labels, float_accuracy=0.99, checkpoint=ckpt,
+                       dataset={"name": "digits", "split": "test"}, parity=parity, batch_size=40)
+
+
+def digits_report() -> dict:
+    """A real report of the bundled digits model (``make_report``: design rules, packing, 40 test images through
+    the integer reference; no Lava), built once per test process; each call returns a fresh copy."""
+    return copy.deepcopy(_digits_report())
 
 
 def small_config(**overrides) -> NetworkConfig:

@@ -412,6 +412,7 @@ class Case:
     heavy: bool = False  # the export's stages may run (a full export or --reverify)
     dispatch: bool = False  # lava-loihi mocked as installed (hardware run answered, see module docstring)
     absent: tuple[str, ...] = ()  # paths under tmp_path that must not exist afterwards
+    made: tuple[str, ...] = ()  # files under tmp_path the command must have written
     output: str = ""  # regex on stdout
 
 
@@ -482,8 +483,8 @@ CASES: list[Case] = [
              r"entry 'meta' is JSON nested too deeply", klass="config"),
     # --- flags (exit 2) and mismatches found up front
     export_row("flag-timesteps-1e5", "flags", ["--timesteps", "100000"], 2, r"--timesteps/-T: must be at most 4096"),
-    export_row("flag-timesteps-3000-memory", "flags", ["--timesteps", "3000"], 2,
-               r"T=3000: the export would need about [\d.]+ GiB of memory \(the NIR check of 256 images x 3000 "
+    export_row("flag-timesteps-3000-memory", "flags", ["--timesteps", "3000", "--calib-samples", "512"], 2,
+               r"T=3000: the export would need about [\d.]+ GiB of memory \(calibration on 512 images x 3000 "
                r"timesteps x 7,168 LIF neurons; an estimate\), and this machine has [\d.]+ GiB available"),
     export_row("flag-target-empty", "flags", ["--target", ""], 2, r"unknown target ''; available: loihi2"),
     Case("flag-seed-2**64", "flags", "train", lambda t: TRAIN + ["--out", str(t / "m.pt"), "--seed", str(2**64)], 2,
@@ -718,6 +719,85 @@ CASES += [
          subprocess=True, signal_at=("@0.25", signal.SIGTERM)),
 ]
 
+# --- report.json the renderer must refuse (exit 3, the first problem named) or draw within bounds (exit 0): built
+# from a real report of the digits model (conftest.digits_report), edited as a dict or as JSON text
+def report_case(id, edit, code, error="", text=None, **kw) -> Case:
+    """``xoresnet-report rep/`` on the digits report with ``edit(report)`` applied (and ``text(json_text)``)."""
+    def prepare(tmp: Path) -> list[str]:
+        from conftest import digits_report
+
+        report = digits_report()
+        edit(report)
+        raw = json.dumps(report)
+        return [str(report_dir(tmp, lambda p: p.write_text(text(raw) if text else raw)))]
+    done = dict(keep=("rep/report.json",), made=("rep/report.html",), output=r"wrote .*rep/report.html") if code == 0 \
+        else dict(absent=("rep/report.html",))
+    return Case(f"report-{id}", "report", "report", prepare, code, error, **done, **kw)
+
+
+def _set_in(path: tuple, value) -> Callable[[dict], None]:
+    def edit(report: dict) -> None:
+        for key in path[:-1]:
+            report = report[key]
+        report[path[-1]] = value
+    return edit
+
+
+def many_layers(report: dict, n: int = 5000) -> None:
+    """``n`` populations in every per-layer section (named ``l0``, ``l1``, ...)."""
+    for section in (report["drc"]["layers"], report["statistics"]["layers"]):
+        section[:] = [dict(section[0], name=f"l{i}") for i in range(n)]
+
+
+def dense_raster(report: dict, timesteps: int = 4096, spikes: int = 65536, populations: int = 16) -> None:
+    """A raster at the schema's bounds: ``timesteps`` steps, ``spikes`` spikes in each of ``populations``."""
+    rng = np.random.default_rng(0)
+    report["raster"].update(timesteps=timesteps, populations={f"p{i}": {
+        "neurons": 1024, "t": rng.integers(0, timesteps, spikes).tolist(), "n": rng.integers(0, 1024, spikes).tolist(),
+        "total": spikes, "truncated": False} for i in range(populations)})
+
+
+def first_number(key: str, replacement: str) -> Callable[[str], str]:
+    """A JSON text edit: the first ``"key": <number>`` gets ``replacement`` as its value."""
+    return lambda raw: re.sub(rf'"{key}": -?[\d.e+-]+', f'"{key}": {replacement}', raw, count=1)
+
+
+CASES += [
+    report_case("unknown-sign-mode", _set_in(("drc", "layers", 0, "sign_modes"), ["weird"]), 3,
+                r"report\.drc\.layers\[0\]\.sign_modes\[0\]: expected one of 'mixed', 'excitatory', 'inhibitory', "
+                r"got 'weird'"),
+    report_case("unknown-kind", _set_in(("statistics", "layers", 0, "kind"), "weird"), 3,
+                r"report\.statistics\.layers\[0\]\.kind: expected one of 'neuron', 'gate', 'relay', 'readout'"),
+    report_case("unknown-merge", _set_in(("statistics", "blocks", 0, "merge"), "nand"), 3,
+                r"report\.statistics\.blocks\[0\]\.merge: expected one of 'or', 'xor', 'add', 'iand', 'add_current'"),
+    report_case("deep-json", _set_in(("model", "config", "deep"), json.loads(nested(40))), 3,
+                r"report\.model\.config\.deep\[0\].*: nested 33 levels deep; a report nests at most 32"),
+    report_case("deep-json-1e5", lambda r: None, 3, r"is JSON nested too deeply for a report",
+                text=lambda raw: raw.replace('"warnings": []', f'"warnings": {nested(10**5)}', 1)),
+    report_case("300k-objects", lambda r: None, 3, r"report: holds more than 262,144 JSON objects",
+                text=lambda raw: raw.replace('"warnings": [', '"unknown": [' + "{}," * 300_000 + '{}], "warnings": [', 1)),
+    report_case("raster-timesteps-1e7", _set_in(("raster", "timesteps"), 10**7), 3,
+                r"report\.raster\.timesteps: must be at most 4096, got 10000000"),
+    report_case("timesteps-a-float", _set_in(("latency", "timesteps"), 4.0), 3,
+                r"report\.latency\.timesteps: expected an integer, got float"),
+    report_case("nan", lambda r: None, 3, r"report.json holds NaN, which JSON does not allow",
+                text=first_number("firing_rate", "NaN")),
+    report_case("integer-of-5000-digits", lambda r: None, 3, r"report.json holds an integer too long to convert",
+                text=first_number("cores", "1" * 5000)),
+    report_case("integer-beyond-int64", _set_in(("drc", "packing", "cores"), 10**30), 3,
+                r"report\.drc\.packing\.cores: expected an integer, got an integer beyond the int64 range"),
+    report_case("name-of-300-characters", _set_in(("drc", "layers", 0, "name"), "x" * 300), 3,
+                r"report\.drc\.layers\[0\]\.name: 'x+\.\.\. is 300 characters long, more than 256"),
+    report_case("unpaired-surrogate", _set_in(("warnings",), ["\ud800"]), 3,
+                r"report\.warnings\[0\]: holds an unpaired surrogate, which UTF-8 cannot encode"),
+    report_case("section-null", _set_in(("drc",), None), 3, r"report\.drc: must not be null"),
+    report_case("5000-layers", many_layers, 0),
+    report_case("raster-at-the-bounds", dense_raster, 0),
+    report_case("mathtext-in-names", lambda r: [layer.update(name=f"${layer['name']}\\frac{{$")
+                                                for layer in r["drc"]["layers"] + r["statistics"]["layers"]], 0),
+    report_case("energy-maps-disagree", lambda r: r["energy"]["loihi"]["counts"].clear(), 0),
+]
+
 PROGS = {"export": "xoresnet-export", "eval": "xoresnet-eval", "train": "xoresnet-train", "report": "xoresnet-report"}
 HEAVY_STAGES = {"export": [("deploy.cli", "export_loihi"), ("deploy.cli", "export_onnx_target")],
                 "train": [("xoresnet.training", "train")], "eval": [("xoresnet.training", "evaluate")], "report": []}
@@ -928,30 +1008,40 @@ def test_battery(case: Case, tmp_path, request):
         assert (tmp_path / name).exists() and tree_digest(tmp_path / name) == digest, f"{name} changed or is gone"
     for name in case.absent:
         assert not (tmp_path / name).exists(), f"{name} exists"
+    for name in case.made:
+        assert (tmp_path / name).is_file(), f"{name} was not written"
     assert leftovers(tmp_path) == []
 
 
 def test_battery_covers_every_class():
     assert {c.klass for c in CASES} == {"checkpoint", "config", "flags", "mismatch", "data", "reads", "subsets",
-                                        "certificate", "interrupts"}
+                                        "certificate", "interrupts", "report"}
 
 
 def test_memory_estimate_names_what_it_needs_and_what_fits(monkeypatch):
-    """The estimate follows T and the images (measured figures: module docstring of deploy.memory); with 4 GiB
-    available the digits model exports at T=4 and is refused at T=64 with both figures and the T that fits."""
+    """The estimate follows T and the images (measured figures: module docstring of deploy.memory). With 4 GiB
+    available the NIR check halves its batch until it fits (T=128: 256 images at once would need 6.6 GB), and
+    an export whose calibration cannot fit (T=1024) is refused with both figures and the T that fits."""
     from deploy import memory
     from xoresnet.checkpoint import load_checkpoint
     from xoresnet.errors import UsageError
 
     config = load_checkpoint(QAT_MODEL).config
-    images = dict(eval_images=450, calib_images=64, parity_images=4)
+    images = dict(check_batch=256, calib_images=64, parity_images=4)
     need4, what = memory.estimate_export_memory(config, **images)
     need64, _ = memory.estimate_export_memory(config.replace(timesteps=64), **images)
-    assert what == "the NIR check of 256 images x 4 timesteps x 7,168 LIF neurons"
+    assert what == "the NIR check of 256 images at once x 4 timesteps x 7,168 LIF neurons"
     assert need64 - memory.BASE_BYTES == 16 * (need4 - memory.BASE_BYTES)
     assert 3.0 < need64 / 2**30 < 4.0  # measured: 3.8 GB peak RSS for the whole export at T=64
-    monkeypatch.setattr(memory, "available_memory", lambda: 4 << 30)
-    memory.check_export_memory(config, **images)
-    with pytest.raises(UsageError, match=r"T=128: the export would need about 6\.\d GiB .* this machine has 4\.0 GiB "
-                                         r"available \(at most T=\d\d fits with these images\)"):
-        memory.check_export_memory(config.replace(timesteps=128), **images)
+    four = 4 << 30
+    assert memory.nir_check_batch(config, eval_images=450, available=None) == 256
+    assert memory.nir_check_batch(config, eval_images=100, available=four) == 100
+    t128 = config.replace(timesteps=128)
+    batch = memory.nir_check_batch(t128, eval_images=450, available=four)
+    assert batch == 128 and memory.estimate_export_memory(t128, **{**images, "check_batch": batch})[0] <= four
+    monkeypatch.setattr(memory, "available_memory", lambda: four)
+    flags = dict(eval_images=450, calib_images=64, parity_images=4)
+    memory.check_export_memory(t128, **flags)
+    with pytest.raises(UsageError, match=r"T=1024: the export would need about 5\.\d GiB of memory \(calibration on 64 images.* "
+                                         r"this machine has 4\.0 GiB available \(at most T=\d+ fits with these images\)"):
+        memory.check_export_memory(config.replace(timesteps=1024), **flags)

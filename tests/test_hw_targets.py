@@ -1,13 +1,8 @@
-"""hw_targets: targets and dispatch, design rules and packing, statistics, energy, reports, CLI."""
+"""hw_targets: targets and dispatch, design rules and packing, statistics, energy (reports: test_report.py)."""
 
 from __future__ import annotations
 
-import copy
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +14,11 @@ from hw_targets import TARGETS, get_target
 from hw_targets.base import NoHardwareError, UnknownTargetError
 from hw_targets.energy import EnergyTable, ann_macs, estimate_energy
 from hw_targets.loihi2 import missing_loihi2_modules
-from hw_targets.report import (ReportError, load_report, report_problems, validate_report, write_report)
 from hw_targets.connectivity import synapse_connectivity
 from hw_targets.design_rules import check_design_rules, require_design_rules
 from calibration.fan_in import InputRange
 from hw_targets.stats import StatsAccumulator
 from xoresnet.errors import DesignRuleError, DispatchUnavailableError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------- hand-made graphs
@@ -345,138 +337,3 @@ def test_statistics_and_energy_by_hand():
     assert EnergyTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t
     with pytest.raises(ValueError):
         EnergyTable.from_dict({"synapse_op": 1})
-
-
-# ---------------------------------------------------------------------- a real report
-
-@pytest.fixture(scope="module")
-def digits_report(digits_model_path, tmp_path_factory):
-    from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
-    from deploy.schedule import schedule
-    from hw_targets.report import make_report
-    from xoresnet.checkpoint import load_model
-    from xoresnet.data import load_dataset
-
-    model, ckpt = load_model(digits_model_path)
-    train = load_dataset("digits", "train", limit=16)
-    test = load_dataset("digits", "test", limit=40)
-    graph = schedule(calibrate_nir(export_nir(model), train.pixels[:16], candidates=1).graph)
-    parity = {"passed": True, "samples": 4, "summary": "bit-exact (test fixture)"}
-    report = make_report(graph, test.pixels, test.labels, float_accuracy=0.99, checkpoint=ckpt,
-                         dataset={"name": "digits", "split": "test"}, parity=parity, batch_size=40)
-    out = tmp_path_factory.mktemp("report")
-    write_report(out, report)
-    return report, out
-
-
-def test_real_report_validates(digits_report):
-    report, out = digits_report
-    assert validate_report(report) is report and report_problems(report) == []
-    assert load_report(out) == json.loads((out / "report.json").read_text())
-    assert report["drc"]["passed"] and "Oheo Gulch" in report["drc"]["systems_fit"]
-    assert report["latency"]["latency_steps"] == report["latency"]["timesteps"] + report["latency"]["readout_latency"]
-    blocks = {b["name"]: b for b in report["statistics"]["blocks"]}
-    assert set(blocks) == {"layer1.0", "layer1.1", "layer2.0", "layer2.1"}
-    b = blocks["layer1.1"]
-    assert b["selection"] and b["xor_removed"] is not None
-    assert b["or_saturation"] == pytest.approx(b["merge_absorbed"] / b["output_spikes"])
-    html = (out / "report.html").read_text()
-    assert "PARITY PASSED" in html and html.count("data:image/png;base64,") == 4
-    assert not any(s in html for s in ("<script", "<link", "src='http", 'src="http', "url("))  # self-contained
-    # required keys and types
-    for path in (("drc",), ("statistics", "totals", "synops_per_sample"), ("energy", "assumptions"), ("parity",)):
-        bad = copy.deepcopy(report)
-        d = bad
-        for k in path[:-1]:
-            d = d[k]
-        if path == ("parity",):
-            d["parity"] = {"passed": "yes", "samples": 4, "summary": "x"}
-            assert any("report.parity.passed: expected a boolean" in p for p in report_problems(bad))
-            continue
-        del d[path[-1]]
-        assert any(".".join(path) in p and "missing" in p for p in report_problems(bad)), path
-    bad = copy.deepcopy(report)
-    bad["drc"]["layers"][2]["neurons"] = "1024"
-    with pytest.raises(ReportError, match=r"report\.drc\.layers\[2\]\.neurons: expected an integer"):
-        validate_report(bad)
-    bad = copy.deepcopy(report)
-    bad["version"] = 2
-    assert any("version" in p for p in report_problems(bad))
-
-
-def test_report_cli_rerenders_and_rejects_corrupt(digits_report, tmp_path, capsys):
-    from hw_targets.cli import report_main
-
-    report, _ = digits_report
-    d = tmp_path / "ok"
-    d.mkdir()
-    (d / "report.json").write_text(json.dumps(report))
-    with pytest.raises(SystemExit) as e:
-        report_main([str(d)])
-    assert e.value.code == 0 and (d / "report.html").read_text().startswith("<!DOCTYPE html>")
-    # invalid content: one line, exit code 3
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    broken = copy.deepcopy(report)
-    del broken["energy"]
-    (bad / "report.json").write_text(json.dumps(broken))
-    with pytest.raises(SystemExit) as e:
-        report_main([str(bad)])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 3 and err.count("\n") == 0 and "report.energy: required key is missing" in err
-    # corrupt JSON through the installed console script
-    (bad / "report.json").write_text('{"schema": "xoresnet-report", "version": 1,')
-    exe = REPO / ".venv" / "bin" / "xoresnet-report"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c",
-                                           "from hw_targets.cli import report_main; report_main()"]
-    p = subprocess.run(cmd + [str(bad)], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 3
-    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("xoresnet-report: error:")
-    assert "not valid JSON" in p.stderr
-    p = subprocess.run(cmd + [str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)
-    assert p.returncode == 3 and "is not a directory" in p.stderr
-
-
-def test_parity_section_accepts_report_objects():
-    from hw_targets.report import parity_section
-
-    class FakeParity:  # the duck type of deploy.parity.ParityReport
-        passed, samples = False, 3
-
-        def summary(self):
-            return "parity FAILED: first divergence at sample 0"
-
-        def to_dict(self):
-            return {"passed": self.passed, "samples": self.samples, "first_divergence": {"sample": 0}}
-
-    d = parity_section(FakeParity())
-    assert d["passed"] is False and d["samples"] == 3 and d["summary"].startswith("parity FAILED")
-    assert d["first_divergence"] == {"sample": 0}
-    assert parity_section(None) is None
-    with pytest.raises(ValueError):
-        parity_section({"passed": True})
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium; .ci/run installs it)")
-def test_report_page_renders_in_headless_chromium(digits_report, tmp_path):
-    """The page loads offline in a real browser: the verdict and all four plots are there, and the
-    screenshot is a rendered page (thousands of colours), not a blank or error page."""
-    from PIL import Image
-
-    _, out = digits_report
-    uri = (out / "report.html").resolve().as_uri()
-    common = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(common + ["--dump-dom", uri], capture_output=True, text=True, timeout=120).stdout
-    assert "PARITY PASSED" in dom and dom.count("<img") == 4 and dom.count("data:image/png;base64,") == 4
-    png = tmp_path / "page.png"
-    subprocess.run(common + [f"--screenshot={png}", "--window-size=1280,2400", uri], capture_output=True,
-                   timeout=120)
-    with Image.open(png) as img:
-        assert img.size == (1280, 2400)
-        assert len(img.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 1000
