@@ -59,6 +59,7 @@ def architecture_graph(fg: FloatGraph, extreme: str = "widest") -> IntegerGraph:
         pops[p.name] = Population(p.name, tuple(p.shape), du=du, dv=min(dv, lim.DV_RANGE[1]), vth=1,
                                   bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block)
     syns = [Synapse(s.name, s.src, s.dst, s.kind, _weights(np.asarray(s.weight), extreme), stride=tuple(s.stride),
-                    padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded)) for s in fg.synapses]
+                    padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded),
+                    model_delay=int(s.model_delay)) for s in fg.synapses]
     return IntegerGraph(tuple(fg.input_shape), int(fg.input_levels), int(fg.timesteps), pops, syns,
                         np.zeros(fg.readout_bias.shape, np.int64), 1.0, meta={"architecture": extreme})

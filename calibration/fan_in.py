@@ -27,7 +27,7 @@ populations one step after their sources and delays every other branch to match.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import numpy as np
 
 from xoresnet.errors import UnsupportedModelError
@@ -85,8 +85,7 @@ def restrict(graph: IntegerGraph, s: Synapse, start: int, stop: int, name: str, 
         per = int(np.prod(read[1:])) if len(read) > 1 else 1
         w = w.reshape(w.shape[0], -1)[:, start * per: stop * per]
     base = s.src_channels[0] if s.src_channels is not None else 0
-    return Synapse(name, s.src, dst, s.kind, np.ascontiguousarray(w), weight_exp=s.weight_exp, stride=s.stride,
-                   padding=s.padding, groups=s.groups, graded=s.graded, src_channels=(base + start, base + stop))
+    return replace(s, name=name, dst=dst, weight=np.ascontiguousarray(w), src_channels=(base + start, base + stop))
 
 
 def _neuron_bounds(graph: IntegerGraph, s: Synapse, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

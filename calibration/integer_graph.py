@@ -15,9 +15,11 @@ an 8-bit graded **input** and read out on the host. Every number is a Loihi regi
   one weight per element, shaped like the population), ``weight_exp`` (dense/identity only: the
   summed input is shifted by it), ``graded`` (payloads instead of binary spikes: the 8-bit
   pixels from the input, the 24-bit partial sums from a ``partial_sum`` population), ``delay``
-  (extra steps on top of the one-step synapse hop) and ``src_channels`` (``(start, stop)``: the
-  synapse reads only that range of its source's first axis, channels of a ``(C, H, W)`` source,
-  and its weight is shaped for that range; a fan-in split part);
+  (extra steps on top of the one-step synapse hop), ``model_delay`` (steps the model itself
+  delays the synapse, a NIR ``Delay``: part of its meaning, also in zero-delay timing; ``delay``
+  includes it once scheduled) and ``src_channels`` (``(start, stop)``: the synapse reads only
+  that range of its source's first axis, channels of a ``(C, H, W)`` source, and its weight is
+  shaped for that range; a fan-in split part);
 * readout: synapses with ``dst == "readout"`` produce per-step integer logits on the host, to which
   ``readout_bias`` is added; the prediction is the argmax of their sum over the timesteps;
 * ``core_plan``: how each population is cut into Lava processes (:mod:`calibration.core_plan`;
@@ -92,6 +94,7 @@ class Synapse:
     groups: int = 1
     graded: bool = False
     delay: int = 0
+    model_delay: int = 0
     src_channels: Optional[tuple[int, int]] = None
 
     @property
@@ -200,6 +203,7 @@ class IntegerGraph:
                 raise RangeError(f"synapse {s.name}: Lava's Conv ignores weight_exp, but it is {s.weight_exp}")
             in_range(f"synapse {s.name}: weight_exp", s.weight_exp, *lim.WEIGHT_EXP_RANGE)
             in_range(f"synapse {s.name}: delay", s.delay, 0, lim.DELAY_MAX)
+            in_range(f"synapse {s.name}: model_delay", s.model_delay, 0, 1 << 16)
             if s.delay and s.kind == "conv":
                 raise RangeError(f"synapse {s.name}: Lava's Conv has no synaptic delay (delay {s.delay})")
             if s.src_channels is not None:
@@ -259,7 +263,7 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
             g = syns.create_group(f"{i:05d}")
             g.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, weight_exp=s.weight_exp,
                            stride=np.array(s.stride), padding=np.array(s.padding), groups=s.groups,
-                           graded=s.graded, delay=s.delay,
+                           graded=s.graded, delay=s.delay, model_delay=s.model_delay,
                            src_channels=np.array(s.src_channels if s.src_channels is not None else (-1, -1)))
             g.create_dataset("weight", data=_compact(s.weight), compression="gzip")
 
@@ -294,6 +298,7 @@ def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
                 weight=g["weight"][()].astype(np.int64), weight_exp=int(a["weight_exp"]),
                 stride=tuple(int(x) for x in a["stride"]), padding=tuple(int(x) for x in a["padding"]),
                 groups=int(a["groups"]), graded=bool(a["graded"]), delay=int(a["delay"]),
+                model_delay=int(a.get("model_delay", 0)),
                 src_channels=None if channels == (-1, -1) else channels))
         plan = json.loads(f.attrs["core_plan"]) if "core_plan" in f.attrs else None
         return IntegerGraph(

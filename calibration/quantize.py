@@ -208,7 +208,8 @@ def quantize_population(pop: FloatPopulation, syns: list[FloatSynapse], levels: 
         w, exp = quantize_weight(torch.as_tensor(syn.weight) * scale, allow_exp=syn.kind != "conv",
                                  what=f"synapse {syn.name} into {pop.name}")
         int_syns.append(Synapse(syn.name, syn.src, syn.dst, syn.kind, w.long().numpy(), weight_exp=exp,
-                                stride=syn.stride, padding=syn.padding, groups=syn.groups, graded=syn.graded))
+                                stride=syn.stride, padding=syn.padding, groups=syn.groups, graded=syn.graded,
+                                model_delay=syn.model_delay))
     worst = worst_case_current([(torch.as_tensor(s.weight) * (1 << s.weight_exp), s.kind, max_input(s, levels))
                                 for s in int_syns], pop.shape)
     limit = current_limit(du)

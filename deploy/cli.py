@@ -1,12 +1,18 @@
-"""``xoresnet-export``: checkpoint -> NIR -> Loihi integers -> Lava, proved bit-exact before dispatch.
+"""``xoresnet-export``: checkpoint or NIR graph -> Loihi integers -> Lava, proved bit-exact before dispatch.
 
-Stages (each a function of :mod:`deploy` / :mod:`calibration` / :mod:`hw_targets`):
+The input is told apart by its content (:func:`deploy.nir_file.is_hdf5_file`): an HDF5 file is a NIR
+graph from any producer (read by :mod:`deploy.nir_input`: bounded, h5py only, imported into our
+conventions by :mod:`deploy.nir_frontend` with ``--dt``, ``--timesteps``, ``--input-levels``,
+``--readout``, ``--nir-convention``, ``--decay-tolerance``, ``--snap-decays``), anything else a
+checkpoint. Stages (each a function of :mod:`deploy` / :mod:`calibration` / :mod:`hw_targets`):
 
-1. load the checkpoint (weights-only) and the data (calibration images: the first N of the
-   training split; evaluation and parity images: the first N of the test split);
-2. export the float NIR graph; check the design rules on the architecture alone (seconds: a network
-   that cannot fit is refused before any calibration, :func:`deploy.pipeline.architecture_check`);
-   check the NIR interpreter against PyTorch;
+1. load the checkpoint (weights-only) or read and import the NIR graph, and the data (calibration
+   images: the first N of the training split or ``--calib-data``; evaluation and parity images: the
+   first N of the test split);
+2. export the float NIR graph (a checkpoint); check the design rules on the architecture alone
+   (seconds: a network that cannot fit is refused before any calibration,
+   :func:`deploy.pipeline.architecture_check`); check the NIR interpreter against PyTorch (a
+   checkpoint), or measure the interpreter's float accuracy (a NIR input: its float baseline);
 3. calibrate to Loihi 2 integers (or keep a QAT checkpoint's scales) and balance the delays;
 4. design-rule check and core packing for the target with the calibrated weights;
 5. integer reference over the evaluation images: accuracy, spike statistics, energy;
@@ -29,6 +35,7 @@ import os
 import platform
 import sys
 import time
+from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Optional
@@ -39,6 +46,8 @@ import torch
 from deploy.export_dir import (CALIBRATION_FILE, GRAPH_FILE, LAVA_GRAPH_FILE, MANIFEST_FILE, MANIFEST_FORMAT,
                                MANIFEST_VERSION, NIR_FILE, PARITY_FILE, ArtifactDir, holds_manifest, pixels_sha256,
                                resolve_out, stream_sha256)
+from deploy.nir_dialects import NIR_DIALECTS
+from deploy.nir_frontend import DEFAULT_DECAY_TOLERANCE
 from hw_targets import available_targets, get_target
 from hw_targets.loihi2 import DISPATCH_TIMEOUT
 from xoresnet.checkpoint import file_sha256
@@ -67,7 +76,8 @@ def export_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Export a trained XOResNet checkpoint for Loihi 2: NIR graph, Loihi integer graph, Lava process "
                     "graph, bit-exact parity certificate, resource/energy report; optionally dispatch to hardware.")
-    p.add_argument("checkpoint", help="xoresnet checkpoint (.pt)")
+    p.add_argument("checkpoint", metavar="MODEL",
+                   help="xoresnet checkpoint (.pt) or NIR graph (any producer; told apart by content)")
     p.add_argument("--target", default="loihi2",
                    help=f"deployment target: {', '.join(available_targets())} (default loihi2)")
     p.add_argument("--out", help="artifact folder (default: out/<checkpoint name>); replaced atomically when it is "
@@ -103,6 +113,28 @@ def export_parser() -> argparse.ArgumentParser:
                    help="with --dispatch: before running, derive the integer graph from the checkpoint again and "
                         "re-run the Lava parity on the folder's graph (a hash manifest cannot prove that)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("NIR input (MODEL is a NIR graph)")
+    g.add_argument("--dt", type=number(float),
+                   help="the time step in the file's time unit (seconds): NIR neurons are continuous-time; required "
+                        "unless the file is ours (snnTorch exports: 1e-4; Norse: 1e-3 with --nir-convention norse)")
+    g.add_argument("--input-levels", type=number(int, minimum=1, inclusive=True, maximum=255),
+                   help="the network input is pixels / this (default: the file's own, else the dataset's largest "
+                        "pixel value)")
+    g.add_argument("--readout", choices=("spike-count", "membrane"),
+                   help="how the last layer gives the class: spike counts of a spiking layer, or the membrane of an LI "
+                        "layer (or a synapse chain) averaged over time (default: what the last layer is)")
+    g.add_argument("--nir-convention", choices=("nir", "norse"), default="nir",
+                   help="what the file's parameters mean: nir (NIR's equations, default; snnTorch's export) or norse "
+                        "(norse.torch.to_nir 1.1.0's time constants and current jumps)")
+    g.add_argument("--decay-tolerance", type=number(float, inclusive=True), default=DEFAULT_DECAY_TOLERANCE,
+                   help="how far a decay dt/tau may lie off Loihi's 12-bit grid and still be taken as the grid value "
+                        f"(default {DEFAULT_DECAY_TOLERANCE:g}); beyond it the export is refused")
+    g.add_argument("--snap-decays", action="store_true",
+                   help="use the nearest grid value for decays beyond --decay-tolerance (the report shows each error)")
+    o = p.add_argument_group("checkpoint input")
+    o.add_argument("--nir-dialect", choices=NIR_DIALECTS, default="standard",
+                   help="how model.nir is written: standard (Threshold nodes for spike logic, dt 1) or for a reader "
+                        "without Threshold: snntorch, norse (docs/formats.md: what each reader lacks)")
     return p
 
 
@@ -160,7 +192,18 @@ def load_pixels_npy(path: str, shape: tuple[int, ...], levels: int) -> torch.Ten
 #: Flags that shape an export: ``--dispatch`` of an existing certified folder runs that export as it is and
 #: refuses them (``--calib-data`` is allowed there: ``--reverify`` re-derives the graph with it).
 EXPORT_SHAPING = ("timesteps", "dataset", "calib_samples", "eval_samples", "parity_samples", "system",
-                  "energy_table", "force")
+                  "energy_table", "force", "dt", "input_levels", "readout", "nir_convention", "decay_tolerance",
+                  "snap_decays", "nir_dialect")
+#: Flags that only a NIR input takes, and only a checkpoint.
+NIR_ONLY = ("dt", "input_levels", "readout", "nir_convention", "decay_tolerance", "snap_decays")
+CHECKPOINT_ONLY = ("nir_dialect",)
+
+
+def is_nir_input(args: argparse.Namespace) -> bool:
+    """Whether MODEL is a NIR graph (an HDF5 file), told by its content."""
+    from deploy.nir_file import is_hdf5_file
+
+    return is_hdf5_file(args.checkpoint)
 
 
 def out_folder(args: argparse.Namespace) -> Path:
@@ -189,10 +232,23 @@ def check_flags(args: argparse.Namespace):
             raise DispatchUnavailableError(why)
     if args.reverify and not args.dispatch:
         raise UsageError("--reverify re-checks an export before it is dispatched: use it with --dispatch")
+    defaults = export_parser()
+    nir_input = is_nir_input(args)
+    misplaced = [n for n in (CHECKPOINT_ONLY if nir_input else NIR_ONLY) if getattr(args, n) != defaults.get_default(n)]
+    if misplaced:
+        flag = "--" + misplaced[0].replace("_", "-")
+        raise UsageError(f"{flag} applies to a {'checkpoint' if nir_input else 'NIR graph'}; {args.checkpoint} is a "
+                         f"{'NIR graph' if nir_input else 'checkpoint'}")
+    if nir_input and target.name == "onnx":
+        raise UsageError("the onnx target exports a PyTorch model; a NIR graph deploys to loihi2 or lava-sim")
+    if nir_input and not args.dataset and not args.dispatch:
+        raise UsageError("a NIR graph does not name its dataset: pass --dataset (its test split gives the evaluation "
+                         "and parity images; --calib-data or its training split the calibration images)")
+    if nir_input and args.reverify:
+        raise UsageError("--reverify re-derives the graph from a checkpoint; for a NIR graph export it again")
     table = EnergyTable.from_json(args.energy_table) if args.energy_table else None
     out = out_folder(args)
     if args.dispatch and holds_manifest(resolve_out(out)):
-        defaults = export_parser()
         shaping = [name for name in EXPORT_SHAPING if getattr(args, name) != defaults.get_default(name)]
         if shaping:
             flag = "--" + shaping[0].replace("_", "-")
@@ -244,11 +300,16 @@ def export(args: argparse.Namespace) -> int:
     out = artifacts.out
     t_start = time.time()
     try:
-        model, ckpt, dataset, test, calib_pixels = load_inputs(args, target)
-        if target.name == "onnx":
-            summary = export_onnx_target(args, model, ckpt, target, test, artifacts, dataset)
+        if is_nir_input(args):
+            source, dataset, test, calib_pixels = load_nir_inputs(args)
+            summary = export_loihi(args, source, target, dataset, test, calib_pixels, energy_table, artifacts)
         else:
-            summary = export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_table, artifacts)
+            model, ckpt, dataset, test, calib_pixels = load_inputs(args, target)
+            if target.name == "onnx":
+                summary = export_onnx_target(args, model, ckpt, target, test, artifacts, dataset)
+            else:
+                summary = export_loihi(args, CheckpointSource(model, ckpt), target, dataset, test, calib_pixels,
+                                       energy_table, artifacts)
         summary["seconds"] = round(time.time() - t_start, 1)
         manifest = summary.pop("manifest")
         manifest["artifacts"] = artifacts.hashes()
@@ -279,9 +340,10 @@ def dispatch_export(args: argparse.Namespace, target, out: Path, pixels: Optiona
 
     say(f"[8/8] verifying the parity certificate of {out} and dispatching to Loihi 2")
     cert = read_parity_certificate(out)
-    recorded = (cert.manifest.get("checkpoint") or {}).get("sha256")
+    recorded = (cert.manifest.get("checkpoint") or cert.manifest.get("nir_input") or {}).get("sha256")
     if file_sha256(args.checkpoint) != recorded:
-        raise ParityError(f"Loihi 2 dispatch is blocked: {out / MANIFEST_FILE} certifies another checkpoint (SHA-256 "
+        what = "NIR graph" if is_nir_input(args) else "checkpoint"
+        raise ParityError(f"Loihi 2 dispatch is blocked: {out / MANIFEST_FILE} certifies another {what} (SHA-256 "
                           f"{str(recorded)[:12]}...), not {args.checkpoint}: export it into another folder")
     data = cert.manifest.get("data") or {}
     if pixels is None:
@@ -315,20 +377,27 @@ def first_images(split: str, n: int, total: Optional[int] = None) -> str:
     return f"{split} split, first {n}" + (f" of {total}" if total is not None else "") + " images"
 
 
-def base_manifest(args, ckpt, target, data: dict[str, Any]) -> dict[str, Any]:
+def base_manifest(args, ckpt, target, data: dict[str, Any], nir_input: Optional[dict[str, Any]] = None
+                  ) -> dict[str, Any]:
     """The manifest without ``verdict`` and ``artifacts``. ``data``: the images each step used
-    (counts and descriptions); the training seed and the export's randomness are added here."""
-    return {
+    (counts and descriptions); the training seed and the export's randomness are added here. A NIR
+    input (``ckpt`` None) records ``nir_input`` (its path, SHA-256, dt, readout rule, conventions)
+    instead of ``checkpoint``."""
+    checkpoint = None if ckpt is None else {"path": str(args.checkpoint), "sha256": ckpt.sha256,
+                                            "qat": ckpt.quant is not None, "config": ckpt.config.to_dict()}
+    seed = None if ckpt is None else (ckpt.meta.get("options") or {}).get("seed")
+    manifest = {
         "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([PROG] + sys.argv[1:]),
         "target": target.name,
-        "checkpoint": {"path": str(args.checkpoint), "sha256": ckpt.sha256, "qat": ckpt.quant is not None,
-                       "config": ckpt.config.to_dict()},
-        "data": {**data, "seeds": {"training": (ckpt.meta.get("options") or {}).get("seed"), "export": None},
-                 "randomness": EXPORT_RANDOMNESS},
+        "checkpoint": checkpoint,
+        "data": {**data, "seeds": {"training": seed, "export": None}, "randomness": EXPORT_RANDOMNESS},
         "versions": package_versions(),
     }
+    if nir_input is not None:
+        manifest["nir_input"] = nir_input
+    return manifest
 
 
 def find_float_parent(ckpt, checkpoint_path: str) -> Optional[Path]:
@@ -365,57 +434,174 @@ def float_baseline(args, ckpt, eval_set, own_accuracy: float, progress: bool) ->
             "accuracy": evaluate(model, eval_set, progress=progress)["accuracy"]}
 
 
-def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_table,
-                 artifacts: ArtifactDir) -> dict:
-    """Stages 2-7 for the loihi2 and lava-sim targets; ``test``: the whole test split;
-    ``calib_pixels``: ``--calib-data`` (or None: the training split)."""
+class CheckpointSource:
+    """A checkpoint as the export's source: its float model exported to NIR (stage 2)."""
+
+    kind = "checkpoint"
+
+    def __init__(self, model, ckpt):
+        self.model, self.ckpt = model, ckpt
+
+    @cached_property
+    def nir_graph(self):
+        from deploy.nir_export import export_nir
+
+        return export_nir(self.model)
+
+    def float_stage(self, args, eval_set, artifacts: ArtifactDir, progress: bool) -> tuple[dict, dict]:
+        """``(baseline, nir_check)``: the float accuracy the summary compares with, and the NIR interpreter,
+        run on ``model.nir`` as written, against PyTorch (a mismatch is a bug: exit 4)."""
+        from deploy.memory import available_memory, nir_check_batch
+        from deploy.nir_check import compare_nir_to_model
+        from deploy.nir_dialects import dialect_graph
+        from deploy.nir_export import read_nir, write_nir
+        from xoresnet.training import evaluate
+
+        say(f"      float model on {len(eval_set)} test images; NIR interpreter check")
+        float_eval = evaluate(self.model, eval_set, progress=progress)
+        baseline = float_baseline(args, self.ckpt, eval_set, float_eval["accuracy"], progress)
+        write_nir(dialect_graph(self.nir_graph, args.nir_dialect), artifacts.path(NIR_FILE))
+        batch = nir_check_batch(self.model.config, eval_images=len(eval_set), available=available_memory())
+        nir_check = compare_nir_to_model(self.model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels,  # the file
+                                         batch_size=batch)
+        if not nir_check["passed"]:
+            raise UnsupportedModelError(
+                f"the NIR interpreter, on model.nir as written, disagrees with PyTorch on "
+                f"{nir_check['unexplained_mismatches']} neuron-steps not explained by near-threshold rounding (first: "
+                f"{nir_check['first_unexplained']}; a bug: please report it)")
+        nir_check["dialect"] = args.nir_dialect
+        return baseline, nir_check
+
+    def calibrate(self, pixels):
+        from deploy.pipeline import calibrate_checkpoint
+
+        return calibrate_checkpoint(self.model, self.ckpt, pixels, nir_graph=self.nir_graph)
+
+    @property
+    def calibration_note(self) -> str:
+        return (" (quantization-aware training fixed the scales; the images only measure the calibration report)"
+                if self.ckpt.quant else "")
+
+    def report_model(self, graph) -> dict:
+        from hw_targets.report import model_section
+
+        return model_section(graph, checkpoint=self.ckpt)
+
+    def manifest(self, args, target, data) -> dict:
+        return base_manifest(args, self.ckpt, target, data)
+
+
+class NirSource:
+    """A NIR graph as the export's source (:class:`deploy.nir_input.NirModel`): no PyTorch model, so the
+    float baseline is the NIR interpreter's accuracy."""
+
+    kind = "nir"
+    ckpt = None
+
+    def __init__(self, nir_model):
+        self.nir_model = nir_model
+        self.nir_graph = nir_model.graph
+
+    def float_stage(self, args, eval_set, artifacts: ArtifactDir, progress: bool) -> tuple[dict, dict]:
+        from deploy.nir_export import write_nir
+        from deploy.nir_input import interpreter_accuracy, nir_summary_name
+
+        say(f"      NIR interpreter (float) on {len(eval_set)} test images: the float baseline")
+        info = self.nir_model.imported.info
+        accuracy = interpreter_accuracy(self.nir_graph, eval_set.pixels, eval_set.labels, info["input_levels"],
+                                        progress=progress)
+        write_nir(self.nir_graph, artifacts.path(NIR_FILE))
+        check = {"passed": True, "applicable": False,
+                 "why": "a NIR input has no PyTorch model: the NIR interpreter is the float reference (docs/formats.md)"}
+        return {"what": nir_summary_name(self.nir_model.path), "accuracy": accuracy}, check
+
+    def calibrate(self, pixels):
+        from calibration.quantize import calibrate_nir
+
+        return calibrate_nir(self.nir_graph, pixels)
+
+    calibration_note = ""
+
+    def report_model(self, graph) -> dict:
+        from hw_targets.report import model_section
+
+        section = model_section(graph, name=Path(self.nir_model.path).stem)
+        section.update(checkpoint=self.nir_model.path, sha256=self.nir_model.sha256)
+        return section
+
+    def manifest(self, args, target, data) -> dict:
+        return base_manifest(args, None, target, data, nir_input=self.nir_model.record())
+
+
+def load_nir_inputs(args: argparse.Namespace):
+    """Stage 1 for a NIR input: ``(NirSource, dataset name, test split, --calib-data pixels or None)``.
+
+    The graph is read and imported before any data (refusals first, exit 3 or 4); the dataset's images
+    must fit its Input, and the estimated memory this machine (:func:`deploy.memory.check_memory`)."""
+    from deploy.memory import check_memory
+    from deploy.nir_frontend import ImportOptions
+    from deploy.nir_input import load_nir_model, spiking_neurons
+    from xoresnet.data import DATASETS, load_dataset
+
+    say(f"[1/8] reading the NIR graph {args.checkpoint}")
+    if args.dataset not in DATASETS:
+        raise UsageError(f"--dataset {args.dataset}: unknown; choose from {', '.join(DATASETS)}")
+    info = DATASETS[args.dataset]
+    shape = (info.in_channels, info.input_size, info.input_size)
+    options = ImportOptions(dt=args.dt, timesteps=args.timesteps, input_levels=args.input_levels, readout=args.readout,
+                            convention=args.nir_convention, decay_tolerance=args.decay_tolerance,
+                            snap_decays=args.snap_decays, image_shape=shape)
+    nir_model = load_nir_model(args.checkpoint, options, info.input_levels)
+    imported = nir_model.imported
+    for note in imported.notes:
+        say(f"      {note}")
+    levels = imported.info["input_levels"]
+    calib_pixels = load_pixels_npy(args.calib_data, shape, min(levels, info.input_levels)) if args.calib_data else None
+    check_memory(imported.info["timesteps"], spiking_neurons(nir_model.graph),
+                 eval_images=args.eval_samples or 1 << 62, parity_images=args.parity_samples,
+                 calib_images=len(calib_pixels) if calib_pixels is not None else args.calib_samples)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    return NirSource(nir_model), args.dataset, test, calib_pixels
+
+
+def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table, artifacts: ArtifactDir) -> dict:
+    """Stages 2-7 for the loihi2 and lava-sim targets; ``source``: :class:`CheckpointSource` or
+    :class:`NirSource`; ``test``: the whole test split; ``calib_pixels``: ``--calib-data`` (or None: the
+    training split)."""
     from calibration.fan_in import split_layers
     from calibration.integer_graph import save_integer_graph
     from deploy.lava_graph import describe_lava_network, population_parts
     from deploy.lava_run import run_lava
-    from deploy.memory import available_memory, nir_check_batch
-    from deploy.nir_check import compare_nir_to_model
-    from deploy.nir_export import export_nir, read_nir, write_nir
     from deploy.parity import check_parity
-    from deploy.pipeline import architecture_check, calibrate_checkpoint, calibration_pixels, map_to_cores
+    from deploy.pipeline import architecture_check, calibration_pixels, map_to_cores
     from deploy.reference import ReferenceSimulator
     from hw_targets.energy import estimate_energy
-    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, model_section, write_report
+    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, write_report
     from hw_targets.design_rules import require_design_rules
     from hw_targets.stats import collect_statistics
     from xoresnet.data import IntImageDataset
-    from xoresnet.training import evaluate
 
     progress = not args.no_progress
     n_eval = len(test) if args.eval_samples == 0 else min(args.eval_samples, len(test))
     eval_set = IntImageDataset(test.pixels[:n_eval], test.labels[:n_eval], test.info)
-    say(f"[2/8] NIR export; design rules for {target.name} on the architecture (before calibration)")
-    nir_graph = export_nir(model)
+    say(("[2/8] NIR export; design rules" if source.kind == "checkpoint" else "[2/8] design rules")
+        + f" for {target.name} on the architecture (before calibration)")
+    nir_graph = source.nir_graph
     arch = architecture_check(nir_graph, target, system=args.system)
     pk = arch.drc.packing
     say(f"      {pk.num_cores} neuro-cores on {pk.chips} chip(s) at 8-bit weights ({pk.bound_ratio:.2f}x the lower "
         f"bound), smallest system {pk.smallest_system or 'none'} [{arch.seconds:.1f} s]"
         + ("" if arch.passed else "; fits only if calibration stores fewer bits per weight: decided after it"))
-    say(f"      float model on {n_eval} test images; NIR interpreter check")
-    float_eval = evaluate(model, eval_set, progress=progress)
-    baseline = float_baseline(args, ckpt, eval_set, float_eval["accuracy"], progress)
-    write_nir(nir_graph, artifacts.path(NIR_FILE))
-    check_batch = nir_check_batch(model.config, eval_images=n_eval, available=available_memory())
-    nir_check = compare_nir_to_model(model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels,  # the file
-                                     batch_size=check_batch)
-    if not nir_check["passed"]:
-        raise UnsupportedModelError(
-            f"the NIR interpreter, on model.nir as written, disagrees with PyTorch on "
-            f"{nir_check['unexplained_mismatches']} neuron-steps not explained by near-threshold rounding (first: "
-            f"{nir_check['first_unexplained']}; a bug: please report it)")
+    baseline, nir_check = source.float_stage(args, eval_set, artifacts, progress)
     if calib_pixels is None:
         calib_pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
         calib_what = first_images("train", len(calib_pixels))
     else:
         calib_what = f"{args.calib_data} ({len(calib_pixels)} images)"
+    quant = source.ckpt is not None and source.ckpt.quant
     say("[3/8] calibrating to Loihi 2 integers"
-        + (" (scales from quantization-aware training)" if ckpt.quant else f" on {len(calib_pixels)} images"))
-    calibration = calibrate_checkpoint(model, ckpt, calib_pixels, nir_graph=nir_graph)
+        + (" (scales from quantization-aware training)" if quant else f" on {len(calib_pixels)} images"))
+    calibration = source.calibrate(calib_pixels)
     mapping = map_to_cores(calibration.graph, target, system=args.system)  # scheduled, fan-in splits, core plan
     graph, conns = mapping.graph, mapping.conns
     save_integer_graph(graph, artifacts.path(GRAPH_FILE))
@@ -442,21 +628,27 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
     artifacts.write_json(PARITY_FILE, parity_dict)
     say("[7/8] writing the report and the manifest")
     report = build_report(graph=graph, target=target, drc=drc, stats=stats, energy=energy,
-                          raster=accumulator.raster, model=model_section(graph, checkpoint=ckpt),
+                          raster=accumulator.raster, model=source.report_model(graph),
                           dataset={"name": dataset, "split": "test", "samples": stats["samples"]},
                           parity=parity_dict, lava=lava_section(graph, lava, reference),
                           architecture=arch.to_dict())
     report["nir_check"] = nir_check
+    report["readout"] = readout_record(graph)
+    report["decay_grid"] = (graph.meta.get("source") or {}).get("decay_grid")
+    if source.kind == "nir":
+        report["nir_input"] = source.nir_model.record()
     json_path, html_path = write_report(artifacts.tmp, report)
     artifacts.files[REPORT_JSON], artifacts.files[REPORT_HTML] = json_path, html_path
-    manifest = base_manifest(args, ckpt, target, {
+    manifest = source.manifest(args, target, {
         "dataset": dataset, "test_split_images": len(test),
-        "calibration": calib_what + (" (quantization-aware training fixed the scales; the images only measure the "
-                                     "calibration report)" if ckpt.quant else ""),
+        "calibration": calib_what + source.calibration_note,
         "calibration_images": len(calib_pixels),
         "evaluation": first_images("test", n_eval, len(test)), "evaluation_images": n_eval,
         "parity": first_images("test", len(parity_pixels), len(test)), "parity_images": len(parity_pixels),
         "parity_pixels_sha256": pixels_sha256(parity_pixels), "calibration_pixels_sha256": pixels_sha256(calib_pixels)})
+    if source.kind == "nir":
+        manifest["nir_input"]["decay_grid"] = report["decay_grid"]
+    manifest["readout"] = report["readout"]
     coverage = {k: v for k, v in parity.coverage.items() if k != "spikes_by_population"}  # all of it: parity.json
     manifest["verdict"] = {
         "parity": "passed", "parity_samples": parity.samples, "neuron_steps_compared": parity.neuron_steps_compared,
@@ -464,8 +656,9 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         "core_plan": {"cut_populations": graph.core_plan.cut_populations if graph.core_plan else 0,
                       "lava_population_processes": sum(len(parts) for parts in population_parts(graph).values()),
                       "fan_in_splits": sorted(split_layers(graph))},
-        "predictions_equal": parity.predictions_equal, "nir_check": "passed", "design_rules": "passed",
-        "dispatch_allowed": True,
+        "predictions_equal": parity.predictions_equal,
+        "nir_check": "passed" if nir_check.get("applicable", True) else "not applicable (NIR input)",
+        "design_rules": "passed", "dispatch_allowed": True,
         "statement": "Lava's Loihi2SimCfg('fixed_pt') run of integer_graph.h5, with the process models listed in "
                      "lava_process_models, equals the xoresnet integer reference bit for bit on every population, "
                      "neuron and timestep of the parity images",
@@ -478,6 +671,19 @@ def export_loihi(args, model, ckpt, target, dataset, test, calib_pixels, energy_
         "latency_steps": stats["latency"]["latency_steps"], "report": REPORT_HTML,
         "parity_pixels": parity_pixels.numpy(), "reference_predictions": parity.predictions["reference"],
     }
+
+
+def readout_record(graph) -> dict[str, Any]:
+    """The readout rule of ``graph`` for the report and manifest (:mod:`calibration.readout`)."""
+    from calibration.readout import decoding_of
+
+    d = dict(decoding_of(graph))
+    source = graph.meta.get("source") or {}
+    rule = {"spike-count": "the argmax of the last population's spike counts over the timesteps",
+            "membrane": "the argmax of the readout membrane averaged over the timesteps"
+                        + (" (an LI layer: its leak weighs the steps)" if d.get("li_leak") else
+                           " (the readout synapses' output, no leak)")}[d["rule"]]
+    return {**d, "meaning": rule, "chosen": source.get("readout_rule_reason", "inferred from the last layer")}
 
 
 def export_onnx_target(args, model, ckpt, target, test, artifacts: ArtifactDir, dataset: str) -> dict:

@@ -62,6 +62,7 @@ from typing import Any, Optional
 import numpy as np
 
 from calibration.integer_graph import IntegerGraph, save_integer_graph
+from calibration.readout import readout_time_weights, scores
 from deploy import lava_worker
 from deploy.reference import StreamWindows, readout_latency_of, stream_steps
 from xoresnet.errors import LavaRunError
@@ -122,10 +123,12 @@ class LavaRunResult(StreamWindows):
     run_config: str = "fixed_pt"
     process_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    time_weights: Optional[np.ndarray] = None  # the readout rule's [T, K] (calibration.readout), None: a sum
 
     def predictions(self) -> np.ndarray:
-        """``[N]``: the argmax of each sample's summed logits (``StreamResult.predictions()[0]``)."""
-        return np.array([int(np.argmax(self.logits(n).sum(0))) for n in range(self.samples)], dtype=np.int64)
+        """``[N]``: the argmax of each sample's readout scores (``StreamResult.predictions()[0]``)."""
+        return np.array([int(np.argmax(scores(self.logits(n), self.time_weights))) for n in range(self.samples)],
+                        dtype=np.int64)
 
 
 # ---------------------------------------------------------------------- processes and segments
@@ -414,7 +417,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                          readout_latency=readout_latency_of(graph),
                          readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
                          phases=phases, pixels=pixels, run_config=run_config, process_models=ran,
-                         cpu_seconds=cpu)
+                         cpu_seconds=cpu, time_weights=readout_time_weights(graph))
 
 
 def remove_stale_scratch() -> list[str]:

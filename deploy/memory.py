@@ -79,7 +79,13 @@ def nir_check_batch(config: NetworkConfig, *, eval_images: int, available: Optio
     """Images the NIR check of ``config`` compares at once: ``min(eval_images, NIR_CHECK_MAX_BATCH)``, halved
     while its estimated stage (:data:`BASE_BYTES` plus :data:`CHECK_BYTES` per LIF neuron-step-image) exceeds
     ``available`` bytes (None: unknown, no halving); at least 1."""
-    per_image = CHECK_BYTES * config.timesteps * lif_neurons(config)
+    return check_batch(config.timesteps, lif_neurons(config), eval_images=eval_images, available=available)
+
+
+def check_batch(timesteps: int, neurons: int, *, eval_images: int, available: Optional[int]) -> int:
+    """:func:`nir_check_batch` of a network of ``neurons`` spiking neurons per image and timestep (a NIR
+    input's neuron and threshold nodes: its interpreter run is the stage) run for ``timesteps``."""
+    per_image = CHECK_BYTES * timesteps * neurons
     batch = max(1, min(eval_images, NIR_CHECK_MAX_BATCH))
     while batch > 1 and available is not None and BASE_BYTES + batch * per_image > available:
         batch //= 2
@@ -91,7 +97,14 @@ def estimate_export_memory(config: NetworkConfig, *, check_batch: int, calib_ima
     """``(bytes, what sets them)``: the peak memory an export of ``config`` (its ``timesteps``) is estimated
     to need with the NIR check comparing ``check_batch`` images at once, and a phrase naming the stage that
     sets it (see the module docstring)."""
-    T, n = config.timesteps, lif_neurons(config)
+    return estimate_memory(config.timesteps, lif_neurons(config), check_batch=check_batch, calib_images=calib_images,
+                           parity_images=parity_images)
+
+
+def estimate_memory(timesteps: int, neurons: int, *, check_batch: int, calib_images: int,
+                    parity_images: int) -> tuple[int, str]:
+    """:func:`estimate_export_memory` of a network of ``neurons`` spiking neurons run for ``timesteps``."""
+    T, n = timesteps, neurons
     stream_steps = 2 * T  # the reset interval: the next power of two above T plus the pipeline latency
     stages = {
         f"the NIR check of {check_batch} images at once": CHECK_BYTES * check_batch * T,
@@ -125,15 +138,21 @@ def check_export_memory(config: NetworkConfig, *, eval_images: int, calib_images
     """Raise :class:`~xoresnet.errors.UsageError` (exit 2) when the export is estimated to need more memory
     than the machine has available (with the NIR check's batch :func:`nir_check_batch` fitted to it), with
     both figures and the most timesteps that would fit."""
+    check_memory(config.timesteps, lif_neurons(config), eval_images=eval_images, calib_images=calib_images,
+                 parity_images=parity_images)
+
+
+def check_memory(timesteps: int, neurons: int, *, eval_images: int, calib_images: int, parity_images: int) -> None:
+    """:func:`check_export_memory` of a network of ``neurons`` spiking neurons run for ``timesteps``."""
     have = available_memory()
-    check_batch = nir_check_batch(config, eval_images=eval_images, available=have)
-    images = dict(check_batch=check_batch, calib_images=calib_images, parity_images=parity_images)
-    need, what = estimate_export_memory(config, **images)
+    batch = check_batch(timesteps, neurons, eval_images=eval_images, available=have)
+    images = dict(check_batch=batch, calib_images=calib_images, parity_images=parity_images)
+    need, what = estimate_memory(timesteps, neurons, **images)
     if have is None or need <= have:
         return
-    per_step = estimate_export_memory(config.replace(timesteps=1), **images)[0] - BASE_BYTES
+    per_step = estimate_memory(1, neurons, **images)[0] - BASE_BYTES
     fits = max(0, (have - BASE_BYTES) // per_step)
     raise UsageError(
-        f"T={config.timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "
+        f"T={timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "
         f"this machine has {size_text(have)} available (at most T={fits} fits with these images): lower --timesteps, "
         "--eval-samples, --calib-samples or --parity-samples")

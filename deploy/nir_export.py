@@ -55,6 +55,16 @@ DT = 1.0
 #: A signal is the list of nodes whose outputs sum to it (several for SEW-ADD spike counts).
 Signal = list[str]
 
+#: What a NIR graph of ours means in time (graph metadata ``time_convention``, docs/formats.md); the NIR
+#: front end records it in every graph it imports.
+TIME_CONVENTION = (
+    "discrete time with step dt (metadata 'dt', seconds or any unit the taus share): every node sees its "
+    "inputs' values of the same step; neurons integrate with forward Euler: LIF and LI v += dt / tau * "
+    "(v_leak - v + r * I), IF v += dt * r * I, CubaLIF first I += dt / tau_syn * (-I + w_in * x); a neuron "
+    "spikes when v > v_threshold (strict), then v = v_reset; Threshold is memoryless (x > threshold); Delay "
+    "shifts by delay / dt steps; the input is the same analog frame pixels / input_levels at every one of "
+    "'timesteps' steps")
+
 
 def node_meta(role: str, **fields: Any) -> dict[str, str]:
     """Node metadata: our annotations as one JSON string under the key ``xoresnet``."""
@@ -246,11 +256,10 @@ class _GraphBuilder:
         self.head(S)
         meta = {"format": NIR_FORMAT, "version": NIR_VERSION, "config": self.cfg.to_dict(),
                 "timesteps": self.cfg.timesteps, "input_levels": self.cfg.input_levels,
-                "readout": "logits = mean over the timesteps of node 'output'",
-                "semantics": "discrete time, forward Euler with step dt; strict threshold v > v_threshold; "
-                             "hard reset to v_reset; the analog input is repeated at every timestep"}
+                "readout": "logits = mean over the timesteps of node 'output'"}
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges,
-                            metadata={"dt": DT, "xoresnet": json.dumps(meta, sort_keys=True)})
+                            metadata={"dt": DT, "time_convention": TIME_CONVENTION,
+                                      "xoresnet": json.dumps(meta, sort_keys=True)})
 
 
 @torch.no_grad()

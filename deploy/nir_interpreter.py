@@ -9,11 +9,14 @@ zero state and test ``v > v_threshold`` (strict) before a hard reset to ``v_rese
 * ``LIF``:     ``v += dt / tau * (v_leak - v + r * I)``
 * ``CubaLIF``: ``I_syn += dt / tau_syn * (-I_syn + w_in * x)``, then
   ``v += dt / tau_mem * (v_leak - v + r * I_syn)``
-* ``Threshold``: ``x > threshold`` (memoryless); ``Scale``: ``x * scale``; ``Conv2d``, ``Affine``,
-  ``Linear``, ``Flatten`` (dims exclude the batch), ``SumPool2d``, ``AvgPool2d`` as in PyTorch.
+* ``LI`` (a non-spiking readout): ``v += dt / tau * (v_leak - v + r * I)``, its output is ``v``;
+* ``Threshold``: ``x > threshold`` (memoryless); ``Scale``: ``x * scale``; ``Delay``: ``y_t = x_{t - k}``
+  with ``k = delay / dt`` steps (zeros before); ``Conv2d``, ``Affine``, ``Linear``, ``Flatten`` (dims
+  exclude the batch; negative dims count from the end), ``SumPool2d``, ``AvgPool2d`` as in PyTorch.
 
 Nodes run one at a time over the whole sequence ``[T, B, ...]`` in topological order, which is
 exact for feed-forward graphs. The analog ``Input`` is repeated over ``T`` (direct encoding).
+The graph's one ``Input`` node may have any name; the readout is the node named ``output``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from xoresnet.errors import UnsupportedModelError
 from .nir_export import read_meta
 
 NEURON_TYPES = (nir.IF, nir.LIF, nir.CubaLIF)
+#: Every node type the interpreter runs.
+SUPPORTED_TYPES = (nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Linear, nir.Flatten, nir.SumPool2d,
+                   nir.AvgPool2d, nir.Scale, nir.Threshold, nir.Delay, nir.LI) + NEURON_TYPES
 
 
 def topological_order(nodes: dict, edges: list[tuple[str, str]]) -> list[str]:
@@ -77,6 +83,24 @@ class Trace:
         return self.outputs["output"].mean(0)
 
 
+def input_node(graph: nir.NIRGraph) -> str:
+    """The name of the graph's one ``Input`` node."""
+    names = [n for n, node in graph.nodes.items() if isinstance(node, nir.Input)]
+    if len(names) != 1:
+        raise UnsupportedModelError(f"the NIR graph has {len(names)} Input nodes; xoresnet runs graphs with exactly one")
+    return names[0]
+
+
+def delay_steps(node: nir.Delay, dt: float) -> int:
+    """Whole timesteps of a ``Delay`` node (uniform over its elements, a multiple of ``dt`` within 1e-6)."""
+    d = np.asarray(node.delay, dtype=np.float64).reshape(-1)
+    steps = d / dt if d.size else np.zeros(1)
+    if not np.allclose(steps, steps[0], rtol=0, atol=1e-6) or abs(steps[0] - round(steps[0])) > 1e-6 \
+            or round(steps[0]) < 0:
+        raise UnsupportedModelError(f"Delay of {d[:4].tolist()} is not one whole number of timesteps of dt = {dt:g}")
+    return int(round(steps[0]))
+
+
 def _t(a, dtype, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
 
@@ -105,14 +129,17 @@ class NIRInterpreter:
         self.timesteps: Optional[int] = meta.get("timesteps")
         for name in self.order:
             node = graph.nodes[name]
-            if not isinstance(node, (nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Linear, nir.Flatten,
-                                     nir.SumPool2d, nir.AvgPool2d, nir.Scale, nir.Threshold) + NEURON_TYPES):
+            if not isinstance(node, SUPPORTED_TYPES):
                 raise UnsupportedModelError(f"NIR node {name} of type {type(node).__name__} is not supported")
+        self.input = input_node(graph)
+        self.input_shape = tuple(int(v) for v in np.asarray(graph.nodes[self.input].input_type["input"]))
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, timesteps: Optional[int] = None, *, keep: Optional[set[str]] = None,
             spikes_only: bool = False) -> Trace:
-        """``x``: analog input ``[B, C, H, W]`` (repeated over time) or a sequence ``[T, B, ...]``.
+        """``x``: analog input ``[B, ...]`` (repeated over time; any trailing shape with as many elements as
+        the Input node's, e.g. images ``[B, C, H, W]`` for an Input of ``(C * H * W,)``) or a sequence
+        ``[T, B, *input_shape]``.
 
         ``keep``: node names whose outputs to return (default: all). ``spikes_only``: keep the
         outputs of neuron and threshold nodes (0/1) as bool once no later node reads them, and
@@ -120,9 +147,11 @@ class NIRInterpreter:
         """
         T = timesteps or self.timesteps
         x = x.to(self.device, self.dtype)
-        if x.dim() == len(np.asarray(self.graph.nodes["input"].input_type["input"])) + 1:
+        shape = self.input_shape
+        if not (x.dim() == len(shape) + 2 and tuple(x.shape[2:]) == shape):
             if T is None:
                 raise ValueError("timesteps unknown: pass timesteps=")
+            x = x.reshape((x.shape[0],) + shape)
             x = x.unsqueeze(0).expand(T, *x.shape)
         values: dict[str, torch.Tensor] = {}
         membranes: dict[str, torch.Tensor] = {}
@@ -131,7 +160,7 @@ class NIRInterpreter:
             remaining[src] += 1
         for name in self.order:
             node = self.graph.nodes[name]
-            if isinstance(node, nir.Input):
+            if name == self.input:
                 out = x
             else:
                 ins = [values[p] for p in self.preds[name]]
@@ -174,9 +203,24 @@ class NIRInterpreter:
         if isinstance(node, nir.Threshold):
             return (x > _t(node.threshold, d, dev)).to(d)
         if isinstance(node, nir.Flatten):
-            start = int(node.start_dim) + 2
-            end = int(node.end_dim) + 2 if int(node.end_dim) >= 0 else int(node.end_dim)
+            start, end = (int(d) + 2 if int(d) >= 0 else int(d) for d in (node.start_dim, node.end_dim))
             return x.flatten(start, end)
+        if isinstance(node, nir.Delay):
+            k = delay_steps(node, self.dt)
+            if k == 0:
+                return x
+            out = torch.zeros_like(x)
+            out[k:] = x[: max(0, T - k)]
+            return out
+        if isinstance(node, nir.LI):
+            leak, v_in, gain = self.dt / _t(node.tau, d, dev), _t(node.v_leak, d, dev), _t(node.r, d, dev)
+            v = torch.zeros_like(x[0])
+            out = torch.empty_like(x)
+            for t in range(T):
+                v = v + leak * (v_in - v + gain * x[t])
+                out[t] = v
+            membranes[name] = out
+            return out
         if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
             k = pair(node.kernel_size)
             y = F.avg_pool2d(x.flatten(0, 1), k, stride=pair(node.stride), padding=pair(node.padding))

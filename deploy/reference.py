@@ -33,6 +33,7 @@ import torch
 
 from calibration import fixed_point as fx
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
+from calibration.readout import readout_time_weights, scores
 
 
 @dataclass
@@ -47,16 +48,17 @@ class ZeroDelayResult:
     logits: torch.Tensor
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
+    time_weights: Optional[np.ndarray] = None  # the readout rule's [T, K] (calibration.readout), None: a sum
 
     @property
     def predictions(self) -> torch.Tensor:
-        return self.logits.sum(0).argmax(-1)
+        return scores(self.logits, self.time_weights).argmax(-1)
 
 
 class StreamWindows:
     """Where a sample's timesteps sit in a stream (Loihi timing); shared by the reference's and Lava's
     results. Needs ``reset_interval``, ``timesteps``, ``readout_latency``, ``readout`` (steps first)
-    and ``readout_bias``."""
+    and ``readout_bias``, and ``time_weights`` (the readout rule: :mod:`calibration.readout`)."""
 
     def step_index(self, sample: int, timestep: int, latency: int) -> int:
         """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
@@ -83,6 +85,7 @@ class StreamResult(StreamWindows):
     readout_bias: torch.Tensor
     u: dict[str, torch.Tensor] = field(default_factory=dict)
     v: dict[str, torch.Tensor] = field(default_factory=dict)
+    time_weights: Optional[np.ndarray] = None
 
     def window(self, population: str, latency: int, sample: int) -> torch.Tensor:
         """Spikes of ``sample``'s ``T`` timesteps, aligned to zero-delay timing: ``[T, B, *shape]``."""
@@ -90,8 +93,10 @@ class StreamResult(StreamWindows):
         return self.spikes[population][start:start + self.timesteps]
 
     def predictions(self) -> torch.Tensor:
-        """``[B, N]``: the argmax of each sample's summed logits."""
-        return torch.stack([self.logits(n).sum(0).argmax(-1) for n in range(self.samples)], dim=1)
+        """``[B, N]``: the argmax of each sample's readout scores (its logits summed over time with the
+        readout rule's weights)."""
+        return torch.stack([scores(self.logits(n), self.time_weights).argmax(-1) for n in range(self.samples)],
+                           dim=1)
 
 
 class ReferenceSimulator:
@@ -108,6 +113,7 @@ class ReferenceSimulator:
         self.incoming = {p.name: graph.incoming(p.name) for p in self.pops}
         self.readout_syns = graph.readout
         self.readout_bias = torch.as_tensor(graph.readout_bias, dtype=torch.int64, device=dev)
+        self.time_weights = readout_time_weights(graph)
 
     # ------------------------------------------------------------------ synapses
     def synapse_output(self, syn: Synapse, src: torch.Tensor) -> torch.Tensor:
@@ -146,7 +152,7 @@ class ReferenceSimulator:
             logits += self.synapse_output(syn, spikes[syn.src].flatten(0, 1)).view(T, B, -1)
         if not keep_spikes:
             spikes = {}
-        return ZeroDelayResult(spikes, logits, us, vs)
+        return ZeroDelayResult(spikes, logits, us, vs, self.time_weights)
 
     # ------------------------------------------------------------------ Loihi timing
     def source_stream(self, syn: Synapse, x: torch.Tensor, spikes: dict[str, torch.Tensor], S: int) -> torch.Tensor:
@@ -266,7 +272,7 @@ class ReferenceSimulator:
         readout = torch.zeros((S, B, g.num_classes), dtype=torch.int64, device=dev)
         for syn in g.readout:
             readout = delivered(syn, readout, (g.num_classes,))
-        return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs)
+        return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs, self.time_weights)
 
 
 def zero_delay_current(syns: list[Synapse], weights: list[torch.Tensor], sources: list[torch.Tensor],
@@ -275,13 +281,18 @@ def zero_delay_current(syns: list[Synapse], weights: list[torch.Tensor], sources
     :func:`calibration.fixed_point.synapse_current`; summed over ``syns``) of a
     population of ``shape``. ``weights[i]``: ``syns[i].weight`` as a tensor; ``sources[i]``: the
     input pixels ``[B, C, H, W]`` (the same at every step) for a synapse from the input, else its
-    source population's spikes ``[T, B, *source_shape]``."""
+    source population's spikes ``[T, B, *source_shape]``. A synapse with a ``model_delay`` of ``k``
+    delivers its source's step ``t - k`` at step ``t`` (nothing before ``k``)."""
     size = (T, B) + tuple(shape)
     a = None
     for syn, w, x in zip(syns, weights, sources):
         every_step = syn.src == INPUT  # the pixels: one current, added at every step
         y = fx.synapse_current(syn, x if every_step else x.flatten(0, 1), w, shape)
         y = y.view((1,) + tuple(y.shape)) if every_step else y.view((T, B) + tuple(y.shape[1:]))
+        if syn.model_delay:
+            k = min(syn.model_delay, T)
+            y = torch.cat([torch.zeros((k,) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device),
+                           y.expand((T,) + tuple(y.shape[1:]))[: T - k]])
         if a is None and tuple(y.shape) == size:
             a = y  # a new tensor: the sum starts from it
         else:

@@ -5,8 +5,10 @@ On Loihi (and in Lava) every synapse hop takes one step, a ``DelaySparse``/``Del
 **latency** ``L`` is the number of steps between a sample's input and its own output for the
 same timestep (the input has latency 0). For each population, in topological order::
 
-    L(p) = max over incoming synapses s of  L(src(s)) + 1
+    L(p) = max over incoming synapses s of  L(src(s)) + 1 + model_delay(s)
     delay(s) = L(p) - L(src(s)) - 1                     (the shorter branches wait)
+
+(``model_delay``: steps the model itself delays a synapse, a NIR ``Delay``; it is kept.)
 
 A delay rides on the synapse itself when it is a dense or identity (Sparse) synapse and at most
 62 (netx's limit; Lava's is 63). A conv synapse has no delay on Loihi, so its source is first
@@ -75,7 +77,7 @@ def schedule(graph: IntegerGraph, reset_interval: Optional[int] = None) -> Integ
         return name
 
     def balance(dst: str, incoming: list[Synapse], block: Optional[str]) -> int:
-        target = max(latency[s.src] + 1 for s in incoming)
+        target = max(latency[s.src] + 1 + s.model_delay for s in incoming)
         for s in incoming:
             d = target - latency[s.src] - 1
             if d and s.kind != "conv" and d <= fx.DELAY_MAX:

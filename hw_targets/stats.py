@@ -205,7 +205,7 @@ class StatsAccumulator:
                 acc[k] = acc.get(k, 0.0) + v
             acc["block_input_spikes"] = acc.get("block_input_spikes", 0.0) + float(sig["block_input"].sum())
         if labels is not None:
-            pred = result.logits.sum(0).argmax(-1).cpu()
+            pred = result.predictions.cpu()
             self.correct += int((pred == torch.as_tensor(labels).cpu()).sum())
             self.labelled += int(pred.numel())
         if self.raster is None:
