@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .integer_graph import INPUT
 from .loihi2_limits import (  # noqa: F401  (re-exported: the arithmetic and its ranges read as one module)
     A_LIMIT, ACT_SHIFT, BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_SHIFT, DECAY_UNITY, DELAY_MAX, DU_RANGE, DV_RANGE,
     MESSAGE_BITS_GRADED, UV_HALF, V_LIMIT, VTH_RANGE, WEIGHT_RANGE_EXCITATORY, WEIGHT_RANGE_INHIBITORY,
@@ -233,3 +234,31 @@ def synapse_current(syn, x: torch.Tensor, weight: torch.Tensor, shape: Optional[
         out = dense_current(x, weight, syn.weight_exp)
         return out if shape is None else out.view((out.shape[0],) + tuple(shape))
     return identity_current(x, weight, syn.weight_exp)
+
+
+def zero_delay_current(syns: list, weights: list[torch.Tensor], sources: list[torch.Tensor],
+                       shape: tuple[int, ...], T: int, B: int, device: torch.device) -> torch.Tensor:
+    """Zero-delay synaptic input ``a [T, B, *shape]`` (a-units, int64 or int32: see
+    :func:`synapse_current`; summed over the integer-graph synapses ``syns``) of a
+    population of ``shape``. ``weights[i]``: ``syns[i].weight`` as a tensor; ``sources[i]``: the
+    input pixels ``[B, C, H, W]`` (the same at every step) for a synapse from the input, else its
+    source population's spikes ``[T, B, *source_shape]``. A synapse with a ``model_delay`` of ``k``
+    delivers its source's step ``t - k`` at step ``t`` (nothing before ``k``)."""
+    size = (T, B) + tuple(shape)
+    a = None
+    for syn, w, x in zip(syns, weights, sources):
+        every_step = syn.src == INPUT  # the pixels: one current, added at every step
+        y = synapse_current(syn, x if every_step else x.flatten(0, 1), w, shape)
+        y = y.view((1,) + tuple(y.shape)) if every_step else y.view((T, B) + tuple(y.shape[1:]))
+        if syn.model_delay:
+            k = min(syn.model_delay, T)
+            y = torch.cat([torch.zeros((k,) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device),
+                           y.expand((T,) + tuple(y.shape[1:]))[: T - k]])
+        if a is None and tuple(y.shape) == size:
+            a = y  # a new tensor: the sum starts from it
+        else:
+            a = torch.zeros(size, dtype=y.dtype, device=device) if a is None else a
+            if a.dtype != y.dtype:
+                a = a.to(torch.int64)  # int32 outputs are below 2^23: sums of a few fit, wider ones widen
+            a += y  # broadcasts a current of one step (the pixels) over all steps
+    return a if a is not None else torch.zeros(size, dtype=torch.int64, device=device)

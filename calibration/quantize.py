@@ -14,15 +14,25 @@ calibration samples choose the rounding: up to ``candidates`` mantissas spread g
 the integer spikes of its already quantized sources (the input pixels for the stem), so every
 population is judged on the inputs Loihi will really give it and upstream errors are not
 counted against it. A candidate's score is the RMS error, in units of ``vth``, of its integer
-drive ``(a + bias / 64) / s`` against what the float weights and bias make of the same inputs;
-the smallest wins, ties going to the larger scale. (Scoring by spike agreement instead chose
-scales that were worse on held-out images: spike flips are rare events, the drive error is not.)
-Without calibration samples the largest scale that fits is taken. Gates keep their integer
-weights and get ``vth_mant = floor(threshold)``.
+drive ``(a + bias / 64) / s`` against what the float weights and bias make of the same inputs
+(:mod:`calibration.drive`); the smallest wins, ties going to the larger scale. (Scoring by spike
+agreement instead chose scales that were worse on held-out images: spike flips are rare events,
+the drive error is not.) The score is exact when scoring a candidate on every neuron-step costs
+at most ``score_macs`` multiply-adds (every population of the bundled digits model); in larger
+populations the error's per-neuron mean over all samples stays exact and its deviations from
+that mean are summed on an evenly spread, deterministic subset of the (timestep, image, position)
+rows (:class:`~calibration.drive.CandidateScorer`). Each candidate costs a few passes over the
+weights (:class:`PopulationQuantizer`) and one matrix product per synapse, instead of a
+convolution over all samples; only the chosen scale is then run on every sample, exactly, for the
+integer spikes the next populations read (:func:`~calibration.drive.measure`). Without
+calibration samples the largest scale that fits is taken. Gates keep their integer weights and
+get ``vth_mant = floor(threshold)``.
 
 The report records per population every bound and the binding one, each candidate with its
-score, the choice and why, and the quantization error: the relative RMS weight error, the drive
-error and the fraction of neuron-steps whose integer spike differs from the float model's.
+score, the choice and why, the rows scored, and the quantization error of the chosen scale: the
+relative RMS weight error, the drive error (its score) and the fraction of neuron-steps whose
+integer spike differs from the float model's on all samples (``docs/formats.md``,
+``calibration.json``).
 
 Nothing is clipped: a value that does not fit raises :class:`~xoresnet.errors.RangeError`
 naming the population or synapse and the value. A :class:`QuantSpec` (the chosen threshold
@@ -32,17 +42,18 @@ mantissas) reproduces a calibration exactly; quantization-aware training keeps o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
 
 from deploy.nir_interpreter import NIRInterpreter
-from deploy.reference import zero_delay_current
 from xoresnet.errors import RangeError, UnsupportedModelError
 
 from . import fixed_point as fx
+from .drive import (SCORE_MACS, CandidateScorer, PackedSpikes, PopulationSamples, image_chunks, measure,
+                    release_free_memory)
 from .float_graph import FloatGraph, FloatPopulation, FloatSynapse, nir_to_float_graph
 from .integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 
@@ -79,9 +90,11 @@ def round_weight(w_scaled: torch.Tensor, mode: str) -> torch.Tensor:
     return 2 * torch.round(w_scaled / 2) if mode == "mixed" else torch.round(w_scaled)
 
 
-def quantize_weight(w_scaled: torch.Tensor, *, allow_exp: bool, what: str) -> tuple[torch.Tensor, int]:
-    """``(w_int, weight_exp)`` with ``w_int << weight_exp ~= w_scaled``; conv synapses have no exponent."""
-    mode = fx.sign_mode(w_scaled)
+def quantize_weight(w_scaled: torch.Tensor, *, allow_exp: bool, what: str, mode: Optional[str] = None
+                    ) -> tuple[torch.Tensor, int]:
+    """``(w_int, weight_exp)`` with ``w_int << weight_exp ~= w_scaled``; conv synapses have no exponent.
+    ``mode``: the sign mode of the whole matrix (default: that of ``w_scaled``)."""
+    mode = mode or fx.sign_mode(w_scaled)
     lo, hi = fx.weight_range(mode)
     for exp in range(0, WEIGHT_EXP_MAX + 1 if allow_exp else 1):
         q = round_weight(w_scaled / (1 << exp), mode)
@@ -178,125 +191,129 @@ def binding_detail(pop: FloatPopulation, syns: list[FloatSynapse], binding: str)
 
 @dataclass
 class QuantizedPopulation:
+    """One population at one scale: its integer registers and synapses (``[]`` for a scale candidate
+    that is only scored), the largest positive and negative input current any neuron can receive
+    (a-units) and, per synapse, the rounding residual ``w_int 2^weight_exp - scale w`` (a-units per
+    input unit, exact in float64, stored as float32)."""
+
     population: Population
     synapses: list[Synapse]
     worst_current: tuple[float, float]
+    residuals: list[torch.Tensor]
+
+
+class PopulationQuantizer:
+    """Quantizes one population (float weights and bias) at any threshold mantissa. What does not
+    depend on the scale (weights as tensors, their extremes, the distinct bias values) is prepared
+    once, so that a scale costs a few passes over the weights. The values are exactly those of
+    :func:`quantize_weight`, :func:`quantize_bias` and :func:`worst_case_current`: the same float64
+    operations in the same order; a matrix's extreme integers are its extreme scaled values rounded
+    (rounding is monotone), and the worst-case sums are sums of integers (exact in any order)."""
+
+    def __init__(self, pop: FloatPopulation, syns: list[FloatSynapse], levels: int):
+        self.pop, self.syns, self.levels = pop, syns, levels
+        self.weights = [torch.as_tensor(s.weight) for s in syns]
+        self.extremes = [(float(w.min()), float(w.max())) if w.numel() else (0.0, 0.0) for w in self.weights]
+        if pop.kind == "neuron":
+            self.bias_values, self.bias_index = torch.unique(torch.as_tensor(pop.bias), return_inverse=True)
+        # per synapse: scaled weights, their rounding (float64) and the residuals of candidates (float32),
+        # reused by every call (fewer page faults, and no heap fragmentation by the long-lived integers)
+        self.scratch = [(torch.empty_like(w), torch.empty_like(w), torch.empty_like(w, dtype=torch.float32))
+                        for w in self.weights]
+
+    def quantize(self, vth_mant: Optional[int], *, integers: bool = True) -> QuantizedPopulation:
+        """Integer population and synapses for one scale (``vth_mant``; ``None`` for gates).
+        ``integers=False``: a candidate to score, without integer synapses (the checks are the same);
+        its residuals are overwritten by the next call."""
+        pop = self.pop
+        du, dv = fx.decay_codes(pop.du, pop.dv)
+        if pop.kind == "gate":
+            for syn in self.syns:
+                if not np.allclose(syn.weight, np.round(syn.weight)):
+                    raise UnsupportedModelError(f"gate {pop.name}: input weights must be integers (synapse {syn.name})")
+            if pop.vth < 0:
+                raise UnsupportedModelError(f"gate {pop.name}: negative threshold {pop.vth}")
+            scale, vth = 1.0, int(math.floor(pop.vth))
+            du = dv = fx.DU_RANGE[1]
+            bias_mant = np.zeros(pop.shape, np.int64)
+            bias_exp = np.zeros(pop.shape, np.int64)
+        else:
+            scale, vth = vth_mant / pop.vth, int(vth_mant)
+            if not fx.VTH_RANGE[0] <= vth <= fx.VTH_RANGE[1]:
+                raise RangeError(f"population {pop.name}: threshold mantissa {vth} outside Loihi 2's 17-bit range")
+            mant, exp = quantize_bias(self.bias_values * scale * 64, what=f"population {pop.name}")
+            bias_mant = mant.long()[self.bias_index].numpy()
+            bias_exp = exp.long()[self.bias_index].numpy()
+        int_syns, residuals = [], []
+        pos = torch.zeros(pop.shape, dtype=torch.float64)
+        neg = torch.zeros(pop.shape, dtype=torch.float64)
+        for syn, w, (w_min, w_max), (h, k, r) in zip(self.syns, self.weights, self.extremes, self.scratch):
+            lo_hi = torch.tensor([w_min, w_max], dtype=torch.float64) * scale
+            mode = fx.sign_mode(lo_hi) if w.numel() else "excitatory"
+            _, exp = quantize_weight(lo_hi, allow_exp=syn.kind != "conv", what=f"synapse {syn.name} into {pop.name}",
+                                     mode=mode)
+            # round_weight(w * scale / 2^exp, mode) as k * step: k = round(h), h = w * scale / 2^exp / step
+            step = 2 if mode == "mixed" else 1
+            torch.mul(w, scale, out=h)
+            if exp:
+                h /= 1 << exp
+            if step == 2:
+                h /= 2
+            torch.round(h, out=k)
+            unit = step << exp  # a-units per step of k
+            if integers:
+                r = torch.empty_like(r)
+            torch.sub(k, h, out=r)  # exact in float64 (|k - h| <= 1/2 on h's grid), then rounded to float32
+            residuals.append(r.mul_(unit) if unit != 1 else r)
+            p, n = signed_sums(k, syn.kind, mode, pop.shape)
+            m = max_input(syn, self.levels) * unit
+            pos += p * m
+            neg += n * m
+            if integers:
+                q = (k * step if step != 1 else k).long().numpy()
+                int_syns.append(Synapse(syn.name, syn.src, syn.dst, syn.kind, q, weight_exp=exp, stride=syn.stride,
+                                        padding=syn.padding, groups=syn.groups, graded=syn.graded,
+                                        model_delay=syn.model_delay))
+        worst = (float(pos.max()), float(neg.min()))
+        limit = current_limit(du)
+        if worst[0] > limit or -worst[1] > limit:
+            raise RangeError(f"population {pop.name}: a worst-case input current of {max(worst[0], -worst[1]):.0f} "
+                             f"a-units could overflow Loihi's 24-bit u (limit {limit:.0f}); lower its weights or its "
+                             "scale")
+        if pop.kind == "gate" and max(worst[0], -worst[1]) >= 64:
+            raise RangeError(f"gate {pop.name}: input sums up to {max(worst[0], -worst[1]):.0f} would leave memory "
+                             "in v (a gate needs |sum| < 64)")
+        population = Population(pop.name, pop.shape, du, dv, vth, bias_mant, bias_exp, kind=pop.kind, op=pop.op,
+                                block=pop.block, scale=scale)
+        return QuantizedPopulation(population, int_syns, worst, residuals)
+
+
+def signed_sums(k: torch.Tensor, kind: str, mode: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums of the positive and of the negative integers ``k`` (a synapse's weights in any
+    integer unit) into each neuron of ``shape`` (float64, exact; broadcastable to ``shape``): per
+    output channel (conv), per neuron (identity, dense)."""
+    if kind == "identity":
+        return k.clamp(min=0), k.clamp(max=0)
+    rows = k.flatten(1)
+    total = rows.sum(1)
+    if mode == "excitatory":
+        p, n = total, torch.zeros_like(total)
+    elif mode == "inhibitory":
+        p, n = torch.zeros_like(total), total
+    else:
+        magnitude = torch.linalg.vector_norm(rows, ord=1, dim=1)
+        p, n = (magnitude + total) / 2, (total - magnitude) / 2
+    view = (-1,) + (1,) * (len(shape) - 1) if kind == "conv" else shape
+    return p.view(view), n.view(view)
 
 
 def quantize_population(pop: FloatPopulation, syns: list[FloatSynapse], levels: int,
                         vth_mant: Optional[int]) -> QuantizedPopulation:
     """Integer population and synapses for one scale (``vth_mant``; ``None`` for gates)."""
-    du, dv = fx.decay_codes(pop.du, pop.dv)
-    int_syns = []
-    if pop.kind == "gate":
-        for syn in syns:
-            if not np.allclose(syn.weight, np.round(syn.weight)):
-                raise UnsupportedModelError(f"gate {pop.name}: input weights must be integers (synapse {syn.name})")
-        if pop.vth < 0:
-            raise UnsupportedModelError(f"gate {pop.name}: negative threshold {pop.vth}")
-        scale, vth = 1.0, int(math.floor(pop.vth))
-        du = dv = fx.DU_RANGE[1]
-        bias_mant = np.zeros(pop.shape, np.int64)
-        bias_exp = np.zeros(pop.shape, np.int64)
-    else:
-        scale, vth = vth_mant / pop.vth, int(vth_mant)
-        if not fx.VTH_RANGE[0] <= vth <= fx.VTH_RANGE[1]:
-            raise RangeError(f"population {pop.name}: threshold mantissa {vth} outside Loihi 2's 17-bit range")
-        mant, exp = quantize_bias(torch.as_tensor(pop.bias * scale * 64), what=f"population {pop.name}")
-        bias_mant, bias_exp = mant.long().numpy(), exp.long().numpy()
-    for syn in syns:
-        w, exp = quantize_weight(torch.as_tensor(syn.weight) * scale, allow_exp=syn.kind != "conv",
-                                 what=f"synapse {syn.name} into {pop.name}")
-        int_syns.append(Synapse(syn.name, syn.src, syn.dst, syn.kind, w.long().numpy(), weight_exp=exp,
-                                stride=syn.stride, padding=syn.padding, groups=syn.groups, graded=syn.graded,
-                                model_delay=syn.model_delay))
-    worst = worst_case_current([(torch.as_tensor(s.weight) * (1 << s.weight_exp), s.kind, max_input(s, levels))
-                                for s in int_syns], pop.shape)
-    limit = current_limit(du)
-    if worst[0] > limit or -worst[1] > limit:
-        raise RangeError(f"population {pop.name}: a worst-case input current of {max(worst[0], -worst[1]):.0f} a-units "
-                         f"could overflow Loihi's 24-bit u (limit {limit:.0f}); lower its weights or its scale")
-    if pop.kind == "gate" and max(worst[0], -worst[1]) >= 64:
-        raise RangeError(f"gate {pop.name}: input sums up to {max(worst[0], -worst[1]):.0f} would leave memory "
-                         "in v (a gate needs |sum| < 64)")
-    population = Population(pop.name, pop.shape, du, dv, vth, bias_mant, bias_exp, kind=pop.kind, op=pop.op,
-                            block=pop.block, scale=scale)
-    return QuantizedPopulation(population, int_syns, worst)
+    return PopulationQuantizer(pop, syns, levels).quantize(vth_mant)
 
 
-# ---------------------------------------------------------------------- scoring candidates on calibration samples
-
-@dataclass
-class SampleInputs:
-    """One population's view of the ``B`` calibration samples over ``T`` steps: what the integer graph
-    feeds each incoming synapse, the input pixels ``[B, C, H, W]`` (int64) or the integer spikes
-    ``[T, B, *shape]`` of its already quantized source (``int_sources``), the same values flattened
-    to ``[T*B, ...]`` float32 frames (``frames``), the float model's spikes ``[T, B, *shape]`` (bool,
-    from its own float inputs) and its threshold ``vth`` (float units)."""
-
-    int_sources: list[torch.Tensor]
-    frames: list[torch.Tensor]
-    float_spikes: torch.Tensor
-    vth: float
-
-
-def sample_inputs(pop: FloatPopulation, syns: list[FloatSynapse], pixels: torch.Tensor,
-                  trace: dict[str, torch.Tensor], int_spikes: dict[str, torch.Tensor], T: int) -> SampleInputs:
-    """The calibration samples as ``pop`` sees them; ``trace``: the float model's spikes per population,
-    ``int_spikes``: integer spikes of the populations quantized so far (both ``[T, B, *shape]``)."""
-    int_sources = [pixels if s.src == INPUT else int_spikes[s.src] for s in syns]
-    frames = [(pixels.repeat(T, 1, 1, 1) if s.src == INPUT else x.flatten(0, 1)).to(torch.float32)
-              for s, x in zip(syns, int_sources)]
-    return SampleInputs(int_sources, frames, trace[pop.name] > 0, pop.vth)
-
-
-def float_current(syns: list[FloatSynapse], frames: list[torch.Tensor]) -> torch.Tensor:
-    """Summed synaptic input ``[T*B, ...]`` of ``syns`` (float weights) for the source ``frames``
-    ``[T*B, ...]``, in the frames' dtype."""
-    total = None
-    for syn, x in zip(syns, frames):
-        w = torch.as_tensor(syn.weight, dtype=x.dtype)
-        if syn.kind == "conv":
-            y = torch.nn.functional.conv2d(x, w, stride=syn.stride, padding=syn.padding, groups=syn.groups)
-        elif syn.kind == "identity":
-            y = x * w
-        else:
-            y = x.flatten(1) @ w.T
-        total = y if total is None else total + y
-    return total
-
-
-def drive_error(q: QuantizedPopulation, pop: FloatPopulation, syns: list[FloatSynapse], inputs: SampleInputs
-                ) -> float:
-    """RMS error, in units of the threshold, of the integer drive ``(a + bias / 64) / scale`` of ``q``
-    against what the float weights and bias of ``pop`` make of the same inputs: the error this
-    population's own rounding adds (the score). By linearity it is the drive of the rounding
-    residuals ``w_int 2^exp - w * scale`` and ``bias / 64 - bias_float * scale`` (a-units), which
-    float32 carries to ~1e-7 of the error (the integer input itself never wraps: the current bound)."""
-    p = q.population
-    residual = [replace(f, weight=s.weight * 2.0 ** s.weight_exp - f.weight * p.scale)
-                for s, f in zip(q.synapses, syns)]
-    bias = population_bias(p).to(torch.float64) / 2 ** fx.ACT_SHIFT
-    if pop.bias is not None:
-        bias = bias - torch.as_tensor(pop.bias) * p.scale
-    T, B = inputs.float_spikes.shape[:2]
-    err = float_current(residual, inputs.frames).view((T, B) + p.shape) + bias.to(torch.float32)
-    return math.sqrt(float(err.square().sum(dtype=torch.float64)) / err.numel()) / (p.scale * inputs.vth)
-
-
-def integer_spikes(q: QuantizedPopulation, inputs: SampleInputs) -> torch.Tensor:
-    """Loihi spikes ``[T, B, *shape]`` (bool) of ``q`` on the samples: zero delay, from zero state."""
-    p = q.population
-    T, B = inputs.float_spikes.shape[:2]
-    weights = [torch.as_tensor(s.weight) for s in q.synapses]
-    a = zero_delay_current(q.synapses, weights, inputs.int_sources, p.shape, T, B, torch.device("cpu"))
-    return fx.integrate(a, du=p.du, dv=p.dv, bias=population_bias(p), vth=p.vth)[0]
-
-
-def population_bias(p: Population) -> torch.Tensor:
-    """Effective per-neuron bias of ``p`` (int64 v-units)."""
-    return fx.bias_value(torch.as_tensor(p.bias_mant), torch.as_tensor(p.bias_exp))
-
+# ---------------------------------------------------------------------- the scale search
 
 def weight_error(q: QuantizedPopulation, syns: list[FloatSynapse]) -> float:
     """RMS of ``w_int 2^exp / scale - w`` over all incoming weights, relative to the RMS weight."""
@@ -327,13 +344,14 @@ def candidate_mantissas(top: int, count: int) -> list[int]:
     return sorted(grid, reverse=True)
 
 
-def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, inputs: Optional[SampleInputs], *,
+def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, scorer: Optional[CandidateScorer], *,
                  fixed: Optional[int], candidates: int) -> tuple[QuantizedPopulation, dict[str, Any]]:
     """Quantize neuron population ``pop`` at the scale the calibration samples choose: the candidate
-    with the smallest :func:`drive_error`, then the larger scale (``fixed``: the threshold mantissa of
-    a quantization spec; no samples: the largest scale that fits). A candidate that rounding pushes
-    over a range is replaced by the mantissa below it (within the span; never for ``fixed``).
-    Returns the quantized population and its report entry."""
+    with the smallest drive error (``scorer``, :class:`~calibration.drive.CandidateScorer`), then the
+    larger scale (``fixed``: the threshold mantissa of a quantization spec; no scorer: the largest
+    scale that fits). A candidate that rounding pushes over a range is replaced by the mantissa
+    below it (within the span; never for ``fixed``). Returns the quantized population and its
+    report entry."""
     bounds = scale_bounds(pop, syns, levels)
     binding = min(bounds, key=bounds.get)
     top = int(math.floor(pop.vth * bounds[binding]))
@@ -345,10 +363,11 @@ def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, in
     best: Optional[tuple[float, QuantizedPopulation]] = None
     error = None
     queue, low = list(tried), lowest_candidate(top)
+    quantizer = PopulationQuantizer(pop, syns, levels)
     while queue:
         mant = queue.pop(0)
         try:
-            cand = quantize_population(pop, syns, levels, mant)
+            cand = quantizer.quantize(mant, integers=scorer is None)
         except RangeError as e:  # rounding pushed a value over its range: a smaller scale may fit
             error = e
             rows.append({"vth_mant": mant, "refused": str(e)})
@@ -357,23 +376,28 @@ def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, in
             continue
         row = {"vth_mant": mant, "scale": cand.population.scale}
         rows.append(row)
-        if inputs is None:
+        if scorer is None:
             best = (0.0, cand)
             break
-        row["current_rmse_vth"] = drive_error(cand, pop, syns, inputs)
+        row["current_rmse_vth"] = scorer.score(cand.population, cand.residuals)
         if best is None or row["current_rmse_vth"] < best[0]:  # ties keep the larger scale (tried first)
             best = (row["current_rmse_vth"], cand)
     if best is None:
         raise error
+    chosen = best[1] if scorer is None else quantizer.quantize(best[1].population.vth)  # with its integers
+    entry: dict[str, Any] = {"bounds": bounds, "binding_limit": binding, "scale_bound": bounds[binding],
+                             "max_vth_mant": top, "candidates": rows}
     if fixed is not None:
-        choice = "given by the quantization spec (the scale quantization-aware training used)"
-    elif inputs is None:
-        choice = "the largest scale that fits (no calibration samples)"
+        entry["choice"] = "given by the quantization spec (the scale quantization-aware training used)"
+    elif scorer is None:
+        entry["choice"] = "the largest scale that fits (no calibration samples)"
     else:
-        choice = (f"smallest current error on {inputs.float_spikes.shape[1]} calibration samples among {len(rows)} "
-                  f"candidates in [{low}, {top}]" + (" (the largest scale)" if best[1].population.vth == top else ""))
-    return best[1], {"bounds": bounds, "binding_limit": binding, "scale_bound": bounds[binding], "max_vth_mant": top,
-                     "candidates": rows, "choice": choice}
+        entry["choice"] = (f"smallest current error on {scorer.B} calibration samples among {len(rows)} candidates in "
+                           f"[{low}, {top}]" + (" (the largest scale)" if best[1].population.vth == top else "")
+                           + ("" if scorer.rows == scorer.total_rows else
+                              f", its deviations from each neuron's mean sampled on {scorer.rows} of "
+                              f"{scorer.total_rows} rows"))
+    return chosen, entry
 
 
 # ---------------------------------------------------------------------- the calibration stage
@@ -385,49 +409,62 @@ class Calibration:
     report: dict[str, Any]
 
 
-def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dict[str, torch.Tensor]], *,
-              spec: Optional[QuantSpec] = None, candidates: int = DEFAULT_CANDIDATES) -> Calibration:
+def calibrate(float_graph: FloatGraph, pixels: torch.Tensor,
+              trace: Optional[Mapping[str, torch.Tensor | PackedSpikes]], *,
+              spec: Optional[QuantSpec] = None, candidates: int = DEFAULT_CANDIDATES,
+              score_macs: int = SCORE_MACS) -> Calibration:
     """Quantize ``float_graph``; ``pixels`` ``[N, C, H, W]`` integers are the calibration samples and
-    ``trace`` the float model's spikes ``[T, N, ...]`` per population on them (NIR interpreter).
+    ``trace`` the float model's spikes ``[T, N, ...]`` per population on them (any dtype, non-zero is
+    a spike, or :class:`~calibration.drive.PackedSpikes`; from the NIR interpreter).
 
     With ``spec`` the threshold mantissas are taken from it (no search): the integer graph of a
-    quantization-aware trained model is then exactly the one it was trained with.
+    quantization-aware trained model is then exactly the one it was trained with. ``score_macs``:
+    the multiply-adds one candidate's score may cost (:class:`~calibration.drive.CandidateScorer`).
     """
     fg = float_graph
-    T, levels = fg.timesteps, fg.input_levels
+    levels = fg.input_levels
     pixels = torch.as_tensor(pixels).to(torch.int64)
     samples = int(pixels.shape[0]) if trace is not None else 0
+    packed = {name: v if isinstance(v, PackedSpikes) else PackedSpikes.pack(torch.as_tensor(v))
+              for name, v in trace.items()} if samples else {}
     pops: dict[str, Population] = {}
     int_syns: list[Synapse] = []
-    int_spikes: dict[str, torch.Tensor] = {}  # integer spikes [T, N, ...] of the populations quantized so far
+    int_spikes: dict[str, PackedSpikes] = {}  # integer spikes [T, N, ...] of the populations quantized so far
     report: dict[str, Any] = {"calibration_samples": samples, "candidates": candidates,
-                              "spec_given": spec is not None, "populations": {}}
+                              "spec_given": spec is not None, "score_macs": score_macs, "populations": {}}
     chosen: dict[str, int] = {}
     readers = {name: sum(1 for s in fg.synapses if s.src == name and s.dst != READOUT) for name in fg.populations}
     for name, pop in fg.populations.items():
         syns = fg.incoming(name)
-        inputs = sample_inputs(pop, syns, pixels, trace, int_spikes, T) if samples else None
+        view = (PopulationSamples([pixels if s.src == INPUT else int_spikes[s.src] for s in syns], packed.pop(name))
+                if samples else None)
         for s in syns:  # free the integer spikes of sources no later population reads
             if s.src != INPUT:
                 readers[s.src] -= 1
                 if readers[s.src] == 0:
                     int_spikes.pop(s.src, None)
         entry: dict[str, Any] = {"kind": pop.kind, "op": pop.op, "block": pop.block}
+        scorer = CandidateScorer(pop, syns, view, score_macs) if view is not None and pop.kind == "neuron" else None
         if pop.kind == "gate":
             q = quantize_population(pop, syns, levels, None)
         else:
             if spec is not None and name not in spec.vth_mant:
                 raise UnsupportedModelError(f"the quantization spec has no entry for population {name}")
-            q, search = choose_scale(pop, syns, levels, inputs, candidates=candidates,
+            q, search = choose_scale(pop, syns, levels, scorer if spec is None else None, candidates=candidates,
                                      fixed=spec.vth_mant[name] if spec is not None else None)
             chosen[name] = q.population.vth
             entry.update(search)
-        if inputs is not None:
-            spikes = integer_spikes(q, inputs)
-            entry.update(current_rmse_vth=drive_error(q, pop, syns, inputs),
-                         spike_mismatch=float((spikes != inputs.float_spikes).double().mean()))
-            if readers[name]:
-                int_spikes[name] = spikes
+        if view is not None:
+            m = measure(q.population, q.synapses, view, keep_spikes=readers[name] > 0)
+            if scorer is None and any(bool(r.any()) for r in q.residuals):  # a gate with non-integer weights
+                scorer = CandidateScorer(pop, syns, view, score_macs)
+            error = scorer.score(q.population, q.residuals) if scorer is not None else 0.0  # exact 0: no residual
+            entry.update(current_rmse_vth=error, spike_mismatch=m.spike_mismatch)
+            if scorer is not None:
+                entry.update(scored_rows=scorer.rows, total_rows=scorer.total_rows)
+            if m.spikes is not None:
+                int_spikes[name] = m.spikes
+            del scorer, m
         p = q.population
         limit = current_limit(p.du)
         entry.update(scale=p.scale, vth_mant=p.vth, du=p.du, dv=p.dv, weight_rmse_rel=weight_error(q, syns),
@@ -438,11 +475,14 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor, trace: Optional[dic
         report["populations"][name] = entry
         pops[name] = p
         int_syns += q.synapses
+        del q
+        if pop.kind == "neuron":  # its integer weights stay: hand back the free heap pages around them
+            release_free_memory()
     readout_syns, readout_bias, readout_scale = quantize_readout(fg)
     report["readout"] = {"scale": readout_scale,
                          "max_abs_weight": int(max(np.abs(s.weight).max() for s in readout_syns))}
     graph = IntegerGraph(
-        input_shape=fg.input_shape, input_levels=levels, timesteps=T, populations=pops,
+        input_shape=fg.input_shape, input_levels=levels, timesteps=fg.timesteps, populations=pops,
         synapses=int_syns + readout_syns, readout_bias=readout_bias, readout_scale=readout_scale,
         meta={"calibration": report, "source": fg.meta})
     graph.validate()
@@ -469,15 +509,31 @@ def quantize_readout(fg: FloatGraph) -> tuple[list[Synapse], np.ndarray, float]:
     return out, bias, scale
 
 
+def float_trace(nir_graph, fg: FloatGraph, pixels: torch.Tensor) -> dict[str, PackedSpikes]:
+    """The float model's spikes of every population on ``pixels`` ``[N, C, H, W]``: the NIR interpreter
+    in float32 (as PyTorch runs the model), packed 8 to a byte, in chunks of images as
+    :func:`~calibration.drive.measure` chunks its largest population (memory, and speed: see
+    :data:`~calibration.drive.CHUNK_NEURON_STEPS`). The packed trace is allocated before the first
+    run, so that the runs' temporaries do not interleave with it in the heap (which kept their
+    memory from being reused: 50 MiB more per image on XOResNet-101)."""
+    names = set(fg.populations)
+    T, N = fg.timesteps, int(pixels.shape[0])
+    trace = {name: PackedSpikes.empty(T, N, pop.shape) for name, pop in fg.populations.items()}
+    largest = T * max((math.prod(p.shape) for p in fg.populations.values()), default=1)
+    interpreter = NIRInterpreter(nir_graph, dtype=torch.float32)
+    for b0, b1 in image_chunks(N, largest):
+        run = interpreter.run(pixels[b0:b1].to(torch.float32) / fg.input_levels, keep=names, spikes_only=True)
+        for name in names:
+            trace[name].store(b0, run.outputs[name])
+        del run
+        release_free_memory()
+    return trace
+
+
 def calibrate_nir(nir_graph, pixels: torch.Tensor, *, spec: Optional[QuantSpec] = None,
-                  candidates: int = DEFAULT_CANDIDATES) -> Calibration:
+                  candidates: int = DEFAULT_CANDIDATES, score_macs: int = SCORE_MACS) -> Calibration:
     """Float NIR graph + calibration samples -> :class:`Calibration` (integer graph, spec, report)."""
     fg = nir_to_float_graph(nir_graph)
     pixels = torch.as_tensor(pixels).to(torch.int64)
-    trace = None
-    if pixels.numel():
-        populations = set(fg.populations)
-        run = NIRInterpreter(nir_graph, dtype=torch.float64).run(pixels.to(torch.float64) / fg.input_levels,
-                                                                 keep=populations, spikes_only=True)
-        trace = {k: v for k, v in run.outputs.items() if k in populations}
-    return calibrate(fg, pixels, trace, spec=spec, candidates=candidates)
+    trace = float_trace(nir_graph, fg, pixels) if pixels.numel() else None
+    return calibrate(fg, pixels, trace, spec=spec, candidates=candidates, score_macs=score_macs)

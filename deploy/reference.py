@@ -138,7 +138,7 @@ class ReferenceSimulator:
         for p in self.pops:  # topological: sources are complete sequences already
             syns = self.incoming[p.name]
             sources = [x if s.src == INPUT else spikes[s.src] for s in syns]
-            a = zero_delay_current(syns, [self.weights[s.name] for s in syns], sources, p.shape, T, B, self.device)
+            a = fx.zero_delay_current(syns, [self.weights[s.name] for s in syns], sources, p.shape, T, B, self.device)
             if p.kind == "partial_sum":  # GradedVec: its summed input, sent unchanged
                 spikes[p.name] = a.to(torch.int64)
                 continue
@@ -273,34 +273,6 @@ class ReferenceSimulator:
         for syn in g.readout:
             readout = delivered(syn, readout, (g.num_classes,))
         return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs, self.time_weights)
-
-
-def zero_delay_current(syns: list[Synapse], weights: list[torch.Tensor], sources: list[torch.Tensor],
-                       shape: tuple[int, ...], T: int, B: int, device: torch.device) -> torch.Tensor:
-    """Zero-delay synaptic input ``a [T, B, *shape]`` (a-units, int64 or int32: see
-    :func:`calibration.fixed_point.synapse_current`; summed over ``syns``) of a
-    population of ``shape``. ``weights[i]``: ``syns[i].weight`` as a tensor; ``sources[i]``: the
-    input pixels ``[B, C, H, W]`` (the same at every step) for a synapse from the input, else its
-    source population's spikes ``[T, B, *source_shape]``. A synapse with a ``model_delay`` of ``k``
-    delivers its source's step ``t - k`` at step ``t`` (nothing before ``k``)."""
-    size = (T, B) + tuple(shape)
-    a = None
-    for syn, w, x in zip(syns, weights, sources):
-        every_step = syn.src == INPUT  # the pixels: one current, added at every step
-        y = fx.synapse_current(syn, x if every_step else x.flatten(0, 1), w, shape)
-        y = y.view((1,) + tuple(y.shape)) if every_step else y.view((T, B) + tuple(y.shape[1:]))
-        if syn.model_delay:
-            k = min(syn.model_delay, T)
-            y = torch.cat([torch.zeros((k,) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device),
-                           y.expand((T,) + tuple(y.shape[1:]))[: T - k]])
-        if a is None and tuple(y.shape) == size:
-            a = y  # a new tensor: the sum starts from it
-        else:
-            a = torch.zeros(size, dtype=y.dtype, device=device) if a is None else a
-            if a.dtype != y.dtype:
-                a = a.to(torch.int64)  # int32 outputs are below 2^23: sums of a few fit, wider ones widen
-            a += y  # broadcasts a current of one step (the pixels) over all steps
-    return a if a is not None else torch.zeros(size, dtype=torch.int64, device=device)
 
 
 def readout_latency_of(graph: IntegerGraph) -> int:

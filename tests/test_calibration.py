@@ -2,6 +2,7 @@
 violations raise RangeError naming the culprit and its value; QuantSpec and HDF5 round trips."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -562,6 +563,8 @@ def test_calibration_report_has_the_per_population_fields(calibrated):
         assert len(scored) > 1 and all(r["vth_mant"] <= e["max_vth_mant"] for r in e["candidates"])
         best = min(scored, key=lambda r: (r["current_rmse_vth"], -r["vth_mant"]))
         assert best["vth_mant"] == e["vth_mant"] and best["current_rmse_vth"] == e["current_rmse_vth"]
+        # small populations are scored on every row: the score is the exact drive error
+        assert e["scored_rows"] == e["total_rows"] == len(pixels) * np.prod(p.shape[1:]) * cal.graph.timesteps
         assert "smallest current error" in e["choice"]
         assert 0.0 < e["weight_rmse_rel"] < 0.05
 
@@ -600,3 +603,247 @@ def test_calib_samples_choose_the_scales_of_the_digits_model(digits_model_path):
         cal = calibrate_checkpoint(qat_model, qat_ckpt, pixels[:n])
         assert cal.spec.vth_mant == trained and cal.report["spec_given"]
         assert all(len(e["candidates"]) == 1 for e in cal.report["populations"].values() if e["kind"] == "neuron")
+
+
+# ---------------------------------------------------------------------- fast calibration: quantizer, scorer, chunks
+
+def reference_quantization(pop, syns, levels, vth_mant):
+    """The per-scale quantization written out plainly (the definition PopulationQuantizer must equal):
+    quantize_bias on every neuron, quantize_weight on every scaled matrix, worst_case_current on the
+    integer weights, residual w_int 2^exp - scale w in float64."""
+    from calibration import fixed_point as fx
+    from calibration.quantize import current_limit, max_input, quantize_bias, quantize_weight, worst_case_current
+    scale = vth_mant / pop.vth
+    mant, exp = quantize_bias(torch.as_tensor(pop.bias * scale * 64), what=f"population {pop.name}")
+    weights = []
+    for s in syns:
+        q, e = quantize_weight(torch.as_tensor(s.weight) * scale, allow_exp=s.kind != "conv",
+                               what=f"synapse {s.name} into {pop.name}")
+        weights.append((q, e, (q * 2.0 ** e - torch.as_tensor(s.weight) * scale).to(torch.float32)))
+    worst = worst_case_current([(q * (1 << e), s.kind, max_input(s, levels)) for s, (q, e, _) in zip(syns, weights)],
+                               pop.shape)
+    if max(worst[0], -worst[1]) > current_limit(fx.decay_codes(pop.du, pop.dv)[0]):
+        raise RangeError(f"population {pop.name}: a worst-case input current of {max(worst[0], -worst[1]):.0f} ")
+    return mant, exp, weights, worst
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_population_quantizer_equals_the_plain_definition(seed):
+    """Random conv / identity / dense synapses of every sign mode, biases that need exponents, scales
+    at and beyond the limits: the same integers, exponents, worst-case currents, residuals (bit for
+    bit) and the same refusals."""
+    from calibration.quantize import PopulationQuantizer
+    g = torch.Generator().manual_seed(seed)
+    shape = (6, 3, 3)
+
+    def rand(*size, sign=0):
+        w = torch.randn(*size, generator=g, dtype=torch.float64) * 0.05
+        return (w.abs() * sign if sign else w).numpy()
+
+    signs = [(-1, 0, 1)[(seed + k) % 3] for k in range(3)]
+    syns = [FloatSynapse("c", INPUT, "p", "conv", rand(6, 2, 3, 3, sign=signs[0]) / 16, padding=(1, 1), graded=True),
+            FloatSynapse("i", "a", "p", "identity", rand(*shape, sign=signs[1]) * 40),
+            FloatSynapse("d", "b", "p", "dense", rand(54, 10, sign=signs[2]))]
+    bias = rand(*shape) * [1.0, 1e2, 1e3][seed % 3]
+    bias[0, 0, 0] = bias[1, 1, 1]  # repeated values
+    pop = FloatPopulation("p", shape, "neuron", du=0.5, dv=0.25, vth=0.7, bias=bias)
+    quantizer = PopulationQuantizer(pop, syns, 16)
+    for vth_mant in (1, 77, 1000, 5000, 40000, 131071):
+        try:
+            mant, exp, weights, worst = reference_quantization(pop, syns, 16, vth_mant)
+        except RangeError as e:
+            with pytest.raises(RangeError) as got:
+                quantizer.quantize(vth_mant)
+            assert str(got.value).startswith(str(e))
+            continue
+        for integers in (True, False):
+            q = quantizer.quantize(vth_mant, integers=integers)
+            assert np.array_equal(q.population.bias_mant, mant.long().numpy())
+            assert np.array_equal(q.population.bias_exp, exp.long().numpy())
+            assert q.worst_current == worst
+            assert len(q.synapses) == (len(syns) if integers else 0)
+            for k, (w, e, r) in enumerate(weights):
+                assert torch.equal(q.residuals[k], r)
+                if integers:
+                    assert np.array_equal(q.synapses[k].weight, w.long().numpy()) and q.synapses[k].weight_exp == e
+
+
+def test_packed_spikes_round_trip():
+    from calibration.drive import PackedSpikes
+    g = torch.Generator().manual_seed(3)
+    for shape in [(5, 3, 3), (8,), (1, 1, 1)]:
+        s = torch.rand((3, 7) + shape, generator=g) < 0.3
+        p = PackedSpikes.pack(s.float() * 2)  # any non-zero value is a spike
+        assert p.bits.dtype == torch.uint8 and p.bits.shape == (3, 7, -(-int(np.prod(shape)) // 8))
+        assert torch.equal(p.unpack(), s) and torch.equal(p.unpack(2, 5), s[:, 2:5])
+        room = PackedSpikes.empty(3, 7, shape)
+        room.store(4, s[:, 4:])
+        room.store(0, s[:, :4])
+        assert torch.equal(room.unpack(), s)
+
+
+def test_stratified_rows_take_one_row_per_stratum():
+    from calibration.drive import stratified_rows
+    assert torch.equal(stratified_rows(10, 10), torch.arange(10))
+    for n, m in [(1000, 7), (1000, 999), (17, 5), (262144, 1820)]:
+        rows = stratified_rows(n, m)
+        assert len(rows) == m and bool((rows[1:] > rows[:-1]).all()) and 0 <= int(rows[0]) and int(rows[-1]) < n
+        edges = torch.floor(torch.arange(m + 1, dtype=torch.float64) * n / m).long()
+        assert bool(((rows >= edges[:-1]) & (rows < edges[1:])).all())
+
+
+def scorer_case(seed=0):
+    """A population (4, 6, 6) fed by graded pixels (3x3 conv, stride 2, padding 1, from 12x12), a
+    grouped conv (groups 2), an identity and a dense synapse (from 10 neurons) from spiking sources,
+    T = 3, B = 5; its quantization at one scale; the samples."""
+    from calibration.drive import PackedSpikes, PopulationSamples
+    from calibration.quantize import quantize_population
+    g = torch.Generator().manual_seed(seed)
+    shape, T, B = (4, 6, 6), 3, 5
+    syns = [FloatSynapse("px", INPUT, "p", "conv", torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64).numpy()
+                         / 40, stride=(2, 2), padding=(1, 1), graded=True),
+            FloatSynapse("gc", "a", "p", "conv", torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64).numpy() / 30,
+                         padding=(1, 1), groups=2),
+            FloatSynapse("id", "b", "p", "identity", torch.rand(shape, generator=g, dtype=torch.float64).numpy()),
+            FloatSynapse("dn", "c", "p", "dense", torch.randn(144, 10, generator=g, dtype=torch.float64).numpy() / 9)]
+    pop = FloatPopulation("p", shape, "neuron", du=1.0, dv=0.5, vth=1.0,
+                          bias=torch.randn(shape, generator=g, dtype=torch.float64).numpy() / 10)
+    sources = [torch.randint(0, 17, (B, 1, 12, 12), generator=g),
+               PackedSpikes.pack(torch.rand((T, B, 4, 6, 6), generator=g) < 0.3),
+               PackedSpikes.pack(torch.rand((T, B) + shape, generator=g) < 0.2),
+               PackedSpikes.pack(torch.rand((T, B, 10), generator=g) < 0.4)]
+    samples = PopulationSamples(sources, PackedSpikes.pack(torch.rand((T, B) + shape, generator=g) < 0.2))
+    return pop, syns, samples, quantize_population(pop, syns, 16, 1000)
+
+
+def full_drive_error(pop, syns, samples, q):
+    """The drive error of every neuron-step, ``[T, B, *shape]`` (float64, from the definition)."""
+    from calibration.drive import bias_residual, synapse_drive
+    T, B = samples.timesteps, samples.images
+    err = bias_residual(q.population, pop).expand((T, B) + pop.shape).clone()
+    for i, (s, w_int) in enumerate(zip(syns, q.synapses)):
+        x = samples.source(i, 0, B)
+        r = replace(s, weight=w_int.weight * 2.0 ** w_int.weight_exp - s.weight * q.population.scale)
+        if s.src == INPUT:
+            err += synapse_drive(r, x.to(torch.float64)).view((1, B) + pop.shape)
+        else:
+            err += synapse_drive(r, x.flatten(0, 1).to(torch.float64)).view((T, B) + pop.shape)
+    return err
+
+
+def test_sampled_rows_and_mean_frame_are_the_drive_error_there():
+    """Every gathered receptive field (stride, padding, groups, graded pixels, identity): the sampled
+    rows' errors are the full drive error at those (timestep, image, position), and the mean rows are
+    each neuron's error averaged over all T * B frames."""
+    from calibration.drive import CandidateScorer
+    pop, syns, samples, q = scorer_case()
+    full = full_drive_error(pop, syns, samples, q)
+    T, B, (C, H, W) = samples.timesteps, samples.images, pop.shape
+    scorer = CandidateScorer(pop, syns, samples, score_macs=40 * 1552)  # multiply-adds per row: 4 x 9 + 4 x 2 x 9 + 4 + 144 x 10
+    assert not scorer.exact and scorer.total_rows == T * B * H * W and scorer.rows == 40
+    mean, rows = scorer.sampled_errors(q.population, q.residuals)
+    assert torch.allclose(mean.double(), full.mean((0, 1)).reshape(C, H * W).T, atol=1e-4)
+    frame, pos = scorer.sampled // (H * W), scorer.sampled % (H * W)
+    expected = full.reshape(T * B, C, H * W)[frame, :, pos]
+    assert torch.allclose(rows.double(), expected, atol=1e-4)
+
+
+def test_sampled_score_estimates_the_exact_drive_error():
+    """All rows: the score is the RMS of the drive error (the definition). A quarter of the rows:
+    close to it; with inputs that do not change from frame to frame, the deviations vanish and the
+    exact per-neuron mean makes the estimate exact whatever the rows."""
+    from calibration.drive import CandidateScorer, PackedSpikes, PopulationSamples
+    pop, syns, samples, q = scorer_case(seed=1)
+    rms = float(full_drive_error(pop, syns, samples, q).square().mean().sqrt()) / (q.population.scale * pop.vth)
+    exact = CandidateScorer(pop, syns, samples, score_macs=1 << 40)
+    assert exact.exact and exact.score(q.population, q.residuals) == pytest.approx(rms, rel=1e-5)
+    sampled = CandidateScorer(pop, syns, samples, score_macs=exact.total_rows * 1552 // 4)
+    assert sampled.rows == exact.total_rows // 4
+    assert sampled.score(q.population, q.residuals) == pytest.approx(rms, rel=0.05)
+    still = PopulationSamples([samples.sources[0][:1].expand(5, -1, -1, -1)] +
+                              [PackedSpikes.pack(x[:1, :1].expand_as(x)) for x in
+                               (samples.source(i, 0, 5) for i in (1, 2, 3))], samples.float_spikes)
+    rms = float(full_drive_error(pop, syns, still, q).square().mean().sqrt()) / (q.population.scale * pop.vth)
+    assert CandidateScorer(pop, syns, still, score_macs=3 * 1552).score(q.population, q.residuals) == \
+        pytest.approx(rms, rel=1e-5)
+
+
+def test_a_sampled_search_says_so_and_takes_its_smallest_score():
+    cfg = CASES["xor-or"]
+    graph = export_nir(firing_model(cfg, seed=5))
+    pixels = random_pixels(4, cfg, seed=6)
+    cal = calibrate_nir(graph, pixels, score_macs=1 << 12)
+    sampled = 0
+    for name, e in cal.report["populations"].items():
+        if e["kind"] != "neuron":
+            continue
+        scored = [r for r in e["candidates"] if "current_rmse_vth" in r]
+        best = min(scored, key=lambda r: (r["current_rmse_vth"], -r["vth_mant"]))
+        assert best["vth_mant"] == e["vth_mant"] and e["scored_rows"] <= e["total_rows"]
+        if e["scored_rows"] < e["total_rows"]:
+            sampled += 1
+            assert f"sampled on {e['scored_rows']} of {e['total_rows']} rows" in e["choice"]
+        assert best["current_rmse_vth"] == e["current_rmse_vth"]  # the chosen scale's score (here an estimate)
+    assert sampled >= 3 and cal.report["score_macs"] == 1 << 12
+
+
+def sampled_and_exact_choices(score_macs: int) -> list[tuple[str, int, int, int, int]]:
+    """Per neuron population of a small firing network (8/16 channels, 16x16, T=4, 16 random images):
+    ``(name, exact choice, sampled choice, rows scored, all rows)``, the threshold mantissas that
+    :func:`~calibration.quantize.choose_scale` picks with the exact drive error (every row) and with
+    the sampled score at ``score_macs``, on the same inputs (the integer spikes of the exact choices
+    upstream)."""
+    from calibration.drive import CandidateScorer, PopulationSamples, measure
+    from calibration.quantize import DEFAULT_CANDIDATES, choose_scale, float_trace, quantize_population
+
+    cfg = small_config(base_width=8, input_size=16, timesteps=4)
+    graph = export_nir(firing_model(cfg, seed=0))
+    pixels = random_pixels(16, cfg, seed=1)
+    fg = nir_to_float_graph(graph)
+    trace = float_trace(graph, fg, pixels)
+    spikes, out = {}, []
+    for name, pop in fg.populations.items():
+        syns = fg.incoming(name)
+        view = PopulationSamples([pixels if s.src == INPUT else spikes[s.src] for s in syns], trace[name])
+        if pop.kind == "gate":
+            q = quantize_population(pop, syns, fg.input_levels, None)
+        else:
+            q, _ = choose_scale(pop, syns, fg.input_levels, CandidateScorer(pop, syns, view, 1 << 62), fixed=None,
+                                candidates=DEFAULT_CANDIDATES)
+            sampled = CandidateScorer(pop, syns, view, score_macs)
+            fast, _ = choose_scale(pop, syns, fg.input_levels, sampled, fixed=None, candidates=DEFAULT_CANDIDATES)
+            out.append((name, q.population.vth, fast.population.vth, sampled.rows, sampled.total_rows))
+        spikes[name] = measure(q.population, q.synapses, view, keep_spikes=True).spikes
+    return out
+
+
+def test_the_sampled_score_chooses_the_exact_scale():
+    """Where the exact drive error is computable, the sampled score (here on 1/9 to 8/9 of the rows
+    of each population) picks the very scale the exact one picks, in every population."""
+    choices = sampled_and_exact_choices(score_macs=1 << 20)
+    assert len(choices) == 7 and all(rows < total for _, _, _, rows, total in choices)  # all sampled
+    assert [(name, exact) for name, exact, _, _, _ in choices] == [(name, fast) for name, _, fast, _, _ in choices]
+
+
+def test_the_choice_comparison_can_fail():
+    """The comparison above detects a scorer that chooses differently: at a budget far too small (a few
+    rows per population) the sampled choice leaves the exact one in some population."""
+    choices = sampled_and_exact_choices(score_macs=1 << 14)
+    assert any(exact != fast for _, exact, fast, _, _ in choices)
+
+
+def test_chunks_of_images_change_nothing(monkeypatch):
+    """The float trace and the exact pass in chunks of one image: the same spikes, errors, choices."""
+    import calibration.drive as drive
+    cfg = CASES["spiking-resnet-84"]
+    graph = export_nir(firing_model(cfg, seed=5))
+    pixels = random_pixels(3, cfg, seed=6)
+    whole = calibrate_nir(graph, pixels)
+    monkeypatch.setattr(drive, "CHUNK_NEURON_STEPS", 1)
+    assert drive.image_chunks(3, 10) == [(0, 1), (1, 2), (2, 3)]
+    chunked = calibrate_nir(graph, pixels)
+    assert chunked.spec.vth_mant == whole.spec.vth_mant
+    for name, e in whole.report["populations"].items():
+        c = chunked.report["populations"][name]
+        assert c["spike_mismatch"] == e["spike_mismatch"]
+        assert c["current_rmse_vth"] == pytest.approx(e["current_rmse_vth"], rel=1e-6)  # float32 convolutions
