@@ -173,17 +173,18 @@ def random_config(arch: str, width: float, input_size: int = 32, timesteps: int 
 
 def random_network_graph(arch: str, width: float, *, input_size: int = 32, timesteps: int = 4, seed: int = 0,
                          calib_samples: int = 16):
-    """``(cfg, scheduled integer graph)`` of an untrained ``firing_model`` network, calibrated on
-    ``calib_samples`` random images."""
+    """``(cfg, integer graph)`` of an untrained ``firing_model`` network, calibrated on
+    ``calib_samples`` random images and mapped onto Loihi 2's cores as ``xoresnet-export`` maps it
+    (:func:`deploy.pipeline.map_to_cores`: scheduled, fan-in splits built, core plan)."""
     from calibration.quantize import calibrate_nir
     from xoresnet.nir.export import export_nir
-    from calibration.schedule import schedule
+    from deploy.pipeline import map_to_cores
 
     firing_model, random_pixels = import_test_helpers()
     cfg = random_config(arch, width, input_size, timesteps)
     model = firing_model(cfg, seed)
     cal = calibrate_nir(export_nir(model), random_pixels(calib_samples, cfg, seed + 1))
-    return cfg, schedule(cal.graph)
+    return cfg, map_to_cores(cal.graph, "loihi2").graph
 
 
 def random_inputs(cfg, n: int, seed: int):
@@ -192,10 +193,9 @@ def random_inputs(cfg, n: int, seed: int):
 
 
 def digits_graph(path: Path = DIGITS_QAT, calib_samples: int = 64):
-    """``(cfg, scheduled integer graph, test pixels [N, 1, 8, 8])`` of the bundled digits model, as
-    ``xoresnet-export`` builds it (a QAT checkpoint keeps its trained scales)."""
-    from deploy.pipeline import calibrate_checkpoint, calibration_pixels
-    from calibration.schedule import schedule
+    """``(cfg, integer graph, test pixels [N, 1, 8, 8])`` of the bundled digits model, as
+    ``xoresnet-export`` builds it (a QAT checkpoint keeps its trained scales; mapped onto the cores)."""
+    from deploy.pipeline import calibrate_checkpoint, calibration_pixels, map_to_cores
     from xoresnet.checkpoint import load_model
     from xoresnet.data import load_dataset
 
@@ -203,4 +203,4 @@ def digits_graph(path: Path = DIGITS_QAT, calib_samples: int = 64):
     dataset = ckpt.meta.get("dataset", "digits")
     cal = calibrate_checkpoint(model, ckpt, calibration_pixels(dataset, None, calib_samples))
     test = load_dataset(dataset, "test")
-    return model.config, schedule(cal.graph), test.pixels
+    return model.config, map_to_cores(cal.graph, "loihi2").graph, test.pixels

@@ -5,7 +5,10 @@ of ``xoresnet-export``'s architecture check (:func:`deploy.pipeline.architecture
 graph, architecture graph at 8-bit weights, scheduling, connectivity, design rules and packing;
 the NIR export before it timed apart) and of the packing alone (:func:`hw_targets.packing.pack`),
 and what they find: cores, chips of 120 cores, the smallest system that fits, the lower bound
-(per layer ``max(neurons / 4096, distinct-weight SynMem / 12000)``), the ratio, fan-in splits.
+(per layer ``max(neurons / 4096, distinct-weight SynMem / 12000)``), the ratio, fan-in splits, and
+the core plan (populations cut into channel parts, Lava processes); beside them the cores and ratio
+of the same graph packed without channel partitions (``pack(..., partition=False)``: every
+population one process, as before the core plan).
 
 The networks are untrained with every batch-norm scale set to 1 (a zero-initialised batch norm
 would make a conv kernel all zero, which the checks would rightly cost at 1 bit); nothing here
@@ -42,9 +45,9 @@ def model_of(arch: str, size: int):
 def measure(arch: str, size: int) -> dict:
     from calibration.architecture import architecture_graph
     from calibration.float_graph import nir_to_float_graph
+    from deploy.lava_graph import describe_lava_network
     from xoresnet.nir.export import export_nir
-    from deploy.pipeline import architecture_check
-    from calibration.schedule import schedule
+    from deploy.pipeline import architecture_check, map_to_cores
     from hw_targets import get_target
     from hw_targets.packing import pack
 
@@ -55,16 +58,22 @@ def measure(arch: str, size: int) -> dict:
     t1 = time.perf_counter()
     check = architecture_check(nir_graph, target)
     t2 = time.perf_counter()
-    graph = schedule(architecture_graph(nir_to_float_graph(nir_graph)))
+    graph = map_to_cores(architecture_graph(nir_to_float_graph(nir_graph)), target).graph
     t3 = time.perf_counter()
     pack(graph, target.systems)
     t4 = time.perf_counter()
+    whole = pack(graph, target.systems, partition=False)
     p = check.drc.packing
+    counts = describe_lava_network(graph)["counts"]
     return {"arch": arch, "input_size": size, "neurons": int(sum(x.size for x in graph.populations.values())),
             "nir_export_s": round(t1 - t0, 2), "architecture_check_s": round(t2 - t1, 2), "pack_s": round(t4 - t3, 2),
             "passed": check.passed, "cores": p.num_cores, "chips": p.chips, "system": p.smallest_system,
             "lower_bound": round(p.lower_bound, 1), "ratio": round(p.bound_ratio, 3),
-            "fan_in_splits": [{"layer": s.layer, "parts": len(s.parts), "cores": s.cores} for s in p.splits]}
+            "cores_unpartitioned": whole.num_cores, "ratio_unpartitioned": round(whole.bound_ratio, 3),
+            "cut_populations": p.plan.cut_populations, "populations": len(graph.populations),
+            "lava_processes": counts["processes"], "population_processes": counts["population_processes"],
+            "fan_in_splits": [{"layer": s.layer, "parts": len(s.parts), "cores": s.cores, "built": s.built}
+                              for s in p.splits]}
 
 
 def main() -> None:
@@ -78,18 +87,21 @@ def main() -> None:
         print(machine_line(machine))
         print(f"load at start: {machine['uptime_start']}")
         print("| model | input | neurons | NIR export | architecture check | packing | cores | chips | system | "
-              "lower bound | ratio | fan-in splits |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "lower bound | ratio | unpartitioned: cores, ratio | cut populations | Lava processes | fan-in splits |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for arch in args.archs.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
             r = measure(arch, size)
             rows.append(r)
             if not args.json:
-                splits = "; ".join(f"{s['layer']}: {s['parts']} parts, {s['cores']} cores" for s in r["fan_in_splits"])
+                splits = "; ".join(f"{s['layer']}: {s['parts']} parts, {s['cores']} cores"
+                                   + ("" if s["built"] else " (not built)") for s in r["fan_in_splits"])
                 print(f"| {arch} | {size} px | {r['neurons']:,} | {r['nir_export_s']:.1f} s | "
                       f"{r['architecture_check_s']:.1f} s | {r['pack_s']:.2f} s | {r['cores']:,} | {r['chips']} | "
-                      f"{r['system']} | {r['lower_bound']:,.1f} | {r['ratio']:.2f} | {splits or '-'} |", flush=True)
+                      f"{r['system']} | {r['lower_bound']:,.1f} | {r['ratio']:.2f} | {r['cores_unpartitioned']:,}, "
+                      f"{r['ratio_unpartitioned']:.2f} | {r['cut_populations']} of {r['populations']} | "
+                      f"{r['lava_processes']:,} | {splits or '-'} |", flush=True)
     emit_json({"machine": finish_machine_info(machine), "rows": rows}, args.json)
 
 

@@ -19,10 +19,13 @@ times the three exactly as the CLI calls them and reports, per network:
 * the parity verdict and its coverage (populations that spiked, spikes compared).
 
 Networks: ``firing_model`` networks (untrained, trained-like firing rates, random images) of
-``--archs`` at ``--width``. They are built by calibration + scheduling directly (no design-rule
-check: at width 1.0 today's rules refuse them), calibrated on ``--calib-samples`` random images
-(default 4: calibration takes minutes at width 1.0 and parity does not depend on which images
-calibrated the scales); building is never timed, and ``--cache DIR`` keeps the graphs between runs.
+``--archs`` at ``--width``, calibrated on ``--calib-samples`` random images (default 4: calibration
+takes minutes at width 1.0 and parity does not depend on which images calibrated the scales) and
+mapped onto the cores as ``xoresnet-export`` maps them (:func:`deploy.pipeline.map_to_cores`: the
+readout of XOResNet-50/101 is fan-in split, every population cut as the core plan says); building
+is never timed, and ``--cache DIR`` keeps the graphs between runs. ``--plan whole`` drops the core
+plan (one Lava process per population, as before channel partitions): the cost of the partition
+in Lava processes and time, measured side by side.
 
 Also (``--conv-table``): one step of one 3x3 convolution (stride 1, padding 1, 20% binary input) of
 XOResNet-18's stage shapes at 32x32 (64 channels at 32x32, 128 at 16x16, 256 at 8x8, 512 at 4x4), as
@@ -113,7 +116,7 @@ def network(arch: str, args) -> tuple:
     cfg = benchlib.random_config(arch, args.width, args.input_size, args.timesteps)
     pixels = benchlib.random_inputs(cfg, args.samples, args.seed + 3)
     path = Path(args.cache) / (f"{arch}-w{args.width:g}-{args.input_size}px-T{args.timesteps}-calib"
-                               f"{args.calib_samples}-seed{args.seed}.h5") if args.cache else None
+                               f"{args.calib_samples}-seed{args.seed}-mapped.h5") if args.cache else None
     if path is not None and path.exists():
         return cfg, load_integer_graph(path), pixels, path
     cfg, graph = benchlib.random_network_graph(arch, args.width, input_size=args.input_size, timesteps=args.timesteps,
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--models", default="xoresnet", choices=("xoresnet", "lava"),
                    help="Lava process models: ours where we have one, or Intel's only")
     p.add_argument("--cache", help="folder keeping the built integer graphs between runs")
+    p.add_argument("--plan", default="packer", help="core plan: the packer's (channel parts, as the export), 'whole' "
+                   "(one Lava process per population), or both, comma-separated (side by side in each round)")
     p.add_argument("--conv-table", action=argparse.BooleanOptionalAction, default=True,
                    help="time one step of Intel's Conv arithmetic and of ours at 64/128/256/512 channels")
     p.add_argument("--conv-calls", type=int, default=10, help="calls per contender in the conv table")
@@ -178,21 +183,31 @@ def main(argv: list[str] | None = None) -> dict:
             desc = (f"{arch} width {args.width:g}, {args.input_size}x{args.input_size}x3, T={args.timesteps}, random "
                     f"images, calibrated on {args.calib_samples} random images")
             label = f"{arch}-w{args.width:g}"
-        counts = describe_lava_network(graph, args.models)["counts"]
-        steps = graph.stream_steps(int(pixels.shape[0]))
-        nets.append(dict(label=label, arch=arch or cfg.arch, desc=desc, graph=None if path else graph, path=path,
-                         pixels=pixels, counts=counts, steps=steps,
-                         t={"lava_wall": [], "reference_stream": [], "check_parity": [], "total": []},
-                         phases=[], cpu=[], parity=[], coverage=None, models=None))
-        log(f"setup {label}: {desc}; {counts['populations']} populations ({counts['relays']} relays), "
-            f"{counts['neurons']} neurons, {counts['processes']} Lava processes, {counts['connections']} connections, "
-            f"{steps} steps; {time.perf_counter() - t0:.1f} s (untimed)")
+        for plan in args.plan.split(","):
+            if plan not in ("packer", "whole"):
+                p.error(f"--plan: unknown plan {plan!r} (packer, whole)")
+            kept = graph.core_plan
+            if plan == "whole":
+                graph.core_plan = None
+            counts = describe_lava_network(graph, args.models)["counts"]
+            graph.core_plan = kept
+            steps = graph.stream_steps(int(pixels.shape[0]))
+            name = label + ("" if plan == "packer" else "-whole")
+            nets.append(dict(label=name, arch=arch or cfg.arch, desc=desc, graph=None if path else graph, path=path,
+                             plan=plan, core_plan=None if plan == "whole" else graph.core_plan, pixels=pixels, counts=counts, steps=steps,
+                             t={"lava_wall": [], "reference_stream": [], "check_parity": [], "total": []},
+                             phases=[], cpu=[], parity=[], coverage=None, models=None))
+            log(f"setup {name}: {desc}; core plan {plan}; {counts['populations']} populations ({counts['relays']} "
+                f"relays, {counts['partial_sums']} partial sums), {counts['neurons']} neurons, {counts['processes']} "
+                f"Lava processes ({counts['population_processes']} for populations), {counts['connections']} "
+                f"connections, {steps} steps; {time.perf_counter() - t0:.1f} s (untimed)")
 
     from calibration.integer_graph import load_integer_graph
 
     for r in range(args.repeats):
         for n in nets:  # a cached graph is read again each time: one network's arrays in memory at a time
             g = n["graph"] or load_integer_graph(n["path"])
+            g.core_plan = n["core_plan"]
             sim = ReferenceSimulator(g)
             t0 = time.perf_counter()
             ref = sim.run_stream(n["pixels"].unsqueeze(0))
@@ -231,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         results[n["label"]] = {
             "description": n["desc"], "arch": n["arch"], "samples": N, "steps": n["steps"],
             "processes": c["processes"], "connections": c["connections"], "populations": c["populations"],
-            "relays": c["relays"], "neurons": c["neurons"], "by_class": c["by_class"],
+            "relays": c["relays"], "partial_sums": c["partial_sums"], "neurons": c["neurons"],
+            "population_processes": c["population_processes"], "core_plan": n["plan"], "by_class": c["by_class"],
             "seconds": t, "lava_phases_s": phases, "lava_cpu_s_by_class": cpu,
             "parity_s_per_image": per_image, "target_s_per_image": target,
             "target_met": None if target is None else per_image <= target,
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"machine": machine,
               "config": {"samples": args.samples, "repeats": args.repeats, "width": args.width, "models": args.models,
                          "input_size": args.input_size, "timesteps": args.timesteps,
-                         "calib_samples": args.calib_samples, "seed": args.seed},
+                         "calib_samples": args.calib_samples, "seed": args.seed, "plan": args.plan},
               "conv_table": convs, "results": results, "growth": growth}
     if benchlib.emit_json(result, args.json):
         return result

@@ -213,11 +213,16 @@ def synapse_current(syn, x: torch.Tensor, weight: torch.Tensor, shape: Optional[
                     ) -> torch.Tensor:
     """Integer output (a-units, ``[N, ...]``; int64, or int32 when every value is below 2^23 in
     magnitude) of the integer-graph synapse ``syn`` (its ``kind``,
-    ``graded``, ``weight_exp``, ``stride``, ``padding``, ``groups``) with ``weight`` (``syn.weight``
-    as a tensor on ``x``'s device) for source values ``x [N, *source_shape]``: pixels for a graded
-    synapse, else spikes (any non-zero value counts 1, as Lava's binary ``num_message_bits = 0``).
-    Dense outputs are ``[N, n_out]``, or ``[N, *shape]`` when the target's ``shape`` is given."""
+    ``graded``, ``weight_exp``, ``stride``, ``padding``, ``groups``, ``src_channels``) with ``weight``
+    (``syn.weight`` as a tensor on ``x``'s device) for source values ``x [N, *source_shape]``:
+    payloads for a graded synapse (pixels, partial sums), else spikes (any non-zero value counts 1,
+    as Lava's binary ``num_message_bits = 0``); a synapse with ``src_channels = (a, b)`` reads
+    ``x[:, a:b]``. Dense outputs are ``[N, n_out]``, or ``[N, *shape]`` when the target's ``shape``
+    is given."""
     x = x if syn.graded or x.dtype == torch.bool else (x != 0)
+    channels = getattr(syn, "src_channels", None)
+    if channels is not None:
+        x = x[:, int(channels[0]):int(channels[1])]
     if syn.kind == "conv":
         return conv_current(x, weight, stride=syn.stride, padding=syn.padding, groups=syn.groups)
     if syn.kind == "dense":

@@ -7,16 +7,23 @@ an 8-bit graded **input** and read out on the host. Every number is a Loihi regi
 * population: ``du``, ``dv`` (12-bit, effective current decay ``du + 1``), ``vth`` (17-bit
   mantissa, compared as ``vth << 6``), per-neuron ``bias_mant`` (13-bit) and ``bias_exp`` (0..7);
   ``kind`` is ``neuron`` (a trained CUBA LIF), ``gate`` (memoryless spike logic: du = dv = 4095,
-  no bias) or ``relay`` (a gate that copies its single input, inserted to delay a branch);
+  no bias), ``relay`` (a gate that copies its single input, inserted to delay a branch) or
+  ``partial_sum`` (a fan-in split part, Lava's ``GradedVec`` with ``vth = 0``: it sends its summed
+  integer input, unchanged, as a graded spike in the step it arrives; no state, registers unused);
 * synapse: integer ``weight`` (conv: ``[C_out, C_in / groups, kH, kW]`` in PyTorch layout;
   dense: ``[N_out, N_in]`` over the source flattened in PyTorch ``(C, H, W)`` order; identity:
   one weight per element, shaped like the population), ``weight_exp`` (dense/identity only: the
-  summed input is shifted by it), ``graded`` (8-bit payloads instead of binary spikes),
-  ``delay`` (extra steps on top of the one-step synapse hop) and ``model_delay`` (steps the model
-  itself delays the synapse, a NIR ``Delay``: part of its meaning, also in zero-delay timing;
-  ``delay`` includes it once scheduled);
+  summed input is shifted by it), ``graded`` (payloads instead of binary spikes: the 8-bit
+  pixels from the input, the 24-bit partial sums from a ``partial_sum`` population), ``delay``
+  (extra steps on top of the one-step synapse hop), ``model_delay`` (steps the model itself
+  delays the synapse, a NIR ``Delay``: part of its meaning, also in zero-delay timing; ``delay``
+  includes it once scheduled) and ``src_channels`` (``(start, stop)``: the synapse reads only
+  that range of its source's first axis, channels of a ``(C, H, W)`` source, and its weight is
+  shaped for that range; a fan-in split part);
 * readout: synapses with ``dst == "readout"`` produce per-step integer logits on the host, to which
-  ``readout_bias`` is added; the prediction is the argmax of their sum over the timesteps.
+  ``readout_bias`` is added; the prediction is the argmax of their sum over the timesteps;
+* ``core_plan``: how each population is cut into Lava processes (:mod:`calibration.core_plan`;
+  set by the packer, read by the Lava lowering, ignored by the reference).
 
 Shapes use PyTorch's ``(C, H, W)`` order; the Lava lowering converts to Lava's ``(X, Y, C)``.
 Timing fields (``latency``, ``delay``, ``reset_interval``) are set by
@@ -40,12 +47,13 @@ import numpy as np
 from xoresnet.errors import RangeError, UnsupportedModelError
 
 from . import loihi2_limits as lim
+from .core_plan import CorePlan, check_plan
 
 GRAPH_FORMAT = "xoresnet-loihi-integer-graph"
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2  # 2: partial_sum populations, src_channels, core_plan
 INPUT = "input"
 READOUT = "readout"
-POPULATION_KINDS = ("neuron", "gate", "relay")
+POPULATION_KINDS = ("neuron", "gate", "relay", "partial_sum")
 SYNAPSE_KINDS = ("conv", "dense", "identity")
 
 
@@ -87,6 +95,7 @@ class Synapse:
     graded: bool = False
     delay: int = 0
     model_delay: int = 0
+    src_channels: Optional[tuple[int, int]] = None
 
     @property
     def sign_mode(self) -> str:
@@ -105,6 +114,7 @@ class IntegerGraph:
     readout_scale: float  # readout integer units per float logit unit
     reset_interval: int = 0  # P: stream steps per sample (0 until scheduled)
     meta: dict[str, Any] = field(default_factory=dict)
+    core_plan: Optional[CorePlan] = None
 
     # ------------------------------------------------------------------ structure
     def incoming(self, dst: str) -> list[Synapse]:
@@ -127,6 +137,21 @@ class IntegerGraph:
 
     def source_shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.input_shape) if name == INPUT else self.populations[name].shape
+
+    def read_shape(self, s: Synapse) -> tuple[int, ...]:
+        """The shape synapse ``s`` reads: its source's, cut to ``src_channels`` along the first axis."""
+        shape = tuple(self.source_shape(s.src))
+        if s.src_channels is None:
+            return shape
+        a, b = s.src_channels
+        return (int(b) - int(a),) + shape[1:]
+
+    def message_bits(self, s: Synapse) -> int:
+        """``num_message_bits`` of synapse ``s``: 0 (binary spikes), the 8-bit pixels from the input,
+        or the 24-bit graded payload from a ``partial_sum`` population."""
+        if not s.graded:
+            return 0
+        return lim.MESSAGE_BITS_GRADED if s.src == INPUT else lim.GRADED_PAYLOAD.value
 
     def delays(self) -> list[dict[str, Any]]:
         """The inserted synaptic delays and relay populations (for the artifacts)."""
@@ -172,6 +197,8 @@ class IntegerGraph:
             in_range(f"population {p.name}: vth", p.vth, *lim.VTH_RANGE)
             in_range(f"population {p.name}: bias_mant", p.bias_mant, *lim.BIAS_MANT_RANGE)
             in_range(f"population {p.name}: bias_exp", p.bias_exp, *lim.BIAS_EXP_RANGE)
+            if p.kind == "partial_sum" and p.has_bias:
+                raise UnsupportedModelError(f"population {p.name}: a partial sum (GradedVec) has no bias")
         for s in self.synapses:
             if s.kind not in SYNAPSE_KINDS:
                 raise UnsupportedModelError(f"synapse {s.name}: unknown kind {s.kind!r}")
@@ -193,6 +220,17 @@ class IntegerGraph:
             in_range(f"synapse {s.name}: model_delay", s.model_delay, 0, 1 << 16)
             if s.delay and s.kind == "conv":
                 raise RangeError(f"synapse {s.name}: Lava's Conv has no synaptic delay (delay {s.delay})")
+            if s.src_channels is not None:
+                a, b = (int(x) for x in s.src_channels)
+                if not 0 <= a < b <= self.source_shape(s.src)[0]:
+                    raise UnsupportedModelError(f"synapse {s.name}: src_channels {(a, b)} is not a range of "
+                                                f"{s.src}'s first axis")
+            partial = s.src != INPUT and self.populations[s.src].kind == "partial_sum"
+            if partial != (s.graded and s.src != INPUT):
+                raise UnsupportedModelError(f"synapse {s.name}: " + (
+                    "a synapse from a partial sum must be graded (24-bit payloads)" if partial else
+                    "a graded synapse must come from the input or a partial sum, not from a spiking population"))
+        check_plan(self, self.core_plan)
 
     # ------------------------------------------------------------------ summary
     def describe(self) -> dict[str, Any]:
@@ -201,6 +239,7 @@ class IntegerGraph:
             "neurons": int(sum(p.size for p in self.populations.values())),
             "synapses": len(self.synapses),
             "relays": sum(p.kind == "relay" for p in self.populations.values()),
+            "partial_sums": sum(p.kind == "partial_sum" for p in self.populations.values()),
             "delayed_synapses": sum(1 for s in self.synapses if s.delay),
             "reset_interval": self.reset_interval,
             "timesteps": self.timesteps,
@@ -231,6 +270,7 @@ class StreamWindows:
         out = {}
         for p in graph.populations.values():
             s = self.spikes[p.name]
+            s = s != 0 if p.kind == "partial_sum" else s  # messages: nonzero payloads
             out[p.name] = [int(s[start:start + self.timesteps].sum())
                            for start in (self.step_index(n, 0, p.latency) for n in range(self.samples))]
         return out
@@ -250,7 +290,8 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
         f.attrs.update(format=GRAPH_FORMAT, version=GRAPH_VERSION, input_shape=np.array(graph.input_shape),
                        input_levels=graph.input_levels, timesteps=graph.timesteps,
                        reset_interval=graph.reset_interval, readout_scale=graph.readout_scale,
-                       meta=json.dumps(graph.meta, sort_keys=True), order=json.dumps(list(graph.populations)))
+                       meta=json.dumps(graph.meta, sort_keys=True), order=json.dumps(list(graph.populations)),
+                       core_plan=json.dumps(graph.core_plan.to_dict() if graph.core_plan else None))
         f.create_dataset("readout_bias", data=graph.readout_bias.astype(np.int64))
         pops = f.create_group("populations")
         for p in graph.populations.values():
@@ -264,7 +305,8 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
             g = syns.create_group(f"{i:05d}")
             g.attrs.update(name=s.name, src=s.src, dst=s.dst, kind=s.kind, weight_exp=s.weight_exp,
                            stride=np.array(s.stride), padding=np.array(s.padding), groups=s.groups,
-                           graded=s.graded, delay=s.delay, model_delay=s.model_delay)
+                           graded=s.graded, delay=s.delay, model_delay=s.model_delay,
+                           src_channels=np.array(s.src_channels if s.src_channels is not None else (-1, -1)))
             g.create_dataset("weight", data=_compact(s.weight), compression="gzip")
 
 
@@ -292,14 +334,18 @@ def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
         for key in sorted(f["synapses"]):
             g = f["synapses"][key]
             a = g.attrs
+            channels = tuple(int(x) for x in a["src_channels"]) if "src_channels" in a else (-1, -1)
             synapses.append(Synapse(
                 name=str(a["name"]), src=str(a["src"]), dst=str(a["dst"]), kind=str(a["kind"]),
                 weight=g["weight"][()].astype(np.int64), weight_exp=int(a["weight_exp"]),
                 stride=tuple(int(x) for x in a["stride"]), padding=tuple(int(x) for x in a["padding"]),
                 groups=int(a["groups"]), graded=bool(a["graded"]), delay=int(a["delay"]),
-                model_delay=int(a.get("model_delay", 0))))
+                model_delay=int(a.get("model_delay", 0)),
+                src_channels=None if channels == (-1, -1) else channels))
+        plan = json.loads(f.attrs["core_plan"]) if "core_plan" in f.attrs else None
         return IntegerGraph(
             input_shape=tuple(int(x) for x in f.attrs["input_shape"]), input_levels=int(f.attrs["input_levels"]),
             timesteps=int(f.attrs["timesteps"]), populations=populations, synapses=synapses,
             readout_bias=f["readout_bias"][()].astype(np.int64), readout_scale=float(f.attrs["readout_scale"]),
-            reset_interval=int(f.attrs["reset_interval"]), meta=json.loads(f.attrs["meta"]))
+            reset_interval=int(f.attrs["reset_interval"]), meta=json.loads(f.attrs["meta"]),
+            core_plan=CorePlan.from_dict(plan) if plan is not None else None)

@@ -38,7 +38,8 @@ from calibration.readout import readout_time_weights, scores
 
 @dataclass
 class ZeroDelayResult:
-    """``spikes[p]``: bool ``[T, B, *shape]``; ``logits``: int64 ``[T, B, K]`` (readout bias included).
+    """``spikes[p]``: bool ``[T, B, *shape]`` (a ``partial_sum`` population: its int64 payloads);
+    ``logits``: int64 ``[T, B, K]`` (readout bias included).
 
     ``u``/``v``: post-step current and post-reset voltage per population when recorded.
     """
@@ -56,7 +57,8 @@ class ZeroDelayResult:
 
 @dataclass
 class StreamResult(StreamWindows):
-    """Loihi timing. ``spikes[p]``: bool ``[S, B, *shape]`` for stream steps 1..S;
+    """Loihi timing. ``spikes[p]``: bool ``[S, B, *shape]`` for stream steps 1..S (a ``partial_sum``
+    population: its int64 payloads);
     ``readout``: int64 ``[S, B, K]``, the readout synapses' output at each step (no bias)."""
 
     spikes: dict[str, torch.Tensor]
@@ -122,6 +124,9 @@ class ReferenceSimulator:
             syns = self.incoming[p.name]
             sources = [x if s.src == INPUT else spikes[s.src] for s in syns]
             a = fx.zero_delay_current(syns, [self.weights[s.name] for s in syns], sources, p.shape, T, B, self.device)
+            if p.kind == "partial_sum":  # GradedVec: its summed input, sent unchanged
+                spikes[p.name] = a.to(torch.int64)
+                continue
             s_seq, u_seq, v_seq = fx.integrate(a, du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth,
                                                record_state=record_state)
             spikes[p.name] = s_seq
@@ -243,6 +248,9 @@ class ReferenceSimulator:
                 a = delivered(syn, a if a is None or len(syns) <= 255 else a.to(torch.int64), p.shape)
             if a is None:
                 a = torch.zeros((S, B) + p.shape, dtype=torch.int64, device=dev)
+            if p.kind == "partial_sum":  # GradedVec: its summed input, sent in the step it arrives
+                spikes[p.name] = a.to(torch.int64)
+                continue
             spikes[p.name], u, v = self._integrate_windows(p, a, record_state)
             if record_state:
                 us[p.name], vs[p.name] = u, v

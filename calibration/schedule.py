@@ -15,7 +15,11 @@ A delay rides on the synapse itself when it is a dense or identity (Sparse) syna
 copied through **relay** populations (identity synapse into a LIF with ``vth = 0``,
 ``du = dv = 4095``: it fires exactly when its input did), the relay synapse carrying the delay;
 delays over 62 chain several relays. Relays are shared between synapses that need the same source
-delayed by the same amount. The readout is balanced the same way.
+delayed by the same amount. The readout is balanced the same way. A fan-in split
+(:mod:`calibration.fan_in`) needs nothing special: its partial sums are populations one step
+after their sources, so the layer they feed comes one step later and its other inputs and
+consumers are delayed to match (a partial sum's graded payload rides on an identity synapse and
+its delay; it cannot pass a relay).
 
 The reset interval ``P`` (stream steps per sample) is the smallest power of two >= ``T``: Loihi 2
 hardware resets ``LIFReset`` only at power-of-two intervals, and the simulator runs the same graph.
@@ -56,8 +60,9 @@ def schedule(graph: IntegerGraph, reset_interval: Optional[int] = None) -> Integ
             return src
         if (src, d) in relays:
             return relays[(src, d)]
-        if src == INPUT:
-            raise UnsupportedModelError("the graded input would need a delay, which relays (binary spikes) cannot give")
+        if src == INPUT or g.populations[src].kind == "partial_sum":
+            raise UnsupportedModelError(f"{'the graded input' if src == INPUT else 'partial sum ' + src} would need a "
+                                        f"delay of {d} steps, which relays (binary spikes) cannot give")
         hop = min(d, fx.DELAY_MAX + 1)  # one relay hop covers 1..63 steps
         prev = delayed_source(src, d - hop, block)
         shape = g.source_shape(src)

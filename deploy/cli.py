@@ -570,10 +570,11 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     """Stages 2-7 for the loihi2 and lava-sim targets; ``source``: :class:`CheckpointSource` or
     :class:`NirSource`; ``test``: the whole test split; ``calib_pixels``: ``--calib-data`` (or None: the
     training split)."""
+    from calibration.fan_in import split_layers
     from calibration.integer_graph import save_integer_graph
-    from deploy.lava_graph import describe_lava_network
-    from deploy.pipeline import (analyse, architecture_check, calibration_pixels, lava_parity, map_graph, report_of,
-                                 timed_graph)
+    from deploy.lava_graph import describe_lava_network, population_parts
+    from deploy.pipeline import analyse, architecture_check, calibration_pixels, lava_parity, map_to_cores, report_of
+    from hw_targets.design_rules import require_design_rules
     from hw_targets.report import REPORT_HTML, REPORT_JSON, write_report
     from xoresnet.data import IntImageDataset
 
@@ -598,14 +599,15 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     say("[3/8] calibrating to Loihi 2 integers"
         + (" (scales from quantization-aware training)" if quant else f" on {len(calib_pixels)} images"))
     calibration = source.calibrate(calib_pixels)
-    graph = timed_graph(calibration)
+    mapping = map_to_cores(calibration.graph, target, system=args.system)  # scheduled, fan-in splits, core plan
+    graph = mapping.graph
     save_integer_graph(graph, artifacts.path(GRAPH_FILE))
     artifacts.write_json(CALIBRATION_FILE, {"spec": calibration.spec.to_dict(), "report": calibration.report})
     artifacts.write_json(LAVA_GRAPH_FILE, describe_lava_network(graph))
     say(f"[4/8] design rules and packing for {target.name} with the calibrated weights")
-    mapped = map_graph(graph, target, system=args.system)
+    require_design_rules(mapping.drc)
     say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
-    analysis = analyse(graph, mapped, eval_set.pixels, eval_set.labels, float_accuracy=baseline["accuracy"],
+    analysis = analyse(graph, mapping, eval_set.pixels, eval_set.labels, float_accuracy=baseline["accuracy"],
                        energy_table=energy_table, progress=progress)
     drc, stats, energy = analysis.drc, analysis.stats, analysis.energy
     parity_pixels = test.pixels[: args.parity_samples]
@@ -642,6 +644,9 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     manifest["verdict"] = {
         "parity": "passed", "parity_samples": parity.samples, "neuron_steps_compared": parity.neuron_steps_compared,
         "coverage": coverage, "lava_process_models": lava.process_models,
+        "core_plan": {"cut_populations": graph.core_plan.cut_populations if graph.core_plan else 0,
+                      "lava_population_processes": sum(len(parts) for parts in population_parts(graph).values()),
+                      "fan_in_splits": sorted(split_layers(graph))},
         "predictions_equal": parity.predictions_equal,
         "nir_check": "passed" if nir_check.get("applicable", True) else "not applicable (NIR input)",
         "design_rules": "passed", "dispatch_allowed": True,

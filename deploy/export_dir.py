@@ -432,12 +432,16 @@ def pixels_sha256(pixels) -> str:
 
 def stream_sha256(result) -> str:
     """SHA-256 of a Loihi-timed run (:class:`calibration.reference.StreamResult` of one stream): every population's
-    spikes at every step, by name, then the readout. parity.json records it for the integer reference."""
+    spikes at every step, by name (a partial sum's payloads as little-endian int64), then the readout.
+    parity.json records it for the integer reference."""
     h = hashlib.sha256()
     for name in sorted(result.spikes):
         spikes = np.asarray(result.spikes[name].cpu() if hasattr(result.spikes[name], "cpu") else result.spikes[name])
         h.update(f"{name}:{spikes.shape}".encode())
-        h.update(np.packbits(spikes.astype(bool).reshape(-1)).tobytes())
+        if spikes.dtype == bool:
+            h.update(np.packbits(spikes.reshape(-1)).tobytes())
+        else:
+            h.update(np.ascontiguousarray(spikes, dtype="<i8").tobytes())
     readout = result.readout.cpu() if hasattr(result.readout, "cpu") else result.readout
     h.update(np.ascontiguousarray(np.asarray(readout), dtype="<i8").tobytes())
     return h.hexdigest()
@@ -601,6 +605,8 @@ def graph_difference(a, b) -> Optional[str]:
     for name in ("input_shape", "input_levels", "timesteps", "reset_interval", "readout_scale", "readout_bias"):
         if differs(getattr(a, name), getattr(b, name)):
             return name
+    if (a.core_plan and a.core_plan.to_dict()) != (b.core_plan and b.core_plan.to_dict()):
+        return "the core plan"
     if list(a.populations) != list(b.populations):
         return "the populations (names or order)"
     for p, q in zip(a.populations.values(), b.populations.values()):
@@ -623,8 +629,9 @@ def reverify_export(export_dir: Path, cert: Certificate, model, ckpt, calib_pixe
 
     1. ``ckpt`` is the checkpoint the certificate names (its SHA-256);
     2. ``calib_pixels`` are the calibration images the manifest records (their SHA-256);
-    3. calibrating ``model`` on them and scheduling gives exactly the folder's ``integer_graph.h5``
-       (:func:`graph_difference`: every register, weight and delay);
+    3. calibrating ``model`` on them and mapping it onto the target's cores (scheduling, fan-in splits, core
+       plan: :func:`deploy.pipeline.map_to_cores`) gives exactly the folder's ``integer_graph.h5``
+       (:func:`graph_difference`: every register, weight, delay and part);
     4. Lava (``Loihi2SimCfg('fixed_pt')``) run on that graph with ``pixels`` equals the integer reference bit
        for bit (:func:`deploy.parity.check_parity`), and the reference's run is the one ``parity.json``
        records.
@@ -632,8 +639,7 @@ def reverify_export(export_dir: Path, cert: Certificate, model, ckpt, calib_pixe
     ``timeout``: seconds for the Lava run (:class:`~xoresnet.errors.LavaRunError`, exit 6, beyond)."""
     from deploy.lava_run import run_lava
     from deploy.parity import check_parity
-    from deploy.pipeline import calibrate_checkpoint
-    from calibration.schedule import schedule
+    from deploy.pipeline import calibrate_checkpoint, map_to_cores
 
     manifest, parity, graph = cert
     where = Path(export_dir) / MANIFEST_FILE
@@ -645,7 +651,8 @@ def reverify_export(export_dir: Path, cert: Certificate, model, ckpt, calib_pixe
           "--reverify: the calibration images are not those the export used (pass the same --calib-data, or none "
           "if it used the training split)")
     model.config = model.config.replace(timesteps=graph.timesteps)
-    derived = schedule(calibrate_checkpoint(model, ckpt, calib_pixels).graph)
+    derived = map_to_cores(calibrate_checkpoint(model, ckpt, calib_pixels).graph, None).graph  # the plan and
+    # splits depend on the per-core budgets only, not on the target or system
     difference = graph_difference(derived, graph)
     _need(difference is None, f"--reverify: {Path(export_dir) / GRAPH_FILE} is not the integer graph of {ckpt.path} "
                               f"(first difference: {difference})")

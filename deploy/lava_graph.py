@@ -8,7 +8,10 @@ configuration pins each to a process model (:func:`model_table`: ours from
 integer graph                    Lava (lava-nc 0.10.0, ``Loihi2SimCfg(select_tag="fixed_pt")``)
 ===============================  ===========================================================
 ``Population``                   ``lif.process.LIFReset(shape, du, dv, vth, bias_mant, bias_exp,
-                                 reset_interval=P, reset_offset=(1 + latency) % P)``
+                                 reset_interval=P, reset_offset=(1 + latency) % P)``, one per
+                                 part of its ``core_plan`` cut (:func:`population_parts`)
+``partial_sum`` population       ``graded.process.GradedVec(shape, vth=0)`` per part: sends its
+                                 summed input as a 24-bit graded spike (a fan-in split part)
 ``conv`` synapse                 ``conv.process.Conv`` (true convolution, kernel flipped,
                                  ``(C_out, kX, kY, C_in/groups)``; no weight_exp, no delay)
 ``identity`` synapse             ``sparse.process.Sparse`` with a diagonal CSR matrix
@@ -16,12 +19,18 @@ integer graph                    Lava (lava-nc 0.10.0, ``Loihi2SimCfg(select_tag
                                  ``src.s_out.flatten() -> s_in``, ``a_out.reshape(dst) -> a_in``
 ``dense`` synapse                ``dense.process.Dense`` (``DelayDense`` if delayed), columns
                                  (and rows, into a population) permuted to Lava flatten order
+synapse between cut populations  one process per block of its weights between a source part
+                                 and a destination part (:func:`synapse_blocks`), summed at the
+                                 destination part's InPort in the same step; ``src_channels``:
+                                 only the source parts in that range
+graded synapse                   ``num_message_bits`` 8 from the input, 24 from a partial sum
 readout synapses                 all ``Dense`` a_outs into ONE ``Extractor`` (InPorts sum):
                                  the per-step integer logits, without ``readout_bias``
 input                            ``io.source.RingBuffer`` ``(W, H, C, S)`` int32 holding the
                                  whole stream (sample ``n``'s pixels at steps ``n*P + 1 ..
                                  n*P + T``, zeros otherwise), graded (8-bit) into its synapses
-recording                        one ``io.extractor.Extractor`` per population ``s_out``
+recording                        one ``io.extractor.Extractor`` per population part's ``s_out``
+                                 (spikes; a partial sum's payloads), parts put back together
 ===============================  ===========================================================
 
 Layout: our shapes are PyTorch ``(C, H, W)``; Lava's conv-shaped ports are ``(X=W, Y=H, C)``, so
@@ -48,12 +57,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from calibration import ranges
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
 from xoresnet.errors import UnsupportedModelError
 
-#: num_message_bits of a synapse that carries graded (8-bit payload) spikes.
-GRADED_MESSAGE_BITS = ranges.MESSAGE_BITS_GRADED
 #: Name of the process that records the readout (in descriptions and results).
 READOUT_PROBE = "readout"
 #: Intel's ProcessModel for each process class: what ``Loihi2SimCfg(select_tag="fixed_pt")`` selects
@@ -66,10 +72,13 @@ FIXED_PT_MODELS = {
     "DelaySparse": "lava.proc.sparse.models.PyDelaySparseModelBitAcc",
     "Dense": "lava.proc.dense.models.PyDenseModelBitAcc",
     "DelayDense": "lava.proc.dense.models.PyDelayDenseModelBitAcc",
+    "GradedVec": "lava.proc.graded.models.PyGradedVecModelFixed",
     "Extractor": "lava.proc.io.extractor.PyLoihiExtractorModel",
 }
 #: Model-table key of the readout probe (an ``Extractor`` that records integer sums, not spikes).
 READOUT_PROBE_KEY = "Extractor:readout"
+#: Model-table key of a partial sum's probe (an ``Extractor`` that records graded payloads).
+VALUES_PROBE_KEY = "Extractor:values"
 #: Our process models (:mod:`deploy.lava_models`): the same values as Intel's, computed fast or sent
 #: narrow (``tests/test_lava_models.py`` proves each equal to the Intel model it replaces).
 XORESNET_MODELS = {
@@ -79,17 +88,20 @@ XORESNET_MODELS = {
     "DelaySparse": "deploy.lava_models.sparse.PyDelaySparseModelFast",
     "Extractor": "deploy.lava_models.extractor.PyExtractorModelSpikes",
     READOUT_PROBE_KEY: "deploy.lava_models.extractor.PyExtractorModelReadout",
+    VALUES_PROBE_KEY: "deploy.lava_models.extractor.PyExtractorModelReadout",
 }
 #: Model sets a Lava run can use: ``xoresnet`` (default): ours where we have one, Intel's
 #: elsewhere; ``lava``: Intel's fixed_pt models as lava-nc ships them. Keys: process class names,
-#: and :data:`READOUT_PROBE_KEY` for the readout probe.
-_INTEL = {**FIXED_PT_MODELS, READOUT_PROBE_KEY: FIXED_PT_MODELS["Extractor"]}
+#: :data:`READOUT_PROBE_KEY` for the readout probe and :data:`VALUES_PROBE_KEY` for partial sums' probes.
+_INTEL = {**FIXED_PT_MODELS, READOUT_PROBE_KEY: FIXED_PT_MODELS["Extractor"],
+          VALUES_PROBE_KEY: FIXED_PT_MODELS["Extractor"]}
 MODEL_SETS = {"xoresnet": {**_INTEL, **XORESNET_MODELS}, "lava": _INTEL}
 #: The module of each process class.
 PROCESS_MODULES = {"RingBuffer": "lava.proc.io.source", "LIFReset": "lava.proc.lif.process",
                    "Conv": "lava.proc.conv.process", "Sparse": "lava.proc.sparse.process",
                    "DelaySparse": "lava.proc.sparse.process", "Dense": "lava.proc.dense.process",
-                   "DelayDense": "lava.proc.dense.process", "Extractor": "lava.proc.io.extractor"}
+                   "DelayDense": "lava.proc.dense.process", "GradedVec": "lava.proc.graded.process",
+                   "Extractor": "lava.proc.io.extractor"}
 
 
 def model_table(models: str = "xoresnet", overrides: Optional[dict[str, str]] = None) -> dict[str, str]:
@@ -208,83 +220,248 @@ def proc_name(kind: str, name: str) -> str:
     return f"{kind}:{name}"
 
 
-def _dense_weights(graph: IntegerGraph, syn: Synapse, weight: np.ndarray) -> np.ndarray:
-    """A dense weight matrix with columns (source) and rows (destination population) permuted to
-    Lava flatten order."""
-    w = np.asarray(weight)[:, lava_flat_order(graph.source_shape(syn.src))]
-    if syn.dst != READOUT:
-        w = w[lava_flat_order(graph.populations[syn.dst].shape), :]
-    return w
+@dataclass(frozen=True)
+class PopPart:
+    """One process of a population: part ``index`` of its :class:`~calibration.core_plan.CorePlan`
+    cut, ``channels`` ``(start, stop)`` along the population's first axis, ``shape`` in PyTorch
+    layout; ``name`` the process name (``pop:<population>``, ``pop:<population>#<index>`` when cut)."""
+
+    population: str
+    index: int
+    channels: tuple[int, int]
+    shape: tuple[int, ...]
+    name: str
 
 
-def _synapse_spec(graph: IntegerGraph, syn: Synapse) -> ProcSpec:
-    src_shape = graph.source_shape(syn.src)
-    bits = GRADED_MESSAGE_BITS if syn.graded else 0
-    w = np.asarray(syn.weight)
-    common = dict(graph_kind=syn.kind, src=syn.src, dst=syn.dst, weight_shape=list(w.shape),
-                  sign_mode=syn.sign_mode, num_message_bits=bits, delay=int(syn.delay), graded=bool(syn.graded))
+def population_parts(graph: IntegerGraph) -> dict[str, list[PopPart]]:
+    """Every population's processes, cut as ``graph.core_plan`` says (one part when it says nothing)."""
+    out = {}
+    plan = graph.core_plan
+    for p in graph.populations.values():
+        ranges = plan.ranges(p.name, p.shape[0]) if plan is not None else [(0, p.shape[0])]
+        out[p.name] = [PopPart(p.name, i, (a, b), (b - a,) + tuple(p.shape[1:]),
+                               proc_name("pop", p.name) + (f"#{i}" if len(ranges) > 1 else ""))
+                       for i, (a, b) in enumerate(ranges)]
+    return out
+
+
+@dataclass(frozen=True)
+class SynBlock:
+    """One process of a synapse: the block of its weights from source part ``src`` (``src_channels``
+    of the source) to destination part ``dst`` (``dst_channels``); ``name`` the process name
+    (``syn:<synapse>``, ``syn:<synapse>#<src>.<dst>`` when the synapse has several blocks)."""
+
+    synapse: str
+    src: int
+    dst: int
+    src_channels: tuple[int, int]
+    dst_channels: tuple[int, int]
+    name: str
+
+
+def _source_parts(graph: IntegerGraph, syn: Synapse, parts: dict[str, list[PopPart]]) -> list[PopPart]:
+    """The source parts ``syn`` reads (whole: its ``src_channels`` cut the source at part ends)."""
+    if syn.src == INPUT:
+        shape = tuple(graph.input_shape)
+        return [PopPart(INPUT, 0, (0, shape[0]), shape, proc_name("in", INPUT))]
+    lo, hi = syn.src_channels if syn.src_channels is not None else (0, graph.source_shape(syn.src)[0])
+    out = [p for p in parts[syn.src] if p.channels[0] < hi and lo < p.channels[1]]
+    if out[0].channels[0] != lo or out[-1].channels[1] != hi:
+        raise UnsupportedModelError(f"synapse {syn.name} reads channels {(lo, hi)} of {syn.src}, which the core plan "
+                                    "does not cut there")
+    return out
+
+
+def synapse_blocks(graph: IntegerGraph, syn: Synapse, parts: dict[str, list[PopPart]]) -> list[SynBlock]:
+    """The processes of ``syn`` between the parts of its source and destination
+    (:mod:`calibration.core_plan`): every (source part, destination part) pair of a conv (groups 1)
+    or dense synapse, the aligned pairs of a grouped conv (its destination is cut as its source),
+    the pairs whose channels overlap of an identity synapse."""
+    srcs = _source_parts(graph, syn, parts)
+    k = graph.num_classes
+    dsts = [PopPart(READOUT, 0, (0, k), (k,), "")] if syn.dst == READOUT else parts[syn.dst]
+    r0 = syn.src_channels[0] if syn.src_channels is not None else 0
+    pairs = []
+    for s in srcs:
+        a, b = s.channels[0] - r0, s.channels[1] - r0  # in the synapse's input channels
+        for d in dsts:
+            c, e = d.channels
+            if syn.kind == "identity":
+                keep = max(a, c) < min(b, e)
+            elif syn.kind == "conv" and int(syn.groups) > 1:
+                ipg, opg = int(np.shape(syn.weight)[1]), int(np.shape(syn.weight)[0]) // int(syn.groups)
+                keep = (a * opg, b * opg) == (c * ipg, e * ipg)
+                if max(a * opg, c * ipg) < min(b * opg, e * ipg) and not keep:
+                    raise UnsupportedModelError(f"grouped conv {syn.name}: the core plan cuts {syn.dst} unlike {syn.src}")
+            else:
+                keep = True
+            if keep:
+                pairs.append((s, d))
+    many = len(pairs) > 1
+    return [SynBlock(syn.name, s.index, d.index, s.channels, d.channels,
+                     proc_name("syn", syn.name) + (f"#{s.index}.{d.index}" if many else "")) for s, d in pairs]
+
+
+def _lava_index(shape: tuple[int, ...]) -> np.ndarray:
+    """``index[t]`` = Lava flat index of the element at PyTorch flat index ``t`` (inverse of
+    :func:`lava_flat_order`)."""
+    order = lava_flat_order(shape)
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.size)
+    return inv
+
+
+def block_weights(graph: IntegerGraph, syn: Synapse, block: SynBlock, w: np.ndarray):
+    """The weights of ``block`` of ``syn`` (``w``: its weights, PyTorch layout) in Lava layout: a conv
+    kernel ``(C_out, kX, kY, C_in/groups)`` int32 and its groups; a dense matrix with rows and
+    columns in the parts' Lava flatten order; an identity block as ``(CSR matrix, CSR delays or
+    None)`` between the parts' flat vectors."""
+    import scipy.sparse as sp
+
+    r0 = syn.src_channels[0] if syn.src_channels is not None else 0
+    a, b = block.src_channels[0] - r0, block.src_channels[1] - r0
+    c, e = block.dst_channels
+    read = graph.read_shape(syn)
+    src_shape = (b - a,) + tuple(read[1:])
+    dst_shape = (e - c,) + (tuple(graph.populations[syn.dst].shape[1:]) if syn.dst != READOUT else ())
+    if syn.kind == "conv":
+        if int(syn.groups) > 1:
+            opg = w.shape[0] // int(syn.groups)
+            return conv_weight_to_lava(w[c:e]).astype(np.int32), (e - c) // opg
+        return conv_weight_to_lava(w[c:e, a:b]).astype(np.int32), 1
+    if syn.kind == "dense":
+        per_src = int(np.prod(read[1:])) if len(read) > 1 else 1
+        m = w.reshape(w.shape[0], -1)[:, a * per_src:b * per_src][:, lava_flat_order(src_shape)]
+        if syn.dst != READOUT:
+            per_dst = int(np.prod(dst_shape[1:])) if len(dst_shape) > 1 else 1
+            m = m[c * per_dst:e * per_dst][lava_flat_order(dst_shape)]
+        return np.ascontiguousarray(m).astype(np.int32)
+    # identity: element (k, ...) of the read range feeds element (k, ...) of the destination
+    lo, hi = max(a, c), min(b, e)
+    per = int(np.prod(read[1:])) if len(read) > 1 else 1
+    flat = np.arange(lo * per, hi * per)  # PyTorch flat index in the read range / in the destination
+    values = np.asarray(w).reshape(-1)[flat]
+    keep = values != 0
+    rows = _lava_index(dst_shape)[flat[keep] - c * per]
+    cols = _lava_index(src_shape)[flat[keep] - a * per]
+    n_dst, n_src = int(np.prod(dst_shape)), int(np.prod(src_shape))
+    weights = sp.csr_matrix((values[keep].astype(np.int32), (rows, cols)), shape=(n_dst, n_src))
+    # delays: int64 CSR with the weights' sparsity (a scalar delay makes Lava build a dense n x n matrix)
+    delays = sp.csr_matrix((np.full(int(keep.sum()), int(syn.delay), dtype=np.int64), (rows, cols)),
+                           shape=(n_dst, n_src)) if syn.delay else None
+    return weights, delays
+
+
+def _synapse_class(syn: Synapse) -> str:
     if syn.kind == "conv":
         if syn.delay:
             raise UnsupportedModelError(f"synapse {syn.name}: Lava's Conv has no delay (delay {syn.delay})")
         if syn.dst == READOUT:
             raise UnsupportedModelError(f"synapse {syn.name}: a conv readout is not supported (use a dense readout)")
-        params = dict(common, lava_weight_shape=[int(w.shape[0]), int(w.shape[3]), int(w.shape[2]), int(w.shape[1])],
-                      input_shape=list(lava_shape(src_shape)), stride=list(xy(syn.stride)),
-                      padding=list(xy(syn.padding)), groups=int(syn.groups), weight_exp=0)
-        if syn.weight_exp:
-            params["ignored_weight_exp"] = int(syn.weight_exp)
-        shape = lava_shape(graph.populations[syn.dst].shape)
-        return ProcSpec(proc_name("syn", syn.name), "synapse", "Conv", shape, params, syn.name)
+        return "Conv"
     if syn.kind == "identity":
-        n = int(np.prod(src_shape))
-        params = dict(common, matrix=[n, n], nonzero=int(np.count_nonzero(w)), weight_exp=int(syn.weight_exp))
-        return ProcSpec(proc_name("syn", syn.name), "synapse", "DelaySparse" if syn.delay else "Sparse", (n,),
-                        params, syn.name)
+        return "DelaySparse" if syn.delay else "Sparse"
     if syn.kind == "dense":
-        params = dict(common, matrix=[int(w.shape[0]), int(w.shape[1])], weight_exp=int(syn.weight_exp))
-        return ProcSpec(proc_name("syn", syn.name), "synapse", "DelayDense" if syn.delay else "Dense",
-                        (int(w.shape[0]),), params, syn.name)
+        return "DelayDense" if syn.delay else "Dense"
     raise UnsupportedModelError(f"synapse {syn.name}: unknown kind {syn.kind!r}")
 
 
+def _block_spec(graph: IntegerGraph, syn: Synapse, block: SynBlock, nblocks: int) -> ProcSpec:
+    cls = _synapse_class(syn)
+    r0 = syn.src_channels[0] if syn.src_channels is not None else 0
+    src_shape = (block.src_channels[1] - block.src_channels[0],) + tuple(graph.read_shape(syn)[1:])
+    dst_shape = (graph.num_classes,) if syn.dst == READOUT else \
+        (block.dst_channels[1] - block.dst_channels[0],) + tuple(graph.populations[syn.dst].shape[1:])
+    w = np.asarray(syn.weight)
+    params = dict(graph_kind=syn.kind, src=syn.src, dst=syn.dst, weight_shape=list(w.shape), sign_mode=syn.sign_mode,
+                  num_message_bits=graph.message_bits(syn), delay=int(syn.delay), graded=bool(syn.graded))
+    if syn.src_channels is not None:
+        params["src_channels"] = list(syn.src_channels)
+    if nblocks > 1:
+        params.update(block=[block.src, block.dst], block_src_channels=list(block.src_channels),
+                      block_dst_channels=list(block.dst_channels))
+    if cls == "Conv":
+        groups = int(syn.groups)
+        if groups > 1:
+            groups = (block.dst_channels[1] - block.dst_channels[0]) // (w.shape[0] // groups)
+        params.update(lava_weight_shape=[dst_shape[0], int(w.shape[3]), int(w.shape[2]),
+                                         src_shape[0] // groups if groups > 1 else src_shape[0]],
+                      input_shape=list(lava_shape(src_shape)), stride=list(xy(syn.stride)),
+                      padding=list(xy(syn.padding)), groups=groups, weight_exp=0)
+        if syn.weight_exp:
+            params["ignored_weight_exp"] = int(syn.weight_exp)
+        return ProcSpec(block.name, "synapse", cls, lava_shape(dst_shape), params, syn.name)
+    n_src, n_dst = int(np.prod(src_shape)), int(np.prod(dst_shape))
+    params.update(matrix=[n_dst, n_src], weight_exp=int(syn.weight_exp))
+    if syn.kind == "identity":
+        lo, hi = max(block.src_channels[0] - r0, block.dst_channels[0]), min(block.src_channels[1] - r0,
+                                                                              block.dst_channels[1])
+        per = n_src // src_shape[0]
+        params["nonzero"] = int(np.count_nonzero(w.reshape(-1)[lo * per:hi * per]))
+    return ProcSpec(block.name, "synapse", cls, (n_dst,), params, syn.name)
+
+
+def _probe_key(graph: IntegerGraph, population: str) -> str:
+    """Model-table key of a population's probe: values (:data:`VALUES_PROBE_KEY`) for a partial sum."""
+    return VALUES_PROBE_KEY if graph.populations[population].kind == "partial_sum" else "Extractor"
+
+
 def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
-    """Every Lava process and connection of the lowered graph, as plain data (no Lava import)."""
+    """Every Lava process and connection of the lowered graph, as plain data (no Lava import): one
+    process per population part and per synapse block (:func:`population_parts`,
+    :func:`synapse_blocks`), one probe per population part."""
     if not graph.scheduled:
         raise ValueError("the Lava lowering needs a scheduled graph (calibration.schedule.schedule)")
+    from calibration.core_plan import check_plan
+
+    check_plan(graph, graph.core_plan)
     P = graph.reset_interval
     procs: list[ProcSpec] = [ProcSpec(proc_name("in", INPUT), "input", "RingBuffer",
                                       lava_shape(graph.input_shape), dict(dtype="int32", graded=True))]
     conns: list[ConnSpec] = []
-    out_of = {INPUT: procs[0].name}
+    parts = population_parts(graph)
     for p in graph.populations.values():
-        spec = ProcSpec(proc_name("pop", p.name), "population", "LIFReset", lava_shape(p.shape), dict(
-            du=int(p.du), dv=int(p.dv), vth=int(p.vth), reset_interval=int(P), reset_offset=int((1 + p.latency) % P),
-            latency=int(p.latency), kind=p.kind, op=p.op, block=p.block, has_bias=p.has_bias,
-            bias_exp_range=[int(np.min(p.bias_exp)), int(np.max(p.bias_exp))] if p.size else [0, 0]), p.name)
-        procs.append(spec)
-        out_of[p.name] = spec.name
+        for part in parts[p.name]:
+            bias = p.bias_exp[part.channels[0]:part.channels[1]]
+            common = dict(latency=int(p.latency), kind=p.kind, op=p.op, block=p.block)
+            if len(parts[p.name]) > 1:
+                common.update(part=part.index, channels=list(part.channels))
+            if p.kind == "partial_sum":
+                procs.append(ProcSpec(part.name, "population", "GradedVec", lava_shape(part.shape),
+                                      dict(vth=0, exp=0, **common), p.name))
+                continue
+            procs.append(ProcSpec(part.name, "population", "LIFReset", lava_shape(part.shape), dict(
+                du=int(p.du), dv=int(p.dv), vth=int(p.vth), reset_interval=int(P),
+                reset_offset=int((1 + p.latency) % P), has_bias=p.has_bias,
+                bias_exp_range=[int(np.min(bias)), int(np.max(bias))] if bias.size else [0, 0], **common), p.name))
     readout_probe = None
     if graph.readout:
         readout_probe = ProcSpec(proc_name("probe", READOUT_PROBE), "probe", "Extractor", (graph.num_classes,),
                                  dict(records="readout a_out sum (no readout_bias)"), READOUT)
     for syn in graph.synapses:
-        spec = _synapse_spec(graph, syn)
-        procs.append(spec)
-        src_shape = graph.source_shape(syn.src)
-        flat_in = syn.kind in ("identity", "dense") and len(src_shape) != 1
-        conns.append(ConnSpec(out_of[syn.src], "s_out", spec.name, "s_in", "flatten" if flat_in else None))
-        if syn.dst == READOUT:
-            conns.append(ConnSpec(spec.name, "a_out", readout_probe.name, "in_port", None))
-        else:
-            dst_shape = graph.populations[syn.dst].shape
-            reshape = syn.kind in ("identity", "dense") and len(dst_shape) != 1
-            conns.append(ConnSpec(spec.name, "a_out", out_of[syn.dst], "a_in",
-                                  f"reshape{lava_shape(dst_shape)}" if reshape else None))
+        blocks = synapse_blocks(graph, syn, parts)
+        srcs = {s.index: s for s in _source_parts(graph, syn, parts)}
+        for block in blocks:
+            spec = _block_spec(graph, syn, block, len(blocks))
+            procs.append(spec)
+            src = srcs[block.src]
+            flat_in = syn.kind in ("identity", "dense") and len(src.shape) != 1
+            conns.append(ConnSpec(src.name, "s_out", spec.name, "s_in", "flatten" if flat_in else None))
+            if syn.dst == READOUT:
+                conns.append(ConnSpec(spec.name, "a_out", readout_probe.name, "in_port", None))
+            else:
+                dst = parts[syn.dst][block.dst]
+                reshape = syn.kind in ("identity", "dense") and len(dst.shape) != 1
+                conns.append(ConnSpec(spec.name, "a_out", dst.name, "a_in",
+                                      f"reshape{lava_shape(dst.shape)}" if reshape else None))
     for p in graph.populations.values():
-        probe = ProcSpec(proc_name("probe", p.name), "probe", "Extractor", lava_shape(p.shape),
-                         dict(records="s_out"), p.name)
-        procs.append(probe)
-        conns.append(ConnSpec(out_of[p.name], "s_out", probe.name, "in_port", None))
+        values = p.kind == "partial_sum"
+        for part in parts[p.name]:
+            probe = ProcSpec(proc_name("probe", part.name.split(":", 1)[1]), "probe", "Extractor",
+                             lava_shape(part.shape), dict(records="payloads" if values else "s_out",
+                                                          model_key=_probe_key(graph, p.name)), p.name)
+            procs.append(probe)
+            conns.append(ConnSpec(part.name, "s_out", probe.name, "in_port", None))
     if readout_probe is not None:
         procs.append(readout_probe)
     return procs, conns
@@ -298,7 +475,9 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
     counts: dict[str, int] = {}
     for p in procs:
         counts[p.cls] = counts.get(p.cls, 0) + 1
-    keys = sorted(counts) + ([READOUT_PROBE_KEY] if graph.readout else [])
+    keys = sorted(counts) + ([READOUT_PROBE_KEY] if graph.readout else []) + (
+        [VALUES_PROBE_KEY] if "GradedVec" in counts else [])
+    plan = graph.core_plan
     return {
         "format": "xoresnet-lava-graph",
         "version": 1,
@@ -311,6 +490,7 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
         "reset_interval": int(graph.reset_interval),
         "timesteps": int(graph.timesteps),
         "readout_latency": int(graph.readout_latency()) if graph.readout else None,
+        "core_plan": {"method": plan.method, "cut_populations": plan.cut_populations} if plan is not None else None,
         "processes": [{"name": p.name, "role": p.role, "class": p.cls, "shape": list(p.shape),
                        "lowers": p.source, "params": p.params} for p in procs],
         "connections": [{"src": f"{c.src}.{c.src_port}", "dst": f"{c.dst}.{c.dst_port}",
@@ -318,7 +498,10 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
         "delays": graph.delays(),
         "counts": {"processes": len(procs), "connections": len(conns), "by_class": counts,
                    "populations": len(graph.populations), "synapses": len(graph.synapses),
+                   "population_processes": sum(p.role == "population" for p in procs),
+                   "synapse_processes": sum(p.role == "synapse" for p in procs),
                    "relays": sum(p.kind == "relay" for p in graph.populations.values()),
+                   "partial_sums": sum(p.kind == "partial_sum" for p in graph.populations.values()),
                    "delayed_synapses": sum(1 for s in graph.synapses if s.delay),
                    "neurons": int(sum(p.size for p in graph.populations.values()))},
     }
@@ -328,15 +511,16 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
 
 @dataclass
 class LavaNetwork:
-    """The instantiated Lava processes. ``probes[p]`` records population ``p``'s spikes,
-    ``readout_probe`` the summed readout synapse outputs."""
+    """The instantiated Lava processes. ``neurons[p]``, ``probes[p]``: the processes of population
+    ``p``'s parts, in order (one for an uncut population); ``synapses[s]``: the blocks of synapse
+    ``s``; ``readout_probe`` records the summed readout synapse outputs."""
 
     graph: IntegerGraph
     steps: int
     source: Any
-    neurons: dict[str, Any]
-    synapses: dict[str, Any]
-    probes: dict[str, Any]
+    neurons: dict[str, list]
+    synapses: dict[str, list]
+    probes: dict[str, list]
     readout_probe: Any
     plan: list[ProcSpec]
 
@@ -347,7 +531,9 @@ class LavaNetwork:
 
     def processes(self) -> list:
         """Every Lava process of the network."""
-        procs = [self.source, *self.neurons.values(), *self.synapses.values(), *self.probes.values()]
+        procs = [self.source]
+        for group in (self.neurons, self.synapses, self.probes):
+            procs += [p for ps in group.values() for p in ps]
         return procs + ([self.readout_probe] if self.readout_probe is not None else [])
 
     def run_config(self, models: str = "xoresnet", overrides: Optional[dict[str, str]] = None):
@@ -364,23 +550,32 @@ class LavaNetwork:
 
         chosen = process_models(models, overrides)
         pinned: dict = {proc_cls: model for key, (proc_cls, model) in chosen.items() if ":" not in key}
+        values = {id(p) for name, ps in self.probes.items() for p in ps
+                  if self.graph.populations[name].kind == "partial_sum"}
         for proc in self.processes():
-            key = READOUT_PROBE_KEY if proc is self.readout_probe else type(proc).__name__
+            key = READOUT_PROBE_KEY if proc is self.readout_probe else \
+                VALUES_PROBE_KEY if id(proc) in values else type(proc).__name__
             pinned[proc] = chosen[key][1]
         return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=pinned)
 
     def receive(self, steps: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Drain ``steps`` messages from every probe: spikes ``{p: bool [steps, *shape]}`` in PyTorch
-        layout and the readout ``int64 [steps, K]``.
+        layout (a partial sum: its int64 payloads), the parts of a cut population put back together,
+        and the readout ``int64 [steps, K]``.
 
         Reads each probe's channel to the host directly (what ``Extractor.receive()`` does with its
         default blocking FIFO configuration, without the float64 array of zeros it allocates per call)."""
         spikes = {}
-        for name, probe in self.probes.items():
-            port = probe.out_port.external_pipe_csp_recv_port
-            buf = np.stack([port.recv() for _ in range(steps)]) if steps else \
-                np.zeros((0,) + lava_shape(self.graph.populations[name].shape))
-            spikes[name] = from_lava(buf != 0, lead=1)
+        for name, probes in self.probes.items():
+            pop = self.graph.populations[name]
+            parts = []
+            for probe in probes:
+                port = probe.out_port.external_pipe_csp_recv_port
+                buf = np.stack([port.recv() for _ in range(steps)]) if steps else \
+                    np.zeros((0,) + tuple(probe.in_port.shape))
+                parts.append(from_lava(buf, lead=1))
+            whole = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+            spikes[name] = whole.astype(np.int64) if pop.kind == "partial_sum" else whole != 0
         K = self.graph.num_classes
         if self.readout_probe is not None and steps:
             port = self.readout_probe.out_port.external_pipe_csp_recv_port
@@ -426,42 +621,31 @@ def lowered_arrays(graph: IntegerGraph, pixels_stream: np.ndarray, steps: int,
                    perturb: Optional[dict] = None) -> dict[str, Any]:
     """Every array the Lava processes get, in Lava layout (pure numpy, no Lava import), so that
     a malformed graph fails here, before Lava starts: ``input`` ``(W, H, C, S)``,
-    ``bias[p] = (bias_mant, bias_exp)``, ``weights[s]`` (conv kernel, CSR diagonal + delays, or
-    dense matrix)."""
-    import scipy.sparse as sp
-
+    ``bias[process] = (bias_mant, bias_exp)`` per LIF process (a population part),
+    ``weights[process]`` per synapse block (:func:`block_weights`: conv kernel and groups, CSR
+    diagonal block + delays, or dense matrix)."""
     if perturb and perturb.get("synapse") not in {s.name for s in graph.synapses}:
         raise ValueError(f"perturb: no synapse named {perturb.get('synapse')!r}")
     out: dict[str, Any] = {"input": input_stream(graph, pixels_stream, steps), "bias": {}, "weights": {}}
+    parts = population_parts(graph)
     for p in graph.populations.values():
         mant, exp = np.asarray(p.bias_mant, dtype=np.int64), np.asarray(p.bias_exp, dtype=np.int64)
         if mant.shape != tuple(p.shape) or exp.shape != tuple(p.shape):
             raise ValueError(f"population {p.name}: bias arrays {mant.shape}/{exp.shape} do not match {p.shape}")
-        out["bias"][p.name] = (to_lava(mant).astype(np.int32), to_lava(exp).astype(np.int32))
+        for part in parts[p.name]:
+            a, b = part.channels
+            out["bias"][part.name] = (to_lava(mant[a:b]).astype(np.int32), to_lava(exp[a:b]).astype(np.int32))
     for syn in graph.synapses:
         w = _perturbed_weight(syn, perturb)
-        src_shape = graph.source_shape(syn.src)
-        if syn.kind == "conv":
-            out["weights"][syn.name] = conv_weight_to_lava(w).astype(np.int32)
-        elif syn.kind == "identity":
-            if w.shape != tuple(src_shape):
-                raise ValueError(f"synapse {syn.name}: identity weights {w.shape} do not match {src_shape}")
-            n = int(np.prod(src_shape))
-            diag = to_lava(w).ravel()
-            idx = np.flatnonzero(diag)
-            weights = sp.csr_matrix((diag[idx].astype(np.int32), (idx, idx)), shape=(n, n))
-            # delays: int64 CSR with the weights' sparsity (a scalar delay makes Lava build a dense n x n matrix)
-            delays = sp.csr_matrix((np.full(idx.size, int(syn.delay), dtype=np.int64), (idx, idx)), shape=(n, n)) \
-                if syn.delay else None
-            out["weights"][syn.name] = (weights, delays)
-        elif syn.kind == "dense":
-            n_in = int(np.prod(src_shape))
+        read = tuple(graph.read_shape(syn))
+        if syn.kind == "identity" and w.shape != read:
+            raise ValueError(f"synapse {syn.name}: identity weights {w.shape} do not match {read}")
+        if syn.kind == "dense":
             n_out = graph.num_classes if syn.dst == READOUT else graph.populations[syn.dst].size
-            if w.shape != (n_out, n_in):
-                raise ValueError(f"synapse {syn.name}: dense weights {w.shape} are not ({n_out}, {n_in})")
-            out["weights"][syn.name] = _dense_weights(graph, syn, w).astype(np.int32)
-        else:
-            raise UnsupportedModelError(f"synapse {syn.name}: unknown kind {syn.kind!r}")
+            if w.shape != (n_out, int(np.prod(read))):
+                raise ValueError(f"synapse {syn.name}: dense weights {w.shape} are not ({n_out}, {int(np.prod(read))})")
+        for block in synapse_blocks(graph, syn, parts):
+            out["weights"][block.name] = block_weights(graph, syn, block, w)
     return out
 
 
@@ -487,6 +671,7 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
     lava_ready()
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import DelayDense, Dense
+    from lava.proc.graded.process import GradedVec
     from lava.proc.io.extractor import Extractor
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIFReset
@@ -494,56 +679,71 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
 
     source = RingBuffer(data=arrays["input"])
     source.name = proc_name("in", INPUT)  # RingBuffer takes no name argument
-    out_port = {INPUT: source.s_out}
-    neurons: dict[str, Any] = {}
+    parts = population_parts(graph)
+    out_port = {proc_name("in", INPUT): source.s_out}
+    in_port: dict[str, Any] = {}
+    neurons: dict[str, list] = {}
     for p in graph.populations.values():
-        mant, exp = arrays["bias"][p.name]
-        lif = LIFReset(shape=lava_shape(p.shape), du=int(p.du), dv=int(p.dv), vth=int(p.vth), bias_mant=mant,
-                       bias_exp=exp, reset_interval=int(P), reset_offset=int((1 + p.latency) % P),
-                       name=proc_name("pop", p.name))
-        neurons[p.name] = lif
-        out_port[p.name] = lif.s_out
+        neurons[p.name] = []
+        for part in parts[p.name]:
+            if p.kind == "partial_sum":
+                proc = GradedVec(shape=lava_shape(part.shape), vth=0, exp=0)
+                proc.name = part.name  # GradedVec takes no name argument
+            else:
+                mant, exp = arrays["bias"][part.name]
+                proc = LIFReset(shape=lava_shape(part.shape), du=int(p.du), dv=int(p.dv), vth=int(p.vth),
+                                bias_mant=mant, bias_exp=exp, reset_interval=int(P),
+                                reset_offset=int((1 + p.latency) % P), name=part.name)
+            neurons[p.name].append(proc)
+            out_port[part.name], in_port[part.name] = proc.s_out, proc.a_in
 
     readout_probe = Extractor(shape=(graph.num_classes,), buffer_size=depth, name=proc_name("probe", READOUT_PROBE)) \
         if graph.readout else None
-    synapses: dict[str, Any] = {}
+    synapses: dict[str, list] = {}
     for syn in graph.synapses:
-        src_shape = graph.source_shape(syn.src)
-        bits = GRADED_MESSAGE_BITS if syn.graded else 0
-        name = proc_name("syn", syn.name)
+        bits = graph.message_bits(syn)
         extra = {"weight_exp": int(syn.weight_exp)} if syn.weight_exp else {}
-        w = arrays["weights"][syn.name]
-        if syn.kind == "conv":  # Lava's Conv has no weight_exp (validate() refuses a nonzero one)
-            proc = Conv(weight=w, input_shape=lava_shape(src_shape), padding=xy(syn.padding), stride=xy(syn.stride),
-                        groups=int(syn.groups), num_message_bits=bits, name=name)
-        elif syn.kind == "identity":
-            weights, delays = w
-            if syn.delay:
-                proc = DelaySparse(weights=weights, delays=delays, num_message_bits=bits, name=name, **extra)
+        srcs = {s.index: s for s in _source_parts(graph, syn, parts)}
+        synapses[syn.name] = []
+        for block in synapse_blocks(graph, syn, parts):
+            src = srcs[block.src]
+            w = arrays["weights"][block.name]
+            if syn.kind == "conv":  # Lava's Conv has no weight_exp (validate() refuses a nonzero one)
+                kernel, groups = w
+                proc = Conv(weight=kernel, input_shape=lava_shape(src.shape), padding=xy(syn.padding),
+                            stride=xy(syn.stride), groups=int(groups), num_message_bits=bits, name=block.name)
+            elif syn.kind == "identity":
+                weights, delays = w
+                if syn.delay:
+                    proc = DelaySparse(weights=weights, delays=delays, num_message_bits=bits, name=block.name,
+                                       **extra)
+                else:
+                    proc = Sparse(weights=weights, num_message_bits=bits, name=block.name, **extra)
+            elif syn.delay:
+                proc = DelayDense(weights=w, delays=np.full(w.shape, int(syn.delay), dtype=np.int64),
+                                  num_message_bits=bits, name=block.name, **extra)
             else:
-                proc = Sparse(weights=weights, num_message_bits=bits, name=name, **extra)
-        elif syn.delay:
-            proc = DelayDense(weights=w, delays=np.full(w.shape, int(syn.delay), dtype=np.int64),
-                              num_message_bits=bits, name=name, **extra)
-        else:
-            proc = Dense(weights=w, num_message_bits=bits, name=name, **extra)
-        synapses[syn.name] = proc
-        src = out_port[syn.src]
-        if syn.kind in ("identity", "dense") and len(src_shape) != 1:
-            src = src.flatten()
-        src.connect(proc.s_in)
-        if syn.dst == READOUT:
-            proc.a_out.connect(readout_probe.in_port)
-        else:
-            dst_shape = graph.populations[syn.dst].shape
-            a_out = proc.a_out
-            if syn.kind in ("identity", "dense") and len(dst_shape) != 1:
-                a_out = a_out.reshape(lava_shape(dst_shape))
-            a_out.connect(neurons[syn.dst].a_in)
+                proc = Dense(weights=w, num_message_bits=bits, name=block.name, **extra)
+            synapses[syn.name].append(proc)
+            port = out_port[src.name]
+            if syn.kind in ("identity", "dense") and len(src.shape) != 1:
+                port = port.flatten()
+            port.connect(proc.s_in)
+            if syn.dst == READOUT:
+                proc.a_out.connect(readout_probe.in_port)
+            else:
+                dst = parts[syn.dst][block.dst]
+                a_out = proc.a_out
+                if syn.kind in ("identity", "dense") and len(dst.shape) != 1:
+                    a_out = a_out.reshape(lava_shape(dst.shape))
+                a_out.connect(in_port[dst.name])
 
-    probes = {}
+    probes: dict[str, list] = {}
     for p in graph.populations.values():
-        probe = Extractor(shape=lava_shape(p.shape), buffer_size=depth, name=proc_name("probe", p.name))
-        neurons[p.name].s_out.connect(probe.in_port)
-        probes[p.name] = probe
+        probes[p.name] = []
+        for part, proc in zip(parts[p.name], neurons[p.name]):
+            probe = Extractor(shape=lava_shape(part.shape), buffer_size=depth,
+                              name=proc_name("probe", part.name.split(":", 1)[1]))
+            proc.s_out.connect(probe.in_port)
+            probes[p.name].append(probe)
     return LavaNetwork(graph, S, source, neurons, synapses, probes, readout_probe, plan)

@@ -4,6 +4,10 @@
 reference's Loihi-timing stream (:meth:`calibration.reference.ReferenceSimulator.run_stream`, one
 stream, ``B = 1``) on every population, every neuron and every stream step (which covers every
 sample and timestep, and the steps in between), plus the readout values and the predicted classes.
+A population cut into several Lava processes (:mod:`calibration.core_plan`) is compared whole (the
+Lava run puts its parts back together); a fan-in split's partial sums (``partial_sum``
+populations, Lava ``GradedVec``) are compared by their integer payloads, so a fault in one part of
+a split is found at that part before it reaches the layer.
 
 A verdict on a network that never spikes proves little, so the report also says what the
 comparison covered (:func:`parity_coverage`, from the reference's spikes in each sample's window:
@@ -110,6 +114,7 @@ def parity_coverage(graph: IntegerGraph, reference) -> dict[str, Any]:
         fired = None
         for n in range(int(reference.samples)):
             w = reference.window(name, pop.latency, n)[:, 0]  # [T, *shape]
+            w = w != 0 if pop.kind == "partial_sum" else w  # graded spikes: nonzero payloads
             any_t = w.any(0) if w.shape[0] else None
             if any_t is not None:
                 fired = any_t if fired is None else fired | any_t
@@ -208,9 +213,12 @@ def _recent_inputs(graph: IntegerGraph, reference, lava, dst: str, neuron: tuple
     pixels = getattr(lava, "pixels", None)
     out = []
     for syn in graph.incoming(dst):
-        src_shape = graph.source_shape(syn.src)
+        src_shape = graph.read_shape(syn)
         dst_shape = (graph.num_classes,) if dst == READOUT else graph.populations[dst].shape
         idx, region = _receptive_field(syn, src_shape, dst_shape, neuron)
+        if syn.src_channels is not None:  # indices into the read range -> into the whole source
+            idx = (np.asarray(idx[0]) + syn.src_channels[0],) + tuple(idx[1:])
+            src_shape = graph.source_shape(syn.src)
         last = step0 - 1 - syn.delay  # the latest source step that reaches the neuron by step0
         entry: dict[str, Any] = {"synapse": syn.name, "kind": syn.kind, "source": syn.src, "delay": int(syn.delay),
                                  "region": region, "steps": []}
@@ -267,8 +275,9 @@ def check_parity(graph: IntegerGraph, reference, lava, *, recent_steps: int = RE
             problems.append(f"population {name} missing from the {'Lava' if name not in lava.spikes else 'reference'} "
                             f"result")
             continue
-        ref = reference.spikes[name][:S, 0].cpu().numpy().astype(bool)
-        got = np.asarray(lava.spikes[name][:S]).astype(bool)
+        kind = np.int64 if graph.populations[name].kind == "partial_sum" else bool  # payloads / spikes
+        ref = reference.spikes[name][:S, 0].cpu().numpy().astype(kind)
+        got = np.asarray(lava.spikes[name][:S]).astype(kind)
         if ref.shape != got.shape:
             problems.append(f"population {name}: Lava shape {list(got.shape)} vs reference {list(ref.shape)}")
             continue
@@ -294,8 +303,9 @@ def check_parity(graph: IntegerGraph, reference, lava, *, recent_steps: int = RE
     if first is not None:
         step0, _pos, name = first
         pop = graph.populations[name]
-        ref = reference.spikes[name][step0, 0].cpu().numpy().astype(bool)
-        got = np.asarray(lava.spikes[name][step0]).astype(bool)
+        kind = np.int64 if pop.kind == "partial_sum" else bool
+        ref = reference.spikes[name][step0, 0].cpu().numpy().astype(kind)
+        got = np.asarray(lava.spikes[name][step0]).astype(kind)
         neuron = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero((ref != got).ravel())[0]), pop.shape))
         own = [{"step": j + 1, "lava": int(lava.spikes[name][j][neuron]),
                 "reference": int(reference.spikes[name][j, 0][neuron])}

@@ -1,26 +1,6 @@
 """The deployment stages, one function per arrow of the README's diagram, each from one plain artifact to the next.
 
-================================  =========================================================================
-arrow                             stage
-================================  =========================================================================
-checkpoint -> model.nir           :func:`~xoresnet.nir.export.export_nir` (a NIR input is read instead:
-                                  :func:`xoresnet.nir.inputs.load_nir_model`)
-model.nir -> design rules         :func:`architecture_check` (before calibration: a network that cannot fit
-                                  is refused in seconds)
-model.nir -> integer graph        :func:`calibrate_checkpoint` (:func:`~calibration.quantize.calibrate_nir`
-                                  for a NIR input), then :func:`timed_graph` (delay-balanced, Loihi timing)
-integer graph -> cores            :func:`map_graph`: connectivity, design rules and packing with the real
-                                  weights; :func:`analyse`: the integer reference's statistics and energy
-integer graph -> Lava -> parity   :func:`lava_parity`: the reference's Loihi-timed stream, Lava's
-                                  ``Loihi2SimCfg('fixed_pt')`` run of the same graph, compared bit for bit
-all of it -> report.json          :func:`report_of`
-parity -> hardware                :func:`deploy.dispatch.run_on_hardware`
-================================  =========================================================================
-
-The export CLI (:mod:`deploy.cli`), ``xoresnet-eval --integer``, the benchmarks and the tests call these; none
-composes the stages by hand. Only this module, :mod:`deploy.dispatch` and the CLIs import both ``deploy`` and
-``hw_targets`` (the layering of ``pyproject.toml``'s import-linter contracts).
-"""
+================================  =================================================================="""
 
 from __future__ import annotations
 
@@ -28,18 +8,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
-import numpy as np
-
 from calibration.architecture import architecture_graph
+from calibration.fan_in import apply_fan_in_cuts
 from calibration.float_graph import nir_to_float_graph
 from calibration.integer_graph import IntegerGraph
 from calibration.quantize import DEFAULT_CANDIDATES, Calibration, QuantSpec, calibrate_nir
 from calibration.reference import ReferenceSimulator, StreamResult
 from calibration.schedule import schedule
 from hw_targets.base import HwTarget
-from hw_targets.connectivity import connectivity
+from hw_targets.connectivity import SynapseConn, connectivity
 from hw_targets.design_rules import DRCResult, check_design_rules, require_design_rules
 from hw_targets.energy import EnergyTable, estimate_energy
 from hw_targets.report import build_report, model_section
@@ -72,6 +52,36 @@ def calibrate_checkpoint(model: XOResNet, ckpt: Checkpoint, pixels: torch.Tensor
 
 
 @dataclass
+class CoreMapping:
+    """An integer graph mapped onto a target's cores (:func:`map_to_cores`): ``graph`` (scheduled,
+    fan-in splits built, ``core_plan`` set), ``drc`` (its design rules and packing) and ``conns``
+    (its exact connectivity)."""
+
+    graph: IntegerGraph
+    drc: DRCResult
+    conns: dict[str, SynapseConn]
+
+
+def map_to_cores(graph: IntegerGraph, target, *, system: Optional[str] = None) -> CoreMapping:
+    """Map the unscheduled integer ``graph`` onto ``target``'s cores: schedule it and pack it; if a
+    layer's neurons each read more than a core can take, build the fan-in split the packer found
+    (:func:`calibration.fan_in.apply_fan_in_cuts`: partial sums one step later, exact) and schedule
+    and pack again; run the design rules; attach the packer's core plan (how every population is
+    cut into Lava processes) to the graph. Never raises for a design-rule violation
+    (:func:`~hw_targets.design_rules.require_design_rules` does)."""
+    scheduled = schedule(graph)
+    conns = connectivity(scheduled)
+    drc = check_design_rules(scheduled, target, system=system, conns=conns)
+    cuts = [s.cut for s in drc.packing.splits if not s.built]
+    if cuts:
+        scheduled = schedule(apply_fan_in_cuts(graph, cuts))
+        conns = connectivity(scheduled)
+        drc = check_design_rules(scheduled, target, system=system, conns=conns)
+    scheduled.core_plan = drc.packing.plan
+    return CoreMapping(scheduled, drc, conns)
+
+
+@dataclass
 class ArchitectureCheck:
     """The design rules on the architecture alone (:func:`architecture_check`): ``drc`` at the widest
     weights (8 bits, the most calibration gives: the cores reported before calibration), and, only
@@ -90,6 +100,7 @@ class ArchitectureCheck:
         return {"passed": self.passed, "extreme": "widest", "cores": pk.num_cores, "chips": pk.chips,
                 "lower_bound": round(pk.lower_bound, 3), "bound_ratio": round(pk.bound_ratio, 4),
                 "smallest_system": pk.smallest_system, "fan_in_splits": len(pk.splits),
+                "cut_populations": pk.plan.cut_populations,
                 "seconds": round(self.seconds, 2), "violations": [f.message for f in self.drc.violations],
                 "narrowest_cores": self.narrowest.packing.num_cores if self.narrowest else None}
 
@@ -97,8 +108,9 @@ class ArchitectureCheck:
 def architecture_check(nir_graph, target, *, system: Optional[str] = None) -> ArchitectureCheck:
     """Check the design rules of ``target`` on the architecture of ``nir_graph`` before calibration.
 
-    The graph is :func:`calibration.architecture.architecture_graph` of the float graph, scheduled
-    (relays and delays are the calibrated graph's): first with every nonzero weight at 8 bits, the
+    The graph is :func:`calibration.architecture.architecture_graph` of the float graph, mapped
+    (:func:`map_to_cores`: relays, delays and fan-in splits are the calibrated graph's): first with
+    every nonzero weight at 8 bits, the
     most calibration gives, so a pass means every calibration passes the capacity rules; if that
     fails, again at the fewest bits any calibration gives: a failure there is certain and raises
     :class:`~xoresnet.errors.DesignRuleError` (exit code 4) naming the layer, the limit and its
@@ -106,41 +118,16 @@ def architecture_check(nir_graph, target, *, system: Optional[str] = None) -> Ar
     """
     started = time.perf_counter()
     fg = nir_to_float_graph(nir_graph)
-    widest = check_design_rules(schedule(architecture_graph(fg, "widest")), target, system=system)
+    widest = map_to_cores(architecture_graph(fg, "widest"), target, system=system).drc
     narrowest = None
     if not widest.passed:
-        narrowest = check_design_rules(schedule(architecture_graph(fg, "narrowest")), target, system=system)
+        narrowest = map_to_cores(architecture_graph(fg, "narrowest"), target, system=system).drc
         try:
             require_design_rules(narrowest)
         except DesignRuleError as e:
             raise DesignRuleError(f"before calibration, with the fewest weight bits any calibration gives: {e}") \
                 from None
     return ArchitectureCheck(widest, narrowest, time.perf_counter() - started)
-
-
-def timed_graph(calibration: Calibration) -> IntegerGraph:
-    """The calibrated graph in Loihi timing: branches delay-balanced, relays inserted, the reset interval set
-    (:func:`calibration.schedule.schedule`); what ``integer_graph.h5`` holds."""
-    return schedule(calibration.graph)
-
-
-@dataclass
-class Mapped:
-    """The integer graph mapped onto ``target``'s cores (:func:`map_graph`): ``conns`` (per-synapse
-    connectivity), ``drc`` (the design rules, packing and the systems it fits)."""
-
-    conns: dict[str, Any]
-    drc: DRCResult
-
-
-def map_graph(graph: IntegerGraph, target: HwTarget, *, system: Optional[str] = None, require: bool = True) -> Mapped:
-    """Design rules and packing of ``graph`` on ``target`` with its real weights; with ``require`` a violation
-    raises :class:`~xoresnet.errors.DesignRuleError` (exit 4)."""
-    conns = connectivity(graph)
-    drc = check_design_rules(graph, target, system=system, conns=conns)
-    if require:
-        require_design_rules(drc)
-    return Mapped(conns, drc)
 
 
 @dataclass
@@ -156,17 +143,17 @@ class Analysis:
     energy: dict[str, Any]
 
 
-def analyse(graph: IntegerGraph, mapped: Optional[Mapped], pixels: torch.Tensor, labels: Optional[torch.Tensor] = None,
-            *,
+def analyse(graph: IntegerGraph, mapping: Optional[CoreMapping], pixels: torch.Tensor,
+            labels: Optional[torch.Tensor] = None, *,
             float_accuracy: Optional[float] = None, energy_table: Optional[EnergyTable] = None,
             progress: bool = False, batch_size: int = 150, device: str = "cpu") -> Analysis:
-    """One zero-delay integer reference run of ``graph`` (``mapped``: its :func:`map_graph`, or None) over
+    """One zero-delay integer reference run of ``graph`` (``mapping``: its :func:`map_to_cores`, or None) over
     ``pixels [N, C, H, W]`` (accuracy against ``labels``, spike statistics;
     :func:`hw_targets.stats.collect_statistics`) and the energy estimate."""
     stats, accumulator = collect_statistics(graph, pixels, labels, float_accuracy=float_accuracy,
-                                            conns=mapped.conns if mapped else None, progress=progress,
+                                            conns=mapping.conns if mapping else None, progress=progress,
                                             batch_size=batch_size, device=device)
-    return Analysis(mapped.drc if mapped else None, stats, accumulator, estimate_energy(stats, graph, energy_table))
+    return Analysis(mapping.drc if mapping else None, stats, accumulator, estimate_energy(stats, graph, energy_table))
 
 
 @dataclass

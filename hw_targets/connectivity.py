@@ -44,8 +44,21 @@ class SynapseConn:
 
 
 def synapse_connectivity(graph: IntegerGraph, s: Synapse) -> SynapseConn:
-    """The exact fan-in and fan-out of synapse process ``s`` of ``graph`` (module docstring)."""
-    src_shape = tuple(graph.source_shape(s.src))
+    """The exact fan-in and fan-out of synapse process ``s`` of ``graph`` (module docstring); a
+    synapse that reads a channel range of its source (``src_channels``) has no fan-out elsewhere."""
+    conn = _read_connectivity(graph, s)
+    if s.src_channels is None:
+        return conn
+    full = tuple(graph.source_shape(s.src))
+    per = int(np.prod(full[1:])) if len(full) > 1 else 1
+    fan_out = np.zeros(int(np.prod(full)), np.int64)
+    fan_out[s.src_channels[0] * per: s.src_channels[1] * per] = conn.fan_out
+    return SynapseConn(s, full, conn.dst_shape, conn.fan_in, fan_out)
+
+
+def _read_connectivity(graph: IntegerGraph, s: Synapse) -> SynapseConn:
+    """:func:`synapse_connectivity` over what ``s`` reads (its ``src_channels`` range)."""
+    src_shape = tuple(graph.read_shape(s))
     dst_shape = (graph.num_classes,) if s.dst == READOUT else tuple(graph.populations[s.dst].shape)
     nz = np.asarray(s.weight) != 0
     if s.kind == "identity":

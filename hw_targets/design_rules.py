@@ -34,7 +34,7 @@ from xoresnet.errors import DesignRuleError
 
 from .base import HwTarget, System
 from .connectivity import SynapseConn, connectivity
-from .packing import UNIT_BITS, FanInSplit, Packing, Tile, pack, sparse_synapse_bits, weight_bits_of
+from .packing import UNIT_BITS, FanInSplit, Packing, Tile, layer_specs, pack, sparse_synapse_bits, weight_bits_of
 
 #: Layer name of the readout accumulators in tables and packing.
 READOUT_LAYER = READOUT
@@ -113,6 +113,7 @@ class LayerResources:
     core_memory_max: float = 0.0
     lower_bound: float = 0.0  # cores: max(neurons / 4096, distinct-weight SynMem / 12000)
     fan_in_split: bool = False
+    parts: int = 1  # Lava processes (channel parts) of the core plan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,10 +153,11 @@ class DRCResult:
                 "systems_fit": self.systems_fit()}
 
 
-SYNMEM_MODEL = ("estimate (hw_targets.packing, fitted to the lava-loihi logs of YOLO-KP): a conv kernel is stored once "
-                "per core for the output channels on it, 0.75 SynMem units per (input channel, tap) row plus 3.75 bits "
-                "per 8-bit weight and output channel (scaled by the weight bits); a sparse/dense synapse costs its "
-                "weight bits + 12 index bits (+ 6 delay bits), each source row of a core rounded to whole 64-bit units")
+SYNMEM_MODEL = ("estimate (hw_targets.packing, read off the lava-loihi logs of YOLO-KP): a conv kernel is stored once "
+                "per core for the output channels on it, 6 bits per 8-bit weight in (input channel, tap) rows of fewer "
+                "than 64 output channels on the core and 4.125 bits in rows of 64 or more (scaled by the weight bits), no "
+                "row header; a sparse/dense synapse costs its weight bits + 12 index bits (+ 6 delay bits), each source "
+                "row of a core rounded to whole 64-bit units")
 
 
 # ---------------------------------------------------------------------- rules
@@ -306,16 +308,22 @@ def rule_neuron_groups_per_core(ctx: RuleContext) -> list[Finding]:
 
 
 def rule_fan_in_split(ctx: RuleContext) -> list[Finding]:
-    """A layer one of whose neurons overflows a core is split, not refused: a warning per split."""
+    """A layer one of whose neurons overflows a core is split, not refused: a warning per split,
+    built (its partial sums are populations of the graph) or only found (``deploy.pipeline.map_to_cores``
+    builds it)."""
     out = []
     for split in ctx.packing.splits:
-        lim = ctx.limit(split.reason)
+        lim = ctx.limit(split.reason if split.reason in ctx.target.limits else "graded_payload_bits")
+        need = f"one neuron needs {split.need:g} {lim.unit}, more than {lim.name} = {_fmt(lim.value)}: " \
+            if split.reason in ctx.target.limits else ""
+        state = ("built: partial sums relayed by GradedVec, the layer one step later and every other branch delayed"
+                 if split.built else "found and packed, not built in this graph: deploy.pipeline.map_to_cores "
+                 "builds it")
         out.append(ctx.finding(split.layer, lim, split.need,
-                        f"layer {split.layer}: one neuron needs {split.need:g} {lim.unit}, more than {lim.name} = "
-                        f"{_fmt(lim.value)}: fan-in split into {len(split.parts)} partial sums on "
-                        f"{split.partial_cores} cores + {split.sum_cores} summing core(s), {split.payload_bits}-bit "
-                        f"graded partial sums, +{split.extra_latency} step (packed here; the Lava lowering does not "
-                        "build it yet)", warning=True))
+                               f"layer {split.layer}: {need}fan-in split into {len(split.parts)} partial sums on "
+                               f"{split.partial_cores} cores + {split.sum_cores} summing core(s), "
+                               f"{split.payload_bits}-bit graded partial sums, +{split.extra_latency} step ({state})",
+                               warning=True))
     return out
 
 
@@ -359,10 +367,11 @@ def _is_warning(f: Finding, target: HwTarget) -> bool:
     return lim is not None and not lim.enforced
 
 
-def _synapse_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], packing: Packing,
-                       weight_bits: dict[str, int]) -> list[SynapseResources]:
-    specs = {c.synapse: c for ts in packing.tilings.values() for lt in ts for c in lt.spec.conv}
-    points = {p.synapse: p for ts in packing.tilings.values() for lt in ts for p in lt.spec.point}
+def _synapse_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], weight_bits: dict[str, int]
+                       ) -> list[SynapseResources]:
+    whole = layer_specs(graph, weight_bits).values()
+    specs = {c.synapse: c for spec in whole for c in spec.conv}
+    points = {p.synapse: p for spec in whole for p in spec.point}
     out = []
     for s in graph.synapses:
         c = conns[s.name]
@@ -408,7 +417,7 @@ def _layer_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], packing
     split = {sp.layer for sp in packing.splits}
     for name, l in layers.items():
         tiles = [t for lt in packing.tilings[name] for t in lt.tiles]
-        last = packing.tilings[name][-1]
+        main = max(packing.tilings[name], key=lambda lt: lt.cores)  # the part with the most cores
         l.fan_in_max, l.fan_out_max = int(fan_in[name].max(initial=0)), int(fan_out[name].max(initial=0))
         l.cores = l.fragments = len(tiles)
         l.synmem_bits = int(round(sum(t.synmem_units for t in tiles) * UNIT_BITS))
@@ -416,7 +425,8 @@ def _layer_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], packing
         l.axons_out_max = int(round(max((t.routes for t in tiles), default=0.0)))
         l.synmem_units_max = round(max((t.synmem_units for t in tiles), default=0.0), 3)
         l.core_memory_max = round(max((t.core_memory for t in tiles), default=0.0), 4)
-        l.tile = list(last.tile_shape) if last.tile_shape else None
+        l.tile = list(main.tile_shape) if main.tile_shape else None
+        l.parts = len(packing.tilings[name]) if name in packing.plan.populations else 1
         l.lower_bound = round(packing.bounds[name], 4)
         l.fan_in_split = name in split
     return list(layers.values())
@@ -448,7 +458,7 @@ def check_design_rules(graph: IntegerGraph, target: HwTarget | str | None = None
     for f in warnings:
         if not f.warning:  # a violation of a limit the target does not enforce
             f.message = f"would not fit Loihi 2: {f.message}"
-    syn_res = _synapse_resources(graph, conns, packing, bits)
+    syn_res = _synapse_resources(graph, conns, bits)
     layers = _layer_resources(graph, conns, packing, syn_res)
     return DRCResult(target.name, sys_.key if system else None, violations, warnings, layers, syn_res, packing,
                      SYNMEM_MODEL)

@@ -177,21 +177,26 @@ def ann_macs(graph: IntegerGraph) -> dict[str, Any]:
     """
     per: dict[str, int] = {}
     input_macs = 0
+    pops = graph.populations
+    split_into = {s.src: s.dst for s in graph.synapses if s.src in pops and pops[s.src].kind == "partial_sum"}
     for s in graph.synapses:
-        if s.dst == READOUT:
+        if s.src in split_into:
+            continue  # a fan-in split's sum of its partial sums: the layer's MACs are counted at its parts
+        layer = split_into.get(s.dst, s.dst)  # a partial sum counts as the layer it is part of
+        if layer == READOUT:
             K = s.weight.shape[0]
-            src = graph.source_shape(s.src)
+            src = graph.read_shape(s)
             w = np.asarray(s.weight).reshape(K, -1)
             if len(src) == 3:
                 wr = w.reshape(K, src[0], -1)
                 macs = K * src[0] if np.all(wr == wr[..., :1]) else w.size
             else:
                 macs = w.size
-        elif graph.populations[s.dst].kind != "neuron" or s.kind == "identity":
+        elif pops[layer].kind != "neuron" or s.kind == "identity":
             continue
         elif s.kind == "conv":
             c_out, c_in_g, kh, kw = s.weight.shape
-            _, h, w_ = graph.populations[s.dst].shape
+            _, h, w_ = pops[layer].shape
             macs = c_out * h * w_ * c_in_g * kh * kw
         else:  # dense into a population
             macs = int(np.asarray(s.weight).size)

@@ -8,7 +8,8 @@ nothing is simulated twice. Feed batches to a :class:`StatsAccumulator` (or let
 Definitions (all "per sample" figures are over the ``T`` timesteps of one inference):
 
 * **spikes** of a population: its binary spikes; relays (inserted by the scheduler) carry their
-  source's spikes and are counted as populations of their own (they exist on the chip).
+  source's spikes and are counted as populations of their own (they exist on the chip); a
+  partial sum (a fan-in split part) counts its nonzero graded payloads (one message each).
 * **synaptic operations** (synops): each spike of a source neuron costs one operation per nonzero
   synapse it has in each outgoing synapse process (its exact fan-out, :mod:`hw_targets.connectivity`),
   summed over processes, the readout included.
@@ -164,7 +165,8 @@ class StatsAccumulator:
     @torch.no_grad()
     def update(self, result, pixels, labels=None) -> None:
         g = self.graph
-        spikes = result.spikes
+        # a partial sum's graded spikes count where their payload is nonzero (one message each)
+        spikes = {k: v if v.dtype == torch.bool else v != 0 for k, v in result.spikes.items()}
         if not spikes:
             raise ValueError("the reference result holds no spikes (run_zero_delay(..., keep_spikes=True))")
         B = next(iter(spikes.values())).shape[1]

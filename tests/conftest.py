@@ -119,3 +119,30 @@ def run_in_own_session(argv: list[str], timeout: float, env: dict | None = None)
         pytest.fail(f"{' '.join(argv[:2])} did not finish within {timeout} s")
     assert p.returncode == 0, err[-3000:]
     return out
+
+
+def random_core_plan(graph, rng):
+    """A random :class:`~calibration.core_plan.CorePlan` of ``graph`` that keeps the lowering exact
+    (every :func:`~calibration.core_plan.cut_rules` rule met): up to three random cuts per
+    population where it may be cut, the required ones, grouped-conv destinations cut as their
+    sources. The lowering must be exact for any such plan, not only the packer's."""
+    from calibration.core_plan import CorePlan, PopulationPlan, cut_rules, followed_parts
+
+    rules = cut_rules(graph)
+    plan = CorePlan(method="random (tests)")
+    for name, p in graph.populations.items():
+        n = p.shape[0]
+        if name in rules.whole:
+            continue
+        if name in rules.follows:
+            src, ipg, opg = rules.follows[name]
+            parts = followed_parts(plan.populations[src].parts, ipg, opg) if src in plan.populations else None
+        else:
+            m = rules.multiple.get(name, 1)
+            free = list(range(m, n, m))
+            pick = rng.choice(free, size=min(len(free), int(rng.integers(0, 4))), replace=False).tolist() if free else []
+            edges = [0] + sorted(set(pick) | set(rules.cuts.get(name, ()))) + [n]
+            parts = tuple(b - a for a, b in zip(edges, edges[1:]))
+        if parts and len(parts) > 1:
+            plan.populations[name] = PopulationPlan(name, tuple(parts), (None,) * len(parts), (0,) * len(parts))
+    return plan

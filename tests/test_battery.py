@@ -772,7 +772,7 @@ CASES += [
                 r"report\.drc\.layers\[0\]\.sign_modes\[0\]: expected one of 'mixed', 'excitatory', 'inhibitory', "
                 r"got 'weird'"),
     report_case("unknown-kind", _set_in(("statistics", "layers", 0, "kind"), "weird"), 3,
-                r"report\.statistics\.layers\[0\]\.kind: expected one of 'neuron', 'gate', 'relay', 'readout'"),
+                r"report\.statistics\.layers\[0\]\.kind: expected one of 'neuron', 'gate', 'relay', 'partial_sum', 'readout'"),
     report_case("unknown-merge", _set_in(("statistics", "blocks", 0, "merge"), "nand"), 3,
                 r"report\.statistics\.blocks\[0\]\.merge: expected one of 'or', 'xor', 'add', 'iand', 'add_current'"),
     report_case("deep-json", _set_in(("model", "config", "deep"), json.loads(nested(40))), 3,

@@ -17,7 +17,7 @@ from hw_targets.energy import EnergyTable, ann_macs, estimate_energy
 from hw_targets.loihi2 import missing_loihi2_modules
 from hw_targets.connectivity import synapse_connectivity
 from hw_targets.design_rules import check_design_rules, require_design_rules
-from hw_targets.packing import InputRange
+from calibration.fan_in import InputRange
 from hw_targets.stats import StatsAccumulator
 from xoresnet.errors import DesignRuleError, DispatchUnavailableError
 
@@ -218,7 +218,7 @@ def test_drc_fan_in_over_a_core_is_split_not_refused_and_near_limit_warning():
         assert split.layer == "b" and split.reason == "axon_in_units_per_core" and split.need == n
         assert [p.inputs for p in split.parts] == [(InputRange("a->b", 0, 10000),), (InputRange("a->b", 10000, n),)]
         assert split.partial_cores == 2 and split.sum_cores == 1 and split.extra_latency == 1
-        assert split.payload_bits == 16  # 20000 ones: 15 bits and a sign, within the 24-bit graded payload
+        assert split.payload_bits == 15 and not split.built  # a part's 10000 ones: 14 bits and a sign (<= 24)
         assert r.layer("b").cores == 3 and r.layer("b").fan_in_split
         assert r.packing.num_cores == -(-n // 3584) + 3
         assert any(w.layer == "b" and "fan-in split into 2 partial sums" in w.message for w in r.warnings)

@@ -23,7 +23,7 @@ import torch
 from calibration import fixed_point as fx
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
-from conftest import REPO, firing_model, random_pixels, run_in_own_session, small_config
+from conftest import REPO, firing_model, random_core_plan, random_pixels, run_in_own_session, small_config
 from deploy import lava_run
 from deploy.lava_graph import (describe_lava_network, from_lava, lava_flat_order, lava_plan, lava_shape,
                                to_lava)
@@ -137,7 +137,7 @@ def test_layout_helpers_round_trip():
 
 def test_dense_permutation_into_conv_shaped_population():
     """Dense weights permuted on both sides: Lava's flat (W, H, C) in and out == PyTorch's."""
-    from deploy.lava_graph import _dense_weights
+    from deploy.lava_graph import block_weights, population_parts, synapse_blocks
 
     rng = np.random.default_rng(2)
     src = Population("s", (3, 2, 4), 0, 0, 0, np.zeros((3, 2, 4)), np.zeros((3, 2, 4)))
@@ -146,7 +146,8 @@ def test_dense_permutation_into_conv_shaped_population():
     g = IntegerGraph((1, 2, 2), 1, 1, {"s": src, "d": dst}, [syn], np.zeros(2, np.int64), 1.0)
     x = rng.integers(0, 2, src.shape)
     want = (syn.weight @ x.ravel()).reshape(dst.shape)
-    assert np.array_equal(_dense_weights(g, syn, syn.weight) @ to_lava(x).ravel(), to_lava(want).ravel())
+    (block,) = synapse_blocks(g, syn, population_parts(g))
+    assert np.array_equal(block_weights(g, syn, block, syn.weight) @ to_lava(x).ravel(), to_lava(want).ravel())
 
 
 def test_describe_is_pure_json(monkeypatch):
@@ -225,12 +226,14 @@ def test_conv_lowering_equals_fixed_point_conv_current():
         pinned = fixed_pt_models()
         import scipy.sparse as sp
         from lava.proc.dense.process import DelayDense, Dense
+        from lava.proc.graded.process import GradedVec
         from lava.proc.lif.process import LIFReset
         from lava.proc.sparse.process import DelaySparse, Sparse
         eye = sp.csr_matrix(np.eye(2, dtype=np.int32))
         others = [LIFReset(shape=(2,), reset_interval=2), Sparse(weights=eye),
                   DelaySparse(weights=eye, delays=sp.csr_matrix(np.eye(2, dtype=np.int64))),
-                  Dense(weights=np.eye(2)), DelayDense(weights=np.eye(2), delays=np.eye(2, dtype=np.int64))]
+                  Dense(weights=np.eye(2)), DelayDense(weights=np.eye(2), delays=np.eye(2, dtype=np.int64)),
+                  GradedVec(shape=(2,))]
         for proc in [src, conv, probes[k], *others]:  # our pinned models == what select_tag picks
             chosen = cfg.select(proc, ProcGroupDiGraphs._find_proc_models(proc))
             assert chosen is pinned[type(proc)], (type(proc), chosen)
@@ -549,3 +552,117 @@ def test_reference_stream_dense_into_a_3d_population():
     zero = ReferenceSimulator(g).run_zero_delay(pixels)
     assert torch.equal(stream.window("b", g.populations["b"].latency, 0)[:, 0], zero.spikes["b"][:, 0])
     assert zero.spikes["b"][0, 0].flatten().tolist() == [True, False]
+
+
+# ---------------------------------------------------------------------- 6. fan-in splits and the core plan
+
+def split_network(monkeypatch):
+    """A small firing network (unscheduled) mapped onto cores with two fan-in splits built: the
+    conv layer ``layer2.0.neurons.1`` cut by hand into two partial sums (its conv over 8 channels
+    in halves, the 1x1 shortcut with the second), and the readout (128 inputs per class neuron),
+    which the packer splits itself once the AxonIn budget is lowered to 100 units per core.
+    ``graph.core_plan`` is the packer's: sources cut where the parts read channel ranges."""
+    import dataclasses
+
+    from calibration import loihi2_limits as L
+    from calibration.fan_in import FanInCut, InputRange, apply_fan_in_cuts
+    from deploy.pipeline import map_to_cores
+
+    cfg = small_config(timesteps=3, blocks_per_stage=(1, 1))
+    graph = integer_graph(cfg, 11)
+    conv_cut = FanInCut("layer2.0.neurons.1", ((InputRange("layer2.0.convs.1", 0, 4),),
+                                               (InputRange("layer2.0.convs.1", 4, 8),
+                                                InputRange("layer2.0.shortcut", 0, 4))))
+    graph = apply_fan_in_cuts(graph, [conv_cut])
+    monkeypatch.setattr(L, "AXON_IN_UNITS_PER_CORE", dataclasses.replace(L.AXON_IN_UNITS_PER_CORE, value=100))
+    mapping = map_to_cores(graph, "loihi2")
+    return cfg, mapping
+
+
+def test_fan_in_split_and_core_plan_parity(monkeypatch, tmp_path):
+    """Fan-in splits built (partial sums as GradedVec 24-bit graded spikes, one step later, every
+    other branch delayed) and populations cut into Lava processes as the core plan says: Lava equals
+    the integer reference bit for bit, partial sums included; the connections Lava builds are
+    exactly those the plan lists."""
+    from calibration.integer_graph import save_integer_graph
+    from hw_targets.packing import pack
+
+    cfg, mapping = split_network(monkeypatch)
+    graph = mapping.graph
+    splits = {s.layer: s for s in mapping.drc.packing.splits}
+    assert set(splits) == {"layer2.0.neurons.1", READOUT} and all(s.built for s in splits.values())
+    assert len(splits[READOUT].parts) == 2 and splits[READOUT].reason == "axon_in_units_per_core"
+    partial = [p for p in graph.populations.values() if p.kind == "partial_sum"]
+    assert len(partial) == 4
+    plan = graph.core_plan
+    assert plan.populations["layer2.0.neurons.0"].parts == (4, 4)  # the conv part reads channels [0, 4), [4, 8)
+    assert plan.cut_populations >= 1
+    # the layer fed by partial sums is one step later than its sources' sources, and every
+    # population reading it is balanced (the scheduler's invariant: each synapse's delay makes up
+    # the difference)
+    for s in graph.synapses:
+        if s.src != INPUT and s.dst != READOUT:
+            src = graph.populations[s.src]
+            assert graph.populations[s.dst].latency == src.latency + 1 + s.delay, s.name
+    assert graph.populations["layer2.0.neurons.1"].latency == graph.populations["layer2.0.neurons.0"].latency + 2
+
+    pixels = random_pixels(2, cfg, 21).numpy()
+    reference = reference_stream(graph, pixels)
+    lava = run_lava(graph, pixels, timeout=TIMEOUT)
+    report = check_parity(graph, reference, lava)
+    assert report.passed, report.summary()
+    for p in partial:  # the partial sums carried real payloads, over 8 bits, of both signs
+        got = np.asarray(lava.spikes[p.name])
+        assert got.dtype == np.int64 and np.abs(got).max() > 255 and got.min() < 0 < got.max(), p.name
+    assert sum(int(s.sum()) for n, s in lava.spikes.items() if graph.populations[n].kind != "partial_sum") > 100
+
+    # any plan that keeps the cut rules is exact, not only the packer's: random cuts everywhere allowed
+    packer_plan = graph.core_plan
+    assert pack(graph, []).plan.to_dict() == packer_plan.to_dict()  # the packer counts the plan it made
+    graph.core_plan = random_core_plan(graph, np.random.default_rng(5))
+    assert graph.core_plan.cut_populations > len(packer_plan.populations) // 2
+    cut = {n: p.parts for n, p in pack(graph, []).plan.populations.items() if len(p.parts) > 1}
+    assert cut == {n: p.parts for n, p in graph.core_plan.populations.items()}  # and any plan it is given
+    report = check_parity(graph, reference, run_lava(graph, pixels, timeout=TIMEOUT))
+    assert report.passed, report.summary()
+    graph.core_plan = packer_plan
+
+    # the Lava network built from the graph has exactly the planned connections
+    path = tmp_path / "graph.h5"
+    save_integer_graph(graph, path)
+    out = run_child(f"""
+        import json, numpy as np
+        from calibration.integer_graph import load_integer_graph
+        from deploy.lava_graph import build_lava_network
+        from lava.magma.core.process.ports.ports import AbstractVirtualPort
+
+        graph = load_integer_graph({str(path)!r})
+        net = build_lava_network(graph, np.zeros((1,) + tuple(graph.input_shape), np.int64))
+        edges = []
+        def walk(proc, port, node, shapes):
+            for q in node.out_connections:
+                if isinstance(q, AbstractVirtualPort):
+                    walk(proc, port, q, shapes + [list(q.shape)])
+                else:
+                    edges.append([proc.name, port, q.process.name, q.name, shapes])
+        for proc in net.processes():
+            for port in proc.out_ports:
+                walk(proc, port.name, port, [])
+        print(json.dumps(edges))
+    """)
+    built = sorted((a, b, c, d, json.dumps(t)) for a, b, c, d, t in json.loads(out))
+    procs, conns = lava_plan(graph)
+    shapes = {p.name: p.shape for p in procs}
+
+    def transform(c):
+        if c.transform is None:
+            return []
+        if c.transform == "flatten":
+            return [[int(np.prod(shapes[c.src]))]]
+        return [list(json.loads("[" + c.transform[len("reshape("):-1] + "]"))]
+
+    planned = sorted((c.src, c.src_port, c.dst, c.dst_port, json.dumps(transform(c))) for c in conns)
+    assert built == planned
+    assert len({p.name for p in procs}) == len(procs)
+    blocks = [p for p in procs if p.role == "synapse" and "#" in p.name]
+    assert blocks, "the plan cuts some synapse into blocks"

@@ -41,11 +41,10 @@ YOLO_KP = [  # (W, H, C, k, c_in, Intel's tile (x, y, c), cores, SynMem %)
     (14, 14, 512, 3, 256, (8, 7, 64), 32, 86.40),
     (14, 14, 48, 1, 512, (4, 14, 48), 4, 19.20),
 ]
-#: SynMem per core may be off by more than 15 % only here (docs/resources.md): layer 6 has the
-#: per-core shape of layer 7 (256 x 3 x 3 rows, 64 channels) but logs 17 % less, and the head's
-#: 48-channel rows log 6 bits per weight where the cost model, fitted to six layers that it meets
-#: exactly, has 3.75 (the compiler's compression depends on the trained weights).
-YOLO_SYNMEM_OUTLIERS = {6: 0.21, 10: 0.21}
+#: The refitted cost model (6 bits per 8-bit weight in rows of fewer than 64 channels on a core, 4.125
+#: at 64 or more, no row header) lands every layer within 10 % (docs/resources.md): layers 3, 7, 9
+#: log 4.5 bits per weight (-8.3 %), layer 6 3.75 (+10.0 %), layer 8 3.94 (+4.8 %).
+YOLO_SYNMEM_WITHIN = 0.10
 
 # PilotNet SNN, lava-dl tutorials/lava/lib/dl/netx/pilotnet_snn/benchmark.ipynb: not used to fit
 # the model, a check of the tiling rule on other shapes (SynMem in units, logged directly).
@@ -70,7 +69,7 @@ def test_yolo_kp_core_counts_and_synmem(i):
     # Intel's tile too, but for layers 6, 7, 9: 4x14x64 where Intel has 8x7x64, the same cores and SynMem
     assert t.tile_shape == tile or (i in (6, 7, 9) and t.tile_shape == (4, 14, 64))
     synmem, logged = max(x.synmem_units for x in t.tiles), pct / 100 * 12000
-    assert abs(synmem / logged - 1) <= YOLO_SYNMEM_OUTLIERS.get(i, 0.15), (synmem, logged)
+    assert abs(synmem / logged - 1) <= YOLO_SYNMEM_WITHIN + 1e-9, (synmem, logged)
 
 
 def test_yolo_kp_total_and_exact_layers():
@@ -78,7 +77,7 @@ def test_yolo_kp_total_and_exact_layers():
     assert sum(t.cores for t in tilings) == 574  # the log's total
     exact = [i for i, (t, row) in enumerate(zip(tilings, YOLO_KP), 1)
              if round(max(x.synmem_units for x in t.tiles)) == round(row[7] * 120)]
-    assert exact == [3, 4, 5, 7, 8, 9]  # the six layers the cost model was fitted to, to the unit
+    assert exact == [2, 4, 5, 10]  # a narrow (2, 10) and a wide (4, 5) rate each read off two layers, to the unit
 
 
 @pytest.mark.parametrize("row", PILOTNET, ids=lambda r: f"{r[0]}x{r[1]}x{r[2]}")
@@ -86,8 +85,9 @@ def test_pilotnet_tiles_out_of_sample(row):
     W, H, C, k, c_in, tile, cores, units = row
     t = tile_layer(conv_layer(W, H, C, k, c_in))
     assert t.cores == cores and t.tile_shape == tile
-    # its weights cost 10-29 % more per channel than YOLO-KP's: the model underestimates here
-    assert -0.30 <= max(x.synmem_units for x in t.tiles) / units - 1 <= 0
+    # its weights log 5.0-8.0 bits per 8-bit weight where YOLO-KP's log 3.75-6.0: the model
+    # underestimates here, by 10.0-25.0 %
+    assert -0.25 - 1e-9 <= max(x.synmem_units for x in t.tiles) / units - 1 <= -0.10 + 1e-9
 
 
 def test_dense_layers_of_the_oxford_log():
@@ -105,14 +105,19 @@ def test_dense_layers_of_the_oxford_log():
 
 PRESETS = ("xoresnet18", "xoresnet34", "xoresnet50", "xoresnet101")
 SIZES = (28, 32, 84)
-#: Cores / lower bound measured for each preset (docs/resources.md): lava-loihi's tiling rule cuts
-#: power-of-two layers into 2,048-neuron tiles and odd widths (21, 11, 3) into power-of-two strips.
+#: Cores / lower bound measured for each preset (bench/packing.py, docs/resources.md): every
+#: population cut into the channel parts that need the fewest cores under lava-loihi's tile rule.
+#: What is left above 1.3x is the rule itself: power-of-two tile widths at most W (7-, 3- and 21-wide
+#: layers take two or more x-tiles, each storing the layer's kernel again) and SynMem-bound 512-channel
+#: layers whose cores hold fewer than 64 channels (6 bits per weight instead of the bound's 4.125).
 RATIO_RECORDED = {
-    ("xoresnet18", 28): 1.57, ("xoresnet18", 32): 2.08, ("xoresnet18", 84): 2.45,
-    ("xoresnet34", 28): 1.72, ("xoresnet34", 32): 2.08, ("xoresnet34", 84): 2.56,
-    ("xoresnet50", 28): 1.41, ("xoresnet50", 32): 2.01, ("xoresnet50", 84): 1.85,
-    ("xoresnet101", 28): 1.48, ("xoresnet101", 32): 2.01, ("xoresnet101", 84): 1.77,
+    ("xoresnet18", 28): 1.31, ("xoresnet18", 32): 1.27, ("xoresnet18", 84): 1.91,
+    ("xoresnet34", 28): 1.42, ("xoresnet34", 32): 1.31, ("xoresnet34", 84): 1.99,
+    ("xoresnet50", 28): 1.24, ("xoresnet50", 32): 1.22, ("xoresnet50", 84): 1.50,
+    ("xoresnet101", 28): 1.30, ("xoresnet101", 32): 1.26, ("xoresnet101", 84): 1.51,
 }
+#: The issue's target: packed cores within 1.3x of the lower bound.
+RATIO_TARGET = 1.3
 
 
 @functools.lru_cache(maxsize=1)
@@ -135,13 +140,15 @@ def test_preset_packing_against_its_lower_bound(arch, size):
     # the bound is a bound: every layer takes at least max(neurons / 4096, SynMem / 12000) cores
     for name, ts in p.tilings.items():
         assert sum(t.cores for t in ts) >= math.ceil(p.bounds[name] - 1e-9), name
-    assert 1.0 <= p.bound_ratio <= RATIO_RECORDED[(arch, size)] + 0.02
+    assert 1.0 <= p.bound_ratio and abs(p.bound_ratio - RATIO_RECORDED[(arch, size)]) <= 0.02, p.bound_ratio
+    if RATIO_RECORDED[(arch, size)] <= RATIO_TARGET:
+        assert p.bound_ratio <= RATIO_TARGET
     assert p.chips == math.ceil(p.num_cores / 120)
     splits = {s.layer: s for s in p.splits}
     if arch in ("xoresnet50", "xoresnet101"):  # the readout over 2048 x H x W inputs (32768 at 28/32 px)
         s = splits.pop("readout")
         inputs = [r for part in s.parts for r in part.inputs]
-        assert inputs[0].start == 0 and inputs[-1].stop == 2048 * (9 if size == 84 else 16)
+        assert inputs[0].start == 0 and inputs[-1].stop == 2048  # source channels (of 2048 x H x W)
         assert all(a.stop == b.start for a, b in zip(inputs, inputs[1:]))  # contiguous, exact cover
         assert s.payload_bits <= 24 and len(s.parts) == (2 if size == 84 else 3)
     assert not splits  # no other layer of any preset needs its fan-in split
@@ -149,11 +156,12 @@ def test_preset_packing_against_its_lower_bound(arch, size):
         assert p.smallest_system == "Kapoho Point"
 
 
-@pytest.mark.xfail(strict=True, reason="not met: lava-loihi's logged tiling rule (power-of-two tile widths, halved "
-                                       "heights and channels, 3,584 neurons) needs 1.4-2.6x the bound on the presets "
-                                       "(docs/resources.md explains each source of overhead)")
+@pytest.mark.xfail(strict=True, reason="not met for 7 of the 12 presets (cores / bound: XOResNet-18 1.31 at 28 px "
+                                       "and 1.91 at 84 px, XOResNet-34 1.42 / 1.31 / 1.99, XOResNet-50 and -101 1.50 "
+                                       "and 1.51 at 84 px): lava-loihi's logged tile rule, docs/resources.md; the "
+                                       "parametrized test above pins each ratio")
 def test_preset_packing_within_1_3x_of_the_bound():
-    assert max(RATIO_RECORDED.values()) <= 1.3
+    assert max(RATIO_RECORDED.values()) <= RATIO_TARGET
 
 
 # ---------------------------------------------------------------------- check first, calibrate after

@@ -37,7 +37,7 @@ LAVA_COLUMNS = 8
 #: Predictions listed in the Lava paragraph.
 MAX_LISTED_PREDICTIONS = 64
 
-_KIND_COLORS = {"neuron": "#3b6fb6", "gate": "#e08a2c", "relay": "#9a9a9a", "readout": "#5a9e5a"}
+_KIND_COLORS = {"neuron": "#3b6fb6", "gate": "#e08a2c", "relay": "#9a9a9a", "partial_sum": "#8e6bb8", "readout": "#5a9e5a"}
 _ENERGY_COLORS = {"synaptic_ops": "#3b6fb6", "graded_input_ops": "#7fa7dd", "neuron_updates_active": "#d9534f",
                   "neuron_updates_inactive": "#f0a6a4", "spike_messages": "#5a9e5a", "macs": "#8e6bb8",
                   "accumulates": "#e08a2c", "input_macs": "#c9a227"}
