@@ -70,7 +70,7 @@ def digits_model_path() -> Path:
 
 @functools.cache
 def _digits_report() -> dict:
-    from deploy.pipeline import analyse, calibrate_checkpoint, map_graph, report_of, timed_graph
+    from deploy.pipeline import analyse, calibrate_checkpoint, map_to_cores, report_of
     from hw_targets import get_target
     from xoresnet.checkpoint import load_model
     from xoresnet.data import load_dataset
@@ -78,10 +78,10 @@ def _digits_report() -> dict:
     model, ckpt = load_model(DIGITS_MODEL)
     train = load_dataset("digits", "train", limit=16)
     test = load_dataset("digits", "test", limit=40)
-    graph = timed_graph(calibrate_checkpoint(model, ckpt, train.pixels[:16], candidates=1))
     target = get_target("loihi2")
-    analysis = analyse(graph, map_graph(graph, target, require=False), test.pixels, test.labels, float_accuracy=0.99,
-                       batch_size=40)
+    mapping = map_to_cores(calibrate_checkpoint(model, ckpt, train.pixels[:16], candidates=1).graph, target)
+    graph = mapping.graph
+    analysis = analyse(graph, mapping, test.pixels, test.labels, float_accuracy=0.99, batch_size=40)
     parity = {"passed": True, "samples": 4, "summary": "bit-exact (test fixture)"}
     return report_of(graph, target, analysis, checkpoint=ckpt, dataset={"name": "digits", "split": "test"},
                      parity=parity)
