@@ -56,7 +56,7 @@ def regret(args, budgets: list[int]) -> dict:
             t0 = time.perf_counter()
             exact, entry = choose_scale(pop, syns, fg.input_levels, CandidateScorer(pop, syns, view, 1 << 62),
                                         fixed=None, candidates=DEFAULT_CANDIDATES)
-            row = {"population": name, "shape": list(pop.shape), "exact_vth_mant": exact.population.vth,
+            row = {"population": name, "shape": list(pop.shape), "exact_vth_mant": exact.population.vth_mant,
                    "exact_seconds": time.perf_counter() - t0, "budgets": {}}
             scores = {r["vth_mant"]: r["current_rmse_vth"] for r in entry["candidates"] if "current_rmse_vth" in r}
             best = min(scores.values())
@@ -65,10 +65,10 @@ def regret(args, budgets: list[int]) -> dict:
                 t0 = time.perf_counter()
                 scorer = CandidateScorer(pop, syns, view, macs)
                 q, sampled = choose_scale(pop, syns, fg.input_levels, scorer, fixed=None, candidates=DEFAULT_CANDIDATES)
-                chosen = scores[q.population.vth]
+                chosen = scores[q.population.vth_mant]
                 estimate = next(r["current_rmse_vth"] for r in sampled["candidates"]
-                                if r["vth_mant"] == q.population.vth and "current_rmse_vth" in r)
-                row["budgets"][macs] = {"vth_mant": q.population.vth, "rows": scorer.rows,
+                                if r["vth_mant"] == q.population.vth_mant and "current_rmse_vth" in r)
+                row["budgets"][macs] = {"vth_mant": q.population.vth_mant, "rows": scorer.rows,
                                         "total_rows": scorer.total_rows, "seconds": time.perf_counter() - t0,
                                         "regret": chosen / best - 1 if best > 0 else 0.0,
                                         "estimate_error": estimate / chosen - 1 if chosen > 0 else 0.0}

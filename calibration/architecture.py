@@ -57,7 +57,7 @@ def architecture_graph(fg: FloatGraph, extreme: str = "widest") -> IntegerGraph:
     for p in fg.populations.values():
         du, dv = decay_codes(p.du, p.dv)
         zero = np.zeros(p.shape, np.int16)
-        pops[p.name] = Population(p.name, tuple(p.shape), du=du, dv=min(dv, lim.DV_RANGE[1]), vth=1,
+        pops[p.name] = Population(p.name, tuple(p.shape), du_code=du, dv_code=min(dv, lim.DV_RANGE[1]), vth_mant=1,
                                   bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block)
     syns = [Synapse(s.name, s.src, s.dst, s.kind, _weights(np.asarray(s.weight), extreme), stride=tuple(s.stride),
                     padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded),

@@ -4,8 +4,9 @@ A graph of LIF **populations** (one Lava ``LIFReset`` process each) joined by in
 **synapses** (one Lava ``Conv``, ``Dense`` or ``Sparse``/``DelaySparse`` process each), fed by
 an 8-bit graded **input** and read out on the host. Every number is a Loihi register value:
 
-* population: ``du``, ``dv`` (12-bit, effective current decay ``du + 1``), ``vth`` (17-bit
-  mantissa, compared as ``vth << 6``), per-neuron ``bias_mant`` (13-bit) and ``bias_exp`` (0..7);
+* population: ``du_code``, ``dv_code`` (12-bit registers, effective current decay ``du_code + 1``),
+  ``vth_mant`` (17-bit mantissa, compared as ``vth_mant << 6``), stored in the file under Lava's register
+  names ``du``, ``dv``, ``vth``; per-neuron ``bias_mant`` (13-bit) and ``bias_exp`` (0..7);
   ``kind`` is ``neuron`` (a trained CUBA LIF), ``gate`` (memoryless spike logic: du = dv = 4095,
   no bias), ``relay`` (a gate that copies its single input, inserted to delay a branch) or
   ``partial_sum`` (a fan-in split part, Lava's ``GradedVec`` with ``vth = 0``: it sends its summed
@@ -61,9 +62,9 @@ SYNAPSE_KINDS = ("conv", "dense", "identity")
 class Population:
     name: str
     shape: tuple[int, ...]
-    du: int
-    dv: int
-    vth: int
+    du_code: int  # Lava's ``du`` register: the current decays by (du_code + 1) / 4096 per step
+    dv_code: int  # Lava's ``dv`` register: the voltage decays by dv_code / 4096 per step
+    vth_mant: int  # Lava's ``vth`` register: the threshold mantissa, compared as vth_mant << 6
     bias_mant: np.ndarray  # int, shape ``shape``
     bias_exp: np.ndarray  # int, shape ``shape``
     kind: str = "neuron"
@@ -192,9 +193,9 @@ class IntegerGraph:
                 if tuple(np.shape(arr)) != tuple(p.shape):
                     raise UnsupportedModelError(f"population {p.name}: {what} has shape {np.shape(arr)}, "
                                                 f"not the population's {p.shape}")
-            in_range(f"population {p.name}: du", p.du, *lim.DU_RANGE)
-            in_range(f"population {p.name}: dv", p.dv, *lim.DV_RANGE)
-            in_range(f"population {p.name}: vth", p.vth, *lim.VTH_RANGE)
+            in_range(f"population {p.name}: du", p.du_code, *lim.DU_RANGE)
+            in_range(f"population {p.name}: dv", p.dv_code, *lim.DV_RANGE)
+            in_range(f"population {p.name}: vth", p.vth_mant, *lim.VTH_RANGE)
             in_range(f"population {p.name}: bias_mant", p.bias_mant, *lim.BIAS_MANT_RANGE)
             in_range(f"population {p.name}: bias_exp", p.bias_exp, *lim.BIAS_EXP_RANGE)
             if p.kind == "partial_sum" and p.has_bias:
@@ -296,7 +297,7 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
         pops = f.create_group("populations")
         for p in graph.populations.values():
             g = pops.create_group(p.name)
-            g.attrs.update(shape=np.array(p.shape), du=p.du, dv=p.dv, vth=p.vth, kind=p.kind, op=p.op or "",
+            g.attrs.update(shape=np.array(p.shape), du=p.du_code, dv=p.dv_code, vth=p.vth_mant, kind=p.kind, op=p.op or "",
                            block=p.block or "", scale=p.scale, latency=p.latency)
             g.create_dataset("bias_mant", data=_compact(p.bias_mant), compression="gzip")
             g.create_dataset("bias_exp", data=_compact(p.bias_exp), compression="gzip")
@@ -326,8 +327,8 @@ def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
             g = f["populations"][name]
             a = g.attrs
             populations[name] = Population(
-                name=name, shape=tuple(int(x) for x in a["shape"]), du=int(a["du"]), dv=int(a["dv"]),
-                vth=int(a["vth"]), bias_mant=g["bias_mant"][()].astype(np.int64),
+                name=name, shape=tuple(int(x) for x in a["shape"]), du_code=int(a["du"]), dv_code=int(a["dv"]),
+                vth_mant=int(a["vth"]), bias_mant=g["bias_mant"][()].astype(np.int64),
                 bias_exp=g["bias_exp"][()].astype(np.int64), kind=str(a["kind"]), op=str(a["op"]) or None,
                 block=str(a["block"]) or None, scale=float(a["scale"]), latency=int(a["latency"]))
         synapses = []

@@ -127,7 +127,7 @@ class ReferenceSimulator:
             if p.kind == "partial_sum":  # GradedVec: its summed input, sent unchanged
                 spikes[p.name] = a.to(torch.int64)
                 continue
-            s_seq, u_seq, v_seq = fx.integrate(a, du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth,
+            s_seq, u_seq, v_seq = fx.integrate(a, du=p.du_code, dv=p.dv_code, bias=self.bias[p.name], vth=p.vth_mant,
                                                record_state=record_state)
             spikes[p.name] = s_seq
             if record_state:
@@ -180,7 +180,7 @@ class ReferenceSimulator:
         P = self.graph.reset_interval
         first = min(S, p.latency % P)
         n_win = -(-(S - first) // P)
-        lif = dict(du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth, record_state=record_state)
+        lif = dict(du=p.du_code, dv=p.dv_code, bias=self.bias[p.name], vth=p.vth_mant, record_state=record_state)
         head = fx.integrate(a[:first], **lif) if first else None
         tail = None
         if n_win:

@@ -431,7 +431,7 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
                                       dict(vth=0, exp=0, **common), p.name))
                 continue
             procs.append(ProcSpec(part.name, "population", "LIFReset", lava_shape(part.shape), dict(
-                du=int(p.du), dv=int(p.dv), vth=int(p.vth), reset_interval=int(P),
+                du=int(p.du_code), dv=int(p.dv_code), vth=int(p.vth_mant), reset_interval=int(P),
                 reset_offset=int((1 + p.latency) % P), has_bias=p.has_bias,
                 bias_exp_range=[int(np.min(bias)), int(np.max(bias))] if bias.size else [0, 0], **common), p.name))
     readout_probe = None
@@ -691,7 +691,7 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
                 proc.name = part.name  # GradedVec takes no name argument
             else:
                 mant, exp = arrays["bias"][part.name]
-                proc = LIFReset(shape=lava_shape(part.shape), du=int(p.du), dv=int(p.dv), vth=int(p.vth),
+                proc = LIFReset(shape=lava_shape(part.shape), du=int(p.du_code), dv=int(p.dv_code), vth=int(p.vth_mant),
                                 bias_mant=mant, bias_exp=exp, reset_interval=int(P),
                                 reset_offset=int((1 + p.latency) % P), name=part.name)
             neurons[p.name].append(proc)

@@ -26,7 +26,7 @@ from xoresnet.errors import DesignRuleError, DispatchUnavailableError
 
 def pop(name: str, shape: tuple[int, ...], kind: str = "neuron", **kw) -> Population:
     z = np.zeros(shape, np.int64)
-    return Population(name, tuple(shape), du=4095, dv=0, vth=10, bias_mant=z, bias_exp=z.copy(), kind=kind, **kw)
+    return Population(name, tuple(shape), du_code=4095, dv_code=0, vth_mant=10, bias_mant=z, bias_exp=z.copy(), kind=kind, **kw)
 
 
 def make_graph(pops: list[Population], syns: list[Synapse], *, input_shape=(1, 4, 4), T: int = 2, K: int = 2,

@@ -306,7 +306,7 @@ def test_block_variants_parity():
     graph = joined(graphs)
     ops = {p.op for p in graph.populations.values()}
     assert {"or", "xor", "iand", "relay"} <= ops, ops
-    assert any(p.du != 4095 and p.has_bias for p in graph.populations.values())  # CUBA current decay + bias
+    assert any(p.du_code != 4095 and p.has_bias for p in graph.populations.values())  # CUBA current decay + bias
     assert any(s.stride != (1, 1) for s in graph.synapses if s.kind == "conv")  # downsampling shortcuts
     assert any(s.kind == "dense" and s.delay and s.dst != READOUT for s in graph.synapses)  # DelayDense
     assert any(s.kind == "identity" and s.delay for s in graph.synapses)  # DelaySparse
