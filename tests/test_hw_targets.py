@@ -338,3 +338,22 @@ def test_statistics_and_energy_by_hand():
     assert EnergyTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t
     with pytest.raises(ValueError):
         EnergyTable.from_dict({"synapse_op": 1})
+
+
+def test_output_routes_split_a_layer_over_cores():
+    """Output routes (AxonMap) share a core's memory with its synapses (``core_memory``: 0.2 x neurons / 4,096 +
+    0.8 x (SynMem + routes) / 12,000 <= 1): 3,000 neurons that each feed one dense layer fit one core; the same
+    neurons each feeding eight dense layers carry 8 route units apiece, at most 1,717 neurons fit a core, and the
+    layer is split over 2 cores, its busiest core's routes and memory reported."""
+    def graph(fan_out: int) -> IntegerGraph:
+        pops = [pop("a", (3000,))] + [pop(f"d{i}", (1,)) for i in range(fan_out)]
+        syns = [dense(f"a->d{i}", "a", f"d{i}", np.ones((1, 3000))) for i in range(fan_out)]
+        return make_graph(pops, syns)
+
+    one = require_design_rules(check_design_rules(graph(1))).layer("a")
+    assert one.cores == 1 and one.axons_out_max == 3000
+    eight = require_design_rules(check_design_rules(graph(8))).layer("a")
+    per_core = int(1 / (0.2 / 4096 + 0.8 * 8 / 12000))  # 1,717
+    assert eight.cores == 2 and eight.axons_out_max == 8 * per_core
+    assert eight.core_memory_max == pytest.approx(0.2 * per_core / 4096 + 0.8 * 8 * per_core / 12000, abs=1e-4)
+    assert eight.core_memory_max <= 1.0 < 0.2 * (per_core + 1) / 4096 + 0.8 * 8 * (per_core + 1) / 12000
