@@ -177,7 +177,7 @@ def random_network_graph(arch: str, width: float, *, input_size: int = 32, times
     ``calib_samples`` random images and mapped onto Loihi 2's cores as ``xoresnet-export`` maps it
     (:func:`deploy.pipeline.map_to_cores`: scheduled, fan-in splits built, core plan)."""
     from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
+    from xoresnet.nir.export import export_nir
     from deploy.pipeline import map_to_cores
 
     firing_model, random_pixels = import_test_helpers()

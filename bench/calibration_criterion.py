@@ -37,7 +37,7 @@ def regret(args, budgets: list[int]) -> dict:
     from calibration.float_graph import nir_to_float_graph
     from calibration.integer_graph import INPUT
     from calibration.quantize import DEFAULT_CANDIDATES, choose_scale, float_trace, quantize_population
-    from deploy.nir_export import export_nir
+    from xoresnet.nir.export import export_nir
 
     firing_model, random_pixels = benchlib.import_test_helpers()
     cfg = benchlib.random_config(args.arch, args.width, args.input_size, args.timesteps)
@@ -56,7 +56,7 @@ def regret(args, budgets: list[int]) -> dict:
             t0 = time.perf_counter()
             exact, entry = choose_scale(pop, syns, fg.input_levels, CandidateScorer(pop, syns, view, 1 << 62),
                                         fixed=None, candidates=DEFAULT_CANDIDATES)
-            row = {"population": name, "shape": list(pop.shape), "exact_vth_mant": exact.population.vth,
+            row = {"population": name, "shape": list(pop.shape), "exact_vth_mant": exact.population.vth_mant,
                    "exact_seconds": time.perf_counter() - t0, "budgets": {}}
             scores = {r["vth_mant"]: r["current_rmse_vth"] for r in entry["candidates"] if "current_rmse_vth" in r}
             best = min(scores.values())
@@ -65,10 +65,10 @@ def regret(args, budgets: list[int]) -> dict:
                 t0 = time.perf_counter()
                 scorer = CandidateScorer(pop, syns, view, macs)
                 q, sampled = choose_scale(pop, syns, fg.input_levels, scorer, fixed=None, candidates=DEFAULT_CANDIDATES)
-                chosen = scores[q.population.vth]
+                chosen = scores[q.population.vth_mant]
                 estimate = next(r["current_rmse_vth"] for r in sampled["candidates"]
-                                if r["vth_mant"] == q.population.vth and "current_rmse_vth" in r)
-                row["budgets"][macs] = {"vth_mant": q.population.vth, "rows": scorer.rows,
+                                if r["vth_mant"] == q.population.vth_mant and "current_rmse_vth" in r)
+                row["budgets"][macs] = {"vth_mant": q.population.vth_mant, "rows": scorer.rows,
                                         "total_rows": scorer.total_rows, "seconds": time.perf_counter() - t0,
                                         "regret": chosen / best - 1 if best > 0 else 0.0,
                                         "estimate_error": estimate / chosen - 1 if chosen > 0 else 0.0}
@@ -81,9 +81,9 @@ def digits_accuracy(budgets: list[int]) -> dict:
     import torch
 
     from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
+    from xoresnet.nir.export import export_nir
     from deploy.pipeline import calibration_pixels
-    from deploy.reference import ReferenceSimulator
+    from calibration.reference import ReferenceSimulator
     from xoresnet.checkpoint import load_model
     from xoresnet.data import load_dataset
 

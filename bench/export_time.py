@@ -10,14 +10,14 @@ stage, with peak memory, and calibration before/after (the baseline commit's cod
 simulations left out. The stages, timed one by one with the library functions the CLI calls:
 
 1. ``load``: :func:`xoresnet.checkpoint.load_model` (weights-only load, validation, sha256, model);
-2. ``nir_export``: :func:`deploy.nir_export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
+2. ``nir_export``: :func:`xoresnet.nir.export.export_nir`;  ``nir_write``: :func:`write_nir` (``model.nir``);
 3. calibration on ``--calib-samples`` images, the steps of
    :func:`deploy.pipeline.calibrate_checkpoint` timed in two parts: ``calib_trace``: the NIR graph
    exported a second time, read as populations and run by the float32 NIR interpreter on the
    images (:func:`calibration.quantize.float_trace`, the float model's spikes);
    ``calib_quantize``: :func:`calibration.quantize.calibrate` (per population: up to 32 threshold
    candidates scored, the chosen one run exactly on all images). ``calibrate`` in the output is
-   their sum. ``schedule``: :func:`deploy.schedule.schedule`;
+   their sum. ``schedule``: :func:`calibration.schedule.schedule`;
 4. ``graph_write``: :func:`calibration.integer_graph.save_integer_graph` (``integer_graph.h5``)
    + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
    ``lava_graph.json``;
@@ -132,8 +132,8 @@ def make_checkpoint(args) -> int:
         torch.set_num_threads(args.threads)
     import nir
 
-    from deploy.nir_export import export_nir
-    from deploy.nir_interpreter import NEURON_TYPES
+    from xoresnet.nir.export import export_nir
+    from xoresnet.nir.interpreter import NEURON_TYPES
     from xoresnet.checkpoint import save_checkpoint
 
     t0 = time.perf_counter()
@@ -181,7 +181,7 @@ def baseline_worker(args) -> int:
     """The stages up to calibration with the packages of ``--code`` (an older commit): ``load``, ``nir_export``,
     ``calibrate`` (:func:`deploy.pipeline.calibrate_checkpoint`, the whole calibration as the CLI calls it)."""
     import torch
-    from deploy.nir_export import export_nir
+    from xoresnet.nir.export import export_nir
     from deploy.pipeline import calibrate_checkpoint
     from xoresnet.checkpoint import load_model
 
@@ -220,8 +220,8 @@ def worker(args) -> int:
     from calibration.integer_graph import save_integer_graph
     from calibration.quantize import QuantSpec, calibrate, float_trace
     from deploy.lava_graph import describe_lava_network
-    from deploy.nir_export import export_nir, write_nir
-    from deploy.schedule import schedule
+    from xoresnet.nir.export import export_nir, write_nir
+    from calibration.schedule import schedule
     from hw_targets import get_target
     from hw_targets.resources import check_design_rules, connectivity
     from xoresnet.checkpoint import load_model

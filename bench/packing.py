@@ -46,7 +46,7 @@ def measure(arch: str, size: int) -> dict:
     from calibration.architecture import architecture_graph
     from calibration.float_graph import nir_to_float_graph
     from deploy.lava_graph import describe_lava_network
-    from deploy.nir_export import export_nir
+    from xoresnet.nir.export import export_nir
     from deploy.pipeline import architecture_check, map_to_cores
     from hw_targets import get_target
     from hw_targets.packing import pack

@@ -5,7 +5,7 @@
     .venv/bin/python bench/parity_time.py --json                   # machine-readable result on stdout
 
 The parity gate of ``xoresnet-export`` (stage 6) is: the reference in Loihi timing
-(:meth:`deploy.reference.ReferenceSimulator.run_stream`, one stream), the Lava run
+(:meth:`calibration.reference.ReferenceSimulator.run_stream`, one stream), the Lava run
 (:func:`deploy.lava_run.run_lava`, ``Loihi2SimCfg(select_tag='fixed_pt')`` in a child process, with
 the process models of ``--models``: ``xoresnet``, ours where we have one, or ``lava``, Intel's as
 lava-nc ships them, which cannot run convolutions of 128 or more channels) and
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     from deploy.lava_graph import describe_lava_network
     from deploy.lava_run import run_lava
     from deploy.parity import check_parity
-    from deploy.reference import ReferenceSimulator, stream_steps
+    from calibration.reference import ReferenceSimulator
 
     machine = benchlib.machine_info()
     log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
                 graph.core_plan = None
             counts = describe_lava_network(graph, args.models)["counts"]
             graph.core_plan = kept
-            steps = stream_steps(graph, int(pixels.shape[0]))
+            steps = graph.stream_steps(int(pixels.shape[0]))
             name = label + ("" if plan == "packer" else "-whole")
             nets.append(dict(label=name, arch=arch or cfg.arch, desc=desc, graph=None if path else graph, path=path,
                              plan=plan, core_plan=None if plan == "whole" else graph.core_plan, pixels=pixels, counts=counts, steps=steps,

@@ -8,7 +8,7 @@ Unit: **samples x timesteps per second** (``samples * T / seconds``).
 
 Contenders (same scheduled integer graph, CPU):
 
-* ``reference``: :meth:`deploy.reference.ReferenceSimulator.run_zero_delay` on a batch of
+* ``reference``: :meth:`calibration.reference.ReferenceSimulator.run_zero_delay` on a batch of
   ``--batch`` (64) samples (zero-delay timing: ``T`` steps per sample, no pipeline), spikes not
   kept (``keep_spikes=False``; the logits are what a user of the batch path gets).
 * ``lava``: :func:`deploy.lava_run.run_lava` (``Loihi2SimCfg(select_tag='fixed_pt')`` in a child
@@ -16,7 +16,7 @@ Contenders (same scheduled integer graph, CPU):
   ratio to Lava itself), on one stream of ``--samples`` samples (default 2). Two figures: ``lava_wall`` =
   ``LavaRunResult.seconds`` (the whole child: imports, graph load, building the processes,
   compiling and forking one actor per Lava process, the steps, shutdown) and ``lava_run`` = the
-  ``run`` phase only (the steps; excludes process start-up). Lava runs ``stream_steps(graph, N) =
+  ``run`` phase only (the steps; excludes process start-up). Lava runs ``graph.stream_steps(N) =
   (N-1)*P + T + readout_latency`` steps for ``N`` samples (pipeline fill and the idle steps
   ``T..P-1`` of each reset interval included): that is what a Lava run costs for ``N`` samples.
 * ``ours`` (beside it, not the target): the same Lava run with our process models
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     from deploy.lava_graph import describe_lava_network
     from deploy.lava_run import run_lava
     from deploy.parity import check_parity
-    from deploy.reference import ReferenceSimulator, stream_steps
+    from calibration.reference import ReferenceSimulator
 
     machine = benchlib.machine_info()
     log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         sim.run_zero_delay(batch, keep_spikes=False)  # warm-up (untimed)
         counts = describe_lava_network(graph)["counts"]
         nets.append(dict(label=label, graph=graph, sim=sim, batch=batch, stream=stream, desc=desc, counts=counts,
-                         T=graph.timesteps, steps=stream_steps(graph, int(stream.shape[0])),
+                         T=graph.timesteps, steps=graph.stream_steps(int(stream.shape[0])),
                          times={**{f"reference_t{n}": [] for n in thread_list}, "lava_wall": [], "lava_run": [],
                                 "ours_wall": [], "ours_run": [], "reference_stream": []},
                          phases=[], parity=[]))

@@ -2,7 +2,7 @@
 
 Calibration decides the scales, hence the integer weights; everything else the design rules and
 the packer read (populations and their shapes, synapse kinds and shapes, strides, groups, which
-weights are nonzero, graded inputs, and after :func:`deploy.schedule.schedule` the relays and
+weights are nonzero, graded inputs, and after :func:`calibration.schedule.schedule` the relays and
 delays) is fixed by the architecture. :func:`architecture_graph` builds that graph from the float
 graph with every nonzero weight at one extreme of what calibration can give:
 
@@ -24,6 +24,8 @@ decays on the 12-bit grid): the design rules do not read them.
 from __future__ import annotations
 
 import numpy as np
+
+from xoresnet.decay_grid import decay_codes
 
 from . import loihi2_limits as lim
 from .float_graph import FloatGraph
@@ -53,10 +55,9 @@ def architecture_graph(fg: FloatGraph, extreme: str = "widest") -> IntegerGraph:
         raise ValueError(f"extreme must be one of {EXTREMES}, got {extreme!r}")
     pops = {}
     for p in fg.populations.values():
-        du = round(p.du * lim.DECAY_UNITY) - 1
-        dv = round(p.dv * lim.DECAY_UNITY)
+        du, dv = decay_codes(p.du, p.dv)
         zero = np.zeros(p.shape, np.int16)
-        pops[p.name] = Population(p.name, tuple(p.shape), du=du, dv=min(dv, lim.DV_RANGE[1]), vth=1,
+        pops[p.name] = Population(p.name, tuple(p.shape), du_code=du, dv_code=min(dv, lim.DV_RANGE[1]), vth_mant=1,
                                   bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block)
     syns = [Synapse(s.name, s.src, s.dst, s.kind, _weights(np.asarray(s.weight), extreme), stride=tuple(s.stride),
                     padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded),

@@ -30,7 +30,7 @@ cuts there):
 * a synapse that reads a channel range of its source (:attr:`Synapse.src_channels`, a fan-in
   split part) needs the source cut at the range's ends.
 
-The reference (:mod:`deploy.reference`) never reads the plan: it is the same integers cut
+The reference (:mod:`calibration.reference`) never reads the plan: it is the same integers cut
 differently, and parity reassembles the parts before comparing.
 """
 

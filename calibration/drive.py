@@ -202,7 +202,7 @@ def measure(population: Population, int_syns: list[Synapse], samples: Population
     for b0, b1 in image_chunks(B, T * p.size):
         src = [samples.source(i, b0, b1) for i in range(len(int_syns))]
         a = fx.zero_delay_current(int_syns, weights, src, p.shape, T, b1 - b0, torch.device("cpu"))
-        s = fx.integrate(a, du=p.du, dv=p.dv, bias=bias, vth=p.vth)[0]
+        s = fx.integrate(a, du=p.du_code, dv=p.dv_code, bias=bias, vth=p.vth_mant)[0]
         del a
         differ += int(torch.count_nonzero(s != samples.float_spikes.unpack(b0, b1)))
         if spikes is not None:

@@ -21,7 +21,7 @@ graded payload: :func:`partial_sum_bound` bounds it from the weights (the packer
 it fits 24 bits with the sign; the design rules check it), and a conv part stays below Lava's
 24-bit wrap with it.
 
-The relay stage adds one step: the scheduler (``deploy.schedule``) sees the partial sums as
+The relay stage adds one step: the scheduler (``calibration.schedule``) sees the partial sums as
 populations one step after their sources and delays every other branch to match.
 """
 
@@ -161,7 +161,7 @@ def apply_fan_in_cuts(graph: IntegerGraph, cuts: list[FanInCut]) -> IntegerGraph
             if pname in pops:
                 raise UnsupportedModelError(f"fan-in split of {layer}: a population {pname} exists already")
             zero = np.zeros(shape, np.int64)
-            new_pops[pname] = Population(pname, shape, du=lim.DU_RANGE[1], dv=lim.DV_RANGE[1], vth=0, bias_mant=zero,
+            new_pops[pname] = Population(pname, shape, du_code=lim.DU_RANGE[1], dv_code=lim.DV_RANGE[1], vth_mant=0, bias_mant=zero,
                                          bias_exp=zero.copy(), kind="partial_sum", op=PARTIAL_SUM, block=block)
             mine = [restrict(graph, incoming[r.synapse], r.start, r.stop, f"{r.synapse}[{r.start}:{r.stop}]", pname)
                     for r in part]

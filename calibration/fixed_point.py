@@ -27,6 +27,7 @@ from .loihi2_limits import (  # noqa: F401  (re-exported: the arithmetic and its
     A_LIMIT, ACT_SHIFT, BIAS_EXP_RANGE, BIAS_MANT_RANGE, DECAY_SHIFT, DECAY_UNITY, DELAY_MAX, DU_RANGE, DV_RANGE,
     MESSAGE_BITS_GRADED, UV_HALF, V_LIMIT, VTH_RANGE, WEIGHT_RANGE_EXCITATORY, WEIGHT_RANGE_INHIBITORY,
     WEIGHT_RANGE_MIXED, sign_mode, weight_range)
+from xoresnet.decay_grid import decay_codes  # noqa: F401  (re-exported beside the arithmetic that reads the codes)
 
 
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
@@ -86,12 +87,6 @@ def decay_rtz(x: torch.Tensor, keep: int) -> torch.Tensor:
 def shift_exp(acc: torch.Tensor, exp: int) -> torch.Tensor:
     """Dense/Sparse weight exponent applied to the summed input: ``<< exp`` or floor ``>> -exp``."""
     return acc if exp == 0 else acc << exp if exp > 0 else acc >> (-exp)
-
-
-def decay_codes(du: float, dv: float) -> tuple[int, int]:
-    """Loihi's 12-bit ``(du, dv)`` registers for float decays on the grid: the current decays by
-    ``(du_code + 1) / 4096`` (the ``du + 1`` offset), the voltage by ``dv_code / 4096``."""
-    return round(du * DECAY_UNITY) - 1, round(dv * DECAY_UNITY)
 
 
 def bias_value(mant: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ Every path from a source through the region becomes one synapse:
   (at most :data:`MAX_COMPOSED_WEIGHTS` weights);
 
 uniform Scales fold into the weights, Delays into ``model_delay`` (whole steps the model itself
-delays: part of its meaning, kept by :func:`deploy.schedule.schedule`). The region's biases (conv
+delays: part of its meaning, kept by :func:`calibration.schedule.schedule`). The region's biases (conv
 and Affine biases, carried through what follows them) join the population's bias.
 
 The Output's region is the readout (:mod:`calibration.readout`): ``spike-count`` reads a spiking
@@ -22,7 +22,7 @@ chain (one dense synapse per source population, the chain folded in; an LI's ``r
 fold into the weights and the bias, its leak into the time weights of the mean).
 
 Neuron parameters map onto Loihi's ``v = v(1 - dv) + u + bias``, ``u = u(1 - du) + gain * x``
-(our discretization, :mod:`deploy.nir_interpreter`): IF ``gain = dt r``; LIF ``dv = dt/tau``,
+(our discretization, :mod:`xoresnet.nir.interpreter`): IF ``gain = dt r``; LIF ``dv = dt/tau``,
 ``gain = dv r``, ``bias = dv v_leak``; CubaLIF ``du = dt/tau_syn``, ``dv = dt/tau_mem``,
 ``gain = du w_in dv r``, ``bias = dv v_leak``; a Threshold on integer weights is a gate (memoryless
 spike logic), on other weights a neuron with ``du = dv = 1``. ``du``/``dv``/``vth``/``gain`` must
@@ -45,12 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deploy.nir_export import read_meta
-from deploy.nir_interpreter import NEURON_TYPES, delay_steps, input_node, pair, predecessors, topological_order
+from xoresnet.nir.export import read_meta
+from xoresnet.nir.interpreter import NEURON_TYPES, delay_steps, input_node, pair, predecessors, topological_order
+from xoresnet.decay_grid import DECAY_UNITY, bracketing_decay_codes, decay_fraction, nearest_decay_code
 from xoresnet.errors import UnsupportedModelError
 
 from .integer_graph import INPUT, READOUT
-from .loihi2_limits import DECAY_UNITY
 from .readout import READOUT_KEY
 
 DEFAULT_DECAY_TOLERANCE = 1e-6
@@ -121,8 +121,8 @@ class DecayGrid:
     def decay(self, name: str, what: str, value: float, offset: int) -> float:
         """``value`` on the grid ``(k + offset) / 4096``, ``k`` in 0..4095 (``offset`` 1: the current decay
         ``du + 1``; 0: the voltage decay)."""
-        k = min(max(round(value * DECAY_UNITY - offset), 0), DECAY_UNITY - 1)
-        grid = (k + offset) / DECAY_UNITY
+        k, _ = nearest_decay_code(value, offset=offset)
+        grid = decay_fraction(k, offset=offset)
         error = value - grid
         if abs(error) <= self.tolerance:
             return grid
@@ -130,9 +130,8 @@ class DecayGrid:
             self.snapped.append({"node": name, "what": what, "value": value, "grid": grid, "code": k,
                                  "grid_fraction": f"{k + offset}/{DECAY_UNITY}", "error": error})
             return grid
-        lo = min(max(math.floor(value * DECAY_UNITY - offset), 0), DECAY_UNITY - 1)
-        near = sorted({lo, min(lo + 1, DECAY_UNITY - 1)})
-        legal = " and ".join(f"{c + offset}/{DECAY_UNITY} = {(c + offset) / DECAY_UNITY:.8g}" for c in near)
+        legal = " and ".join(f"{c + offset}/{DECAY_UNITY} = {decay_fraction(c, offset=offset):.8g}"
+                             for c in bracketing_decay_codes(value, offset=offset))
         raise UnsupportedModelError(
             f"NIR node {name}: {what} = {value:.8g} is not on Loihi's 12-bit decay grid (off by {abs(error):.3g}, "
             f"tolerance {self.tolerance:g}); nearest legal values {legal}: pass --snap-decays to use the nearest "

@@ -4,8 +4,9 @@ A graph of LIF **populations** (one Lava ``LIFReset`` process each) joined by in
 **synapses** (one Lava ``Conv``, ``Dense`` or ``Sparse``/``DelaySparse`` process each), fed by
 an 8-bit graded **input** and read out on the host. Every number is a Loihi register value:
 
-* population: ``du``, ``dv`` (12-bit, effective current decay ``du + 1``), ``vth`` (17-bit
-  mantissa, compared as ``vth << 6``), per-neuron ``bias_mant`` (13-bit) and ``bias_exp`` (0..7);
+* population: ``du_code``, ``dv_code`` (12-bit registers, effective current decay ``du_code + 1``),
+  ``vth_mant`` (17-bit mantissa, compared as ``vth_mant << 6``), stored in the file under Lava's register
+  names ``du``, ``dv``, ``vth``; per-neuron ``bias_mant`` (13-bit) and ``bias_exp`` (0..7);
   ``kind`` is ``neuron`` (a trained CUBA LIF), ``gate`` (memoryless spike logic: du = dv = 4095,
   no bias), ``relay`` (a gate that copies its single input, inserted to delay a branch) or
   ``partial_sum`` (a fan-in split part, Lava's ``GradedVec`` with ``vth = 0``: it sends its summed
@@ -27,7 +28,7 @@ an 8-bit graded **input** and read out on the host. Every number is a Loihi regi
 
 Shapes use PyTorch's ``(C, H, W)`` order; the Lava lowering converts to Lava's ``(X, Y, C)``.
 Timing fields (``latency``, ``delay``, ``reset_interval``) are set by
-:func:`deploy.schedule.schedule` and are ignored by zero-delay simulation.
+:func:`calibration.schedule.schedule` and are ignored by zero-delay simulation.
 
 Files: :func:`save_integer_graph` / :func:`load_integer_graph` (HDF5, documented in
 ``docs/formats.md``); :meth:`IntegerGraph.validate` checks every value against Loihi's ranges
@@ -61,9 +62,9 @@ SYNAPSE_KINDS = ("conv", "dense", "identity")
 class Population:
     name: str
     shape: tuple[int, ...]
-    du: int
-    dv: int
-    vth: int
+    du_code: int  # Lava's ``du`` register: the current decays by (du_code + 1) / 4096 per step
+    dv_code: int  # Lava's ``dv`` register: the voltage decays by dv_code / 4096 per step
+    vth_mant: int  # Lava's ``vth`` register: the threshold mantissa, compared as vth_mant << 6
     bias_mant: np.ndarray  # int, shape ``shape``
     bias_exp: np.ndarray  # int, shape ``shape``
     kind: str = "neuron"
@@ -159,6 +160,20 @@ class IntegerGraph:
         out += [{"relay": p.name, "latency": p.latency} for p in self.populations.values() if p.kind == "relay"]
         return out
 
+    # ------------------------------------------------------------------ stream timing (after scheduling)
+    def readout_latency(self) -> int:
+        """Steps from a sample's first input step to its first readout value (a scheduled graph: every
+        readout synapse arrives at the same latency, else ``ValueError``)."""
+        lat = {self.populations[s.src].latency + 1 + s.delay for s in self.readout}
+        if len(lat) != 1:
+            raise ValueError(f"readout synapses arrive at different latencies {sorted(lat)}: graph not scheduled")
+        return lat.pop()
+
+    def stream_steps(self, samples: int) -> int:
+        """Stream steps until the last timestep of the last of ``samples`` samples reaches the readout (one
+        sample every :attr:`reset_interval` steps)."""
+        return (samples - 1) * self.reset_interval + self.timesteps + self.readout_latency()
+
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise :class:`RangeError` naming the first value outside Loihi 2's ranges
@@ -178,9 +193,9 @@ class IntegerGraph:
                 if tuple(np.shape(arr)) != tuple(p.shape):
                     raise UnsupportedModelError(f"population {p.name}: {what} has shape {np.shape(arr)}, "
                                                 f"not the population's {p.shape}")
-            in_range(f"population {p.name}: du", p.du, *lim.DU_RANGE)
-            in_range(f"population {p.name}: dv", p.dv, *lim.DV_RANGE)
-            in_range(f"population {p.name}: vth", p.vth, *lim.VTH_RANGE)
+            in_range(f"population {p.name}: du", p.du_code, *lim.DU_RANGE)
+            in_range(f"population {p.name}: dv", p.dv_code, *lim.DV_RANGE)
+            in_range(f"population {p.name}: vth", p.vth_mant, *lim.VTH_RANGE)
             in_range(f"population {p.name}: bias_mant", p.bias_mant, *lim.BIAS_MANT_RANGE)
             in_range(f"population {p.name}: bias_exp", p.bias_exp, *lim.BIAS_EXP_RANGE)
             if p.kind == "partial_sum" and p.has_bias:
@@ -234,6 +249,34 @@ class IntegerGraph:
 
 # ---------------------------------------------------------------------- HDF5 files
 
+class StreamWindows:
+    """Where a sample's timesteps sit in a stream (Loihi timing); shared by the reference's and Lava's
+    results. Needs ``reset_interval``, ``timesteps``, ``readout_latency``, ``readout`` (steps first)
+    and ``readout_bias``, and ``time_weights`` (the readout rule: :mod:`calibration.readout`)."""
+
+    def step_index(self, sample: int, timestep: int, latency: int) -> int:
+        """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
+        return sample * self.reset_interval + timestep + latency
+
+    def logits(self, sample: int):
+        """Per-timestep logits of ``sample``, ``[T, ..., K]`` (readout bias included)."""
+        start = self.step_index(sample, 0, self.readout_latency)
+        return self.readout[start:start + self.timesteps] + self.readout_bias
+
+    def window_spike_counts(self, graph: "IntegerGraph") -> dict[str, list[int]]:
+        """Spikes of every population of ``graph`` in each sample's window: ``{p: [samples]}``. Needs
+        ``spikes[p]`` with steps first (the reference's ``[S, 1, *shape]``, Lava's ``[S, *shape]``) and
+        ``samples``. Sample ``n``'s window of population ``p`` is its ``T`` steps from ``step_index(n, 0,
+        p.latency)``: the spikes that sample caused in ``p``."""
+        out = {}
+        for p in graph.populations.values():
+            s = self.spikes[p.name]
+            s = s != 0 if p.kind == "partial_sum" else s  # messages: nonzero payloads
+            out[p.name] = [int(s[start:start + self.timesteps].sum())
+                           for start in (self.step_index(n, 0, p.latency) for n in range(self.samples))]
+        return out
+
+
 def _compact(values: np.ndarray) -> np.ndarray:
     """int16 when every value fits (weights, biases of valid graphs), else int64: never a silent wrap."""
     values = np.asarray(values, dtype=np.int64)
@@ -254,7 +297,7 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
         pops = f.create_group("populations")
         for p in graph.populations.values():
             g = pops.create_group(p.name)
-            g.attrs.update(shape=np.array(p.shape), du=p.du, dv=p.dv, vth=p.vth, kind=p.kind, op=p.op or "",
+            g.attrs.update(shape=np.array(p.shape), du=p.du_code, dv=p.dv_code, vth=p.vth_mant, kind=p.kind, op=p.op or "",
                            block=p.block or "", scale=p.scale, latency=p.latency)
             g.create_dataset("bias_mant", data=_compact(p.bias_mant), compression="gzip")
             g.create_dataset("bias_exp", data=_compact(p.bias_exp), compression="gzip")
@@ -284,8 +327,8 @@ def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
             g = f["populations"][name]
             a = g.attrs
             populations[name] = Population(
-                name=name, shape=tuple(int(x) for x in a["shape"]), du=int(a["du"]), dv=int(a["dv"]),
-                vth=int(a["vth"]), bias_mant=g["bias_mant"][()].astype(np.int64),
+                name=name, shape=tuple(int(x) for x in a["shape"]), du_code=int(a["du"]), dv_code=int(a["dv"]),
+                vth_mant=int(a["vth"]), bias_mant=g["bias_mant"][()].astype(np.int64),
                 bias_exp=g["bias_exp"][()].astype(np.int64), kind=str(a["kind"]), op=str(a["op"]) or None,
                 block=str(a["block"]) or None, scale=float(a["scale"]), latency=int(a["latency"]))
         synapses = []

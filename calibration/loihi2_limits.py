@@ -1,7 +1,7 @@
 """Every Loihi 2 limit, once, with its source: register widths and ranges, per-core budgets, chips.
 
 The one home of each limit. Calibration (:meth:`~calibration.integer_graph.IntegerGraph.validate`,
-quantization, :mod:`calibration.fixed_point`), the scheduler (:mod:`deploy.schedule`) and the
+quantization, :mod:`calibration.fixed_point`), the scheduler (:mod:`calibration.schedule`) and the
 design rules and packing of :mod:`hw_targets` read them from here; nothing else states a Loihi
 figure. Plain constants and two functions, importable without torch (the Lava worker process
 reads integer graphs with them).
@@ -71,8 +71,7 @@ class Limit:
 
 # ---------------------------------------------------------------------- neuron arithmetic (fixed_pt)
 
-DECAY_SHIFT = 12
-DECAY_UNITY = 1 << DECAY_SHIFT  # 4096: du, dv are 12-bit fractions of it
+from xoresnet.decay_grid import DECAY_SHIFT, DECAY_UNITY  # noqa: E402,F401  (the decay grid's one home)
 ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
 UV_HALF = 1 << 23  # u and v are 24-bit
 V_LIMIT = UV_HALF - 1

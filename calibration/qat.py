@@ -2,7 +2,7 @@
 
 :func:`enable_qat` attaches, for a fixed :class:`~calibration.quantize.QuantSpec`, integer
 versions of every synapse, neuron and the readout to an :class:`~xoresnet.network.XOResNet`.
-The forward pass then computes *exactly* what :mod:`deploy.reference` computes (zero-delay
+The forward pass then computes *exactly* what :mod:`calibration.reference` computes (zero-delay
 timing) on the integer graph that ``calibrate_nir(export_nir(model), spec=spec)`` produces:
 
 * weights: batch norm folded as the NIR export folds it (float32), times the population's scale
@@ -28,10 +28,11 @@ import torch
 from xoresnet.blocks import ConvBN, XORResidualBlock
 from xoresnet.network import XOResNet
 from xoresnet.neuron import CubaLIF, Current, SpikeFn
+from xoresnet.nir.export import export_nir
 
 from . import fixed_point as fx
 from .float_graph import global_pool_readout
-from .quantize import QuantSpec, quantize_bias, quantize_weight, readout_scale, round_weight
+from .quantize import QuantSpec, calibrate_nir, quantize_bias, quantize_weight, readout_scale, round_weight
 
 
 def _ste(exact: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
@@ -213,3 +214,24 @@ def project_to_ranges(model: XOResNet) -> None:
         # a channel whose batch-norm scale is 0 (zero-init) maps every weight to integer 0: no bound
         clamped = torch.where(factor == 0, w, torch.minimum(torch.maximum(w, bound_lo), bound_hi))
         cb.conv.weight.copy_(clamped.to(cb.conv.weight.dtype))
+
+
+class Loihi2QAT:
+    """Loihi 2's quantization-aware training (:class:`xoresnet.training.QuantizationAwareTraining`): the
+    calibration of :func:`~calibration.quantize.calibrate_nir` fixes the scales, :func:`enable_qat` attaches the
+    exact integer forward, :func:`project_to_ranges` keeps the weights inside Loihi's ranges."""
+
+    def calibrate(self, model: XOResNet, pixels: torch.Tensor) -> dict:
+        calibration = calibrate_nir(export_nir(model), pixels)
+        enable_qat(model, calibration.spec)
+        return calibration.spec.to_dict()
+
+    def attach(self, model: XOResNet, spec: dict) -> None:
+        enable_qat(model, QuantSpec.from_dict(spec))
+
+    def project(self, model: XOResNet) -> None:
+        project_to_ranges(model)
+
+
+#: The hooks ``xoresnet-train --qat`` passes to :func:`xoresnet.training.train`.
+LOIHI2_QAT = Loihi2QAT()

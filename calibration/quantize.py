@@ -48,7 +48,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
-from deploy.nir_interpreter import NIRInterpreter
+from xoresnet.nir.interpreter import NIRInterpreter
 from xoresnet.errors import RangeError, UnsupportedModelError
 
 from . import fixed_point as fx
@@ -384,7 +384,7 @@ def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, sc
             best = (row["current_rmse_vth"], cand)
     if best is None:
         raise error
-    chosen = best[1] if scorer is None else quantizer.quantize(best[1].population.vth)  # with its integers
+    chosen = best[1] if scorer is None else quantizer.quantize(best[1].population.vth_mant)  # with its integers
     entry: dict[str, Any] = {"bounds": bounds, "binding_limit": binding, "scale_bound": bounds[binding],
                              "max_vth_mant": top, "candidates": rows}
     if fixed is not None:
@@ -393,7 +393,7 @@ def choose_scale(pop: FloatPopulation, syns: list[FloatSynapse], levels: int, sc
         entry["choice"] = "the largest scale that fits (no calibration samples)"
     else:
         entry["choice"] = (f"smallest current error on {scorer.B} calibration samples among {len(rows)} candidates in "
-                           f"[{low}, {top}]" + (" (the largest scale)" if best[1].population.vth == top else "")
+                           f"[{low}, {top}]" + (" (the largest scale)" if best[1].population.vth_mant == top else "")
                            + ("" if scorer.rows == scorer.total_rows else
                               f", its deviations from each neuron's mean sampled on {scorer.rows} of "
                               f"{scorer.total_rows} rows"))
@@ -452,7 +452,7 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor,
                 raise UnsupportedModelError(f"the quantization spec has no entry for population {name}")
             q, search = choose_scale(pop, syns, levels, scorer if spec is None else None, candidates=candidates,
                                      fixed=spec.vth_mant[name] if spec is not None else None)
-            chosen[name] = q.population.vth
+            chosen[name] = q.population.vth_mant
             entry.update(search)
         if view is not None:
             m = measure(q.population, q.synapses, view, keep_spikes=readers[name] > 0)
@@ -466,8 +466,8 @@ def calibrate(float_graph: FloatGraph, pixels: torch.Tensor,
                 int_spikes[name] = m.spikes
             del scorer, m
         p = q.population
-        limit = current_limit(p.du)
-        entry.update(scale=p.scale, vth_mant=p.vth, du=p.du, dv=p.dv, weight_rmse_rel=weight_error(q, syns),
+        limit = current_limit(p.du_code)
+        entry.update(scale=p.scale, vth_mant=p.vth_mant, du=p.du_code, dv=p.dv_code, weight_rmse_rel=weight_error(q, syns),
                      max_abs_weight=int(max((np.abs(s.weight).max() for s in q.synapses), default=0)),
                      weight_exp=[s.weight_exp for s in q.synapses],
                      bias_exp_range=[int(p.bias_exp.min()), int(p.bias_exp.max())],

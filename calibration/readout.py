@@ -10,7 +10,7 @@ included) to the host. The prediction is the argmax over classes of a weighted s
 * ``membrane`` without an LI node (our own graphs: ``Affine`` -> ``Output``): ``w_t = 1``, the mean of
   the logits over time;
 * ``membrane`` through an LI node of leak ``a = dt / tau`` (per class): the mean over time of its
-  membrane ``v_t = (1 - a) v_{t-1} + a y_t`` (forward Euler from 0, :mod:`deploy.nir_interpreter`),
+  membrane ``v_t = (1 - a) v_{t-1} + a y_t`` (forward Euler from 0, :mod:`xoresnet.nir.interpreter`),
   which is ``sum_k y_k (1 - (1 - a)^(T - k)) / T``: ``w_k = 1 - (1 - a)^(T - k)``, ``k = 0 .. T - 1``.
 
 The weights are float64 on the host; the logits they weigh are the exact integers Lava and the

@@ -1,8 +1,8 @@
 """``xoresnet-export``: checkpoint or NIR graph -> Loihi integers -> Lava, proved bit-exact before dispatch.
 
-The input is told apart by its content (:func:`deploy.nir_file.is_hdf5_file`): an HDF5 file is a NIR
-graph from any producer (read by :mod:`deploy.nir_input`: bounded, h5py only, imported into our
-conventions by :mod:`deploy.nir_frontend` with ``--dt``, ``--timesteps``, ``--input-levels``,
+The input is told apart by its content (:func:`xoresnet.nir.reader.is_hdf5_file`): an HDF5 file is a NIR
+graph from any producer (read by :mod:`xoresnet.nir.inputs`: bounded, h5py only, imported into our
+conventions by :mod:`xoresnet.nir.frontend` with ``--dt``, ``--timesteps``, ``--input-levels``,
 ``--readout``, ``--nir-convention``, ``--decay-tolerance``, ``--snap-decays``), anything else a
 checkpoint. Stages (each a function of :mod:`deploy` / :mod:`calibration` / :mod:`hw_targets`):
 
@@ -46,11 +46,11 @@ import torch
 from deploy.export_dir import (CALIBRATION_FILE, GRAPH_FILE, LAVA_GRAPH_FILE, MANIFEST_FILE, MANIFEST_FORMAT,
                                MANIFEST_VERSION, NIR_FILE, PARITY_FILE, ArtifactDir, holds_manifest, pixels_sha256,
                                resolve_out, stream_sha256)
-from deploy.nir_dialects import NIR_DIALECTS
-from deploy.nir_frontend import DEFAULT_DECAY_TOLERANCE
+from xoresnet.nir.dialects import NIR_DIALECTS
+from xoresnet.nir.frontend import DEFAULT_DECAY_TOLERANCE
 from hw_targets import available_targets, get_target
 from hw_targets.loihi2 import DISPATCH_TIMEOUT
-from xoresnet.checkpoint import file_sha256
+from xoresnet.files import file_sha256
 from xoresnet.config import MAX_TIMESTEPS
 from xoresnet.errors import (
     DataError,
@@ -201,7 +201,7 @@ CHECKPOINT_ONLY = ("nir_dialect",)
 
 def is_nir_input(args: argparse.Namespace) -> bool:
     """Whether MODEL is a NIR graph (an HDF5 file), told by its content."""
-    from deploy.nir_file import is_hdf5_file
+    from xoresnet.nir.reader import is_hdf5_file
 
     return is_hdf5_file(args.checkpoint)
 
@@ -359,7 +359,9 @@ def dispatch_export(args: argparse.Namespace, target, out: Path, pixels: Optiona
         calib = (load_pixels_npy(args.calib_data, shape, model.config.input_levels) if args.calib_data else
                  calibration_pixels(str(data.get("dataset")), args.data_dir, int(data.get("calibration_images") or 1)))
         reverify_export(out, cert, model, ckpt, calib, pixels, timeout=args.timeout, progress=not args.no_progress)
-    result = target.dispatch(out, pixels=pixels, timeout=args.timeout, progress=not args.no_progress)
+    from deploy.dispatch import run_on_hardware
+
+    result = run_on_hardware(target, out, pixels=pixels, timeout=args.timeout, progress=not args.no_progress)
     print(dispatch_line(result, cert.parity["predictions"]["reference"]))
     return 0
 
@@ -444,7 +446,7 @@ class CheckpointSource:
 
     @cached_property
     def nir_graph(self):
-        from deploy.nir_export import export_nir
+        from xoresnet.nir.export import export_nir
 
         return export_nir(self.model)
 
@@ -452,9 +454,9 @@ class CheckpointSource:
         """``(baseline, nir_check)``: the float accuracy the summary compares with, and the NIR interpreter,
         run on ``model.nir`` as written, against PyTorch (a mismatch is a bug: exit 4)."""
         from deploy.memory import available_memory, nir_check_batch
-        from deploy.nir_check import compare_nir_to_model
-        from deploy.nir_dialects import dialect_graph
-        from deploy.nir_export import read_nir, write_nir
+        from xoresnet.nir.check import compare_nir_to_model
+        from xoresnet.nir.dialects import dialect_graph
+        from xoresnet.nir.export import read_nir, write_nir
         from xoresnet.training import evaluate
 
         say(f"      float model on {len(eval_set)} test images; NIR interpreter check")
@@ -492,7 +494,7 @@ class CheckpointSource:
 
 
 class NirSource:
-    """A NIR graph as the export's source (:class:`deploy.nir_input.NirModel`): no PyTorch model, so the
+    """A NIR graph as the export's source (:class:`xoresnet.nir.inputs.NirModel`): no PyTorch model, so the
     float baseline is the NIR interpreter's accuracy."""
 
     kind = "nir"
@@ -503,8 +505,8 @@ class NirSource:
         self.nir_graph = nir_model.graph
 
     def float_stage(self, args, eval_set, artifacts: ArtifactDir, progress: bool) -> tuple[dict, dict]:
-        from deploy.nir_export import write_nir
-        from deploy.nir_input import interpreter_accuracy, nir_summary_name
+        from xoresnet.nir.export import write_nir
+        from xoresnet.nir.inputs import interpreter_accuracy, nir_summary_name
 
         say(f"      NIR interpreter (float) on {len(eval_set)} test images: the float baseline")
         info = self.nir_model.imported.info
@@ -539,8 +541,8 @@ def load_nir_inputs(args: argparse.Namespace):
     The graph is read and imported before any data (refusals first, exit 3 or 4); the dataset's images
     must fit its Input, and the estimated memory this machine (:func:`deploy.memory.check_memory`)."""
     from deploy.memory import check_memory
-    from deploy.nir_frontend import ImportOptions
-    from deploy.nir_input import load_nir_model, spiking_neurons
+    from xoresnet.nir.frontend import ImportOptions
+    from xoresnet.nir.inputs import load_nir_model, spiking_neurons
     from xoresnet.data import DATASETS, load_dataset
 
     say(f"[1/8] reading the NIR graph {args.checkpoint}")
@@ -571,14 +573,9 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     from calibration.fan_in import split_layers
     from calibration.integer_graph import save_integer_graph
     from deploy.lava_graph import describe_lava_network, population_parts
-    from deploy.lava_run import run_lava
-    from deploy.parity import check_parity
-    from deploy.pipeline import architecture_check, calibration_pixels, map_to_cores
-    from deploy.reference import ReferenceSimulator
-    from hw_targets.energy import estimate_energy
-    from hw_targets.report import REPORT_HTML, REPORT_JSON, build_report, lava_section, write_report
+    from deploy.pipeline import analyse, architecture_check, calibration_pixels, lava_parity, map_to_cores, report_of
     from hw_targets.design_rules import require_design_rules
-    from hw_targets.stats import collect_statistics
+    from hw_targets.report import REPORT_HTML, REPORT_JSON, write_report
     from xoresnet.data import IntImageDataset
 
     progress = not args.no_progress
@@ -603,35 +600,29 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
         + (" (scales from quantization-aware training)" if quant else f" on {len(calib_pixels)} images"))
     calibration = source.calibrate(calib_pixels)
     mapping = map_to_cores(calibration.graph, target, system=args.system)  # scheduled, fan-in splits, core plan
-    graph, conns = mapping.graph, mapping.conns
+    graph = mapping.graph
     save_integer_graph(graph, artifacts.path(GRAPH_FILE))
     artifacts.write_json(CALIBRATION_FILE, {"spec": calibration.spec.to_dict(), "report": calibration.report})
     artifacts.write_json(LAVA_GRAPH_FILE, describe_lava_network(graph))
     say(f"[4/8] design rules and packing for {target.name} with the calibrated weights")
-    drc = require_design_rules(mapping.drc)
+    require_design_rules(mapping.drc)
     say(f"[5/8] integer reference on {n_eval} test images (accuracy, spike statistics, energy)")
-    stats, accumulator = collect_statistics(graph, eval_set.pixels, eval_set.labels,
-                                            float_accuracy=baseline["accuracy"], conns=conns, progress=progress)
-    energy = estimate_energy(stats, graph, energy_table)
+    analysis = analyse(graph, mapping, eval_set.pixels, eval_set.labels, float_accuracy=baseline["accuracy"],
+                       energy_table=energy_table, progress=progress)
+    drc, stats, energy = analysis.drc, analysis.stats, analysis.energy
     parity_pixels = test.pixels[: args.parity_samples]
     say(f"[6/8] Lava fixed-point simulation of {len(parity_pixels)} test images vs the integer reference "
         "(Loihi timing, every neuron and step)")
-    reference = ReferenceSimulator(graph).run_stream(parity_pixels.unsqueeze(0))
-    lava = run_lava(graph, parity_pixels.numpy(), timeout=args.timeout, progress=progress)
-    parity = check_parity(graph, reference, lava)
-    parity_dict = {**parity.to_dict(), "summary": parity.summary(), "lava_seconds": round(lava.seconds, 2),
-                   "reference_sha256": stream_sha256(reference), "lava_process_models": lava.process_models}
+    run = lava_parity(graph, parity_pixels, timeout=args.timeout, progress=progress)
+    parity, lava, parity_dict = run.report, run.lava, run.record
     if not parity.passed:
         failure = artifacts.write_failure(parity_dict)
         raise ParityError(f"{parity.summary()}; details in {failure}; nothing was written to {artifacts.out} and "
                           "dispatch is blocked")
     artifacts.write_json(PARITY_FILE, parity_dict)
     say("[7/8] writing the report and the manifest")
-    report = build_report(graph=graph, target=target, drc=drc, stats=stats, energy=energy,
-                          raster=accumulator.raster, model=source.report_model(graph),
-                          dataset={"name": dataset, "split": "test", "samples": stats["samples"]},
-                          parity=parity_dict, lava=lava_section(graph, lava, reference),
-                          architecture=arch.to_dict())
+    report = report_of(graph, target, analysis, model=source.report_model(graph),
+                       dataset={"name": dataset, "split": "test"}, parity=run, architecture=arch)
     report["nir_check"] = nir_check
     report["readout"] = readout_record(graph)
     report["decay_grid"] = (graph.meta.get("source") or {}).get("decay_grid")

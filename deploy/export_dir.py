@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from xoresnet.checkpoint import file_sha256
+from xoresnet.files import atomic_write, file_sha256
 from xoresnet.errors import ParityError, UsageError
 from xoresnet.files import read_bounded
 
@@ -304,10 +304,7 @@ class ArtifactDir:
         that is not one of ours is never overwritten (:class:`~xoresnet.errors.UsageError`)."""
         if self.failure_file.exists() and not _is_failure_file(self.failure_file):
             raise UsageError(f"{self.failure_file} exists and was not written by xoresnet: not overwritten")
-        tmp = self.tmp.with_name(f".{self.failure_file.name}.tmp-{os.getpid()}")
-        tmp.write_text(json_text({"format": FAILURE_FORMAT, **data}))
-        os.replace(tmp, self.failure_file)
-        return self.failure_file
+        return atomic_write(self.failure_file, json_text({"format": FAILURE_FORMAT, **data}))
 
     def hashes(self) -> dict[str, str]:
         return {name: file_sha256(p) for name, p in sorted(self.files.items())}
@@ -434,7 +431,7 @@ def pixels_sha256(pixels) -> str:
 
 
 def stream_sha256(result) -> str:
-    """SHA-256 of a Loihi-timed run (:class:`deploy.reference.StreamResult` of one stream): every population's
+    """SHA-256 of a Loihi-timed run (:class:`calibration.reference.StreamResult` of one stream): every population's
     spikes at every step, by name (a partial sum's payloads as little-endian int64), then the readout.
     parity.json records it for the integer reference."""
     h = hashlib.sha256()
@@ -454,7 +451,7 @@ def reference_stream(graph, pixels):
     """The integer reference's Loihi-timed run of ``pixels`` ``[N, C, H, W]`` as one stream."""
     import torch
 
-    from deploy.reference import ReferenceSimulator
+    from calibration.reference import ReferenceSimulator
 
     return ReferenceSimulator(graph).run_stream(torch.as_tensor(np.asarray(pixels), dtype=torch.int64).unsqueeze(0))
 
@@ -508,11 +505,9 @@ def _check_parity_json(parity: Any, verdict: dict, path: Path) -> None:
 def _check_graph(graph, parity: dict, path: Path) -> None:
     """The graph is the one parity.json describes: scheduled, as many populations, the same stream length
     and neuron-step count for its samples."""
-    from deploy.reference import stream_steps
-
     _need(graph.scheduled, f"{path} is not scheduled (no reset interval)")
     neurons = sum(p.size for p in graph.populations.values())
-    steps = stream_steps(graph, parity["samples"])
+    steps = graph.stream_steps(parity["samples"])
     for what, graph_says, parity_says in (("populations", len(graph.populations), parity["populations"]),
                                           ("stream steps", steps, parity["steps"]),
                                           ("neuron-steps", neurons * steps, parity["neuron_steps_compared"])):

@@ -170,7 +170,7 @@ def xy(pair: tuple[int, int]) -> tuple[int, int]:
 def input_stream(graph: IntegerGraph, pixels: np.ndarray, steps: Optional[int] = None) -> np.ndarray:
     """The RingBuffer data ``(W, H, C, S)`` int32 for a stream of ``pixels [N, C, H, W]``.
 
-    Exactly the reference's layout (:meth:`deploy.reference.ReferenceSimulator.run_stream`): at
+    Exactly the reference's layout (:meth:`calibration.reference.ReferenceSimulator.run_stream`): at
     step ``t`` (1-based), ``n, k = divmod(t - 1, P)``; sample ``n``'s pixels if ``n < N`` and
     ``k < T``, else zeros. Column ``t - 1`` is sent at step ``t``.
     """
@@ -180,9 +180,7 @@ def input_stream(graph: IntegerGraph, pixels: np.ndarray, steps: Optional[int] =
     N = pixels.shape[0]
     P, T = graph.reset_interval, graph.timesteps
     if steps is None:
-        from deploy.reference import stream_steps
-
-        steps = stream_steps(graph, N)
+        steps = graph.stream_steps(N)
     S = steps
     data = np.zeros(lava_shape(graph.input_shape) + (S,), dtype=np.int32)
     for t in range(1, S + 1):
@@ -413,7 +411,7 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
     process per population part and per synapse block (:func:`population_parts`,
     :func:`synapse_blocks`), one probe per population part."""
     if not graph.scheduled:
-        raise ValueError("the Lava lowering needs a scheduled graph (deploy.schedule.schedule)")
+        raise ValueError("the Lava lowering needs a scheduled graph (calibration.schedule.schedule)")
     from calibration.core_plan import check_plan
 
     check_plan(graph, graph.core_plan)
@@ -433,7 +431,7 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
                                       dict(vth=0, exp=0, **common), p.name))
                 continue
             procs.append(ProcSpec(part.name, "population", "LIFReset", lava_shape(part.shape), dict(
-                du=int(p.du), dv=int(p.dv), vth=int(p.vth), reset_interval=int(P),
+                du=int(p.du_code), dv=int(p.dv_code), vth=int(p.vth_mant), reset_interval=int(P),
                 reset_offset=int((1 + p.latency) % P), has_bias=p.has_bias,
                 bias_exp_range=[int(np.min(bias)), int(np.max(bias))] if bias.size else [0, 0], **common), p.name))
     readout_probe = None
@@ -472,8 +470,6 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
 def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict[str, Any]:
     """A JSON-able description of the Lava process graph (``lava_graph.json``) and of the process
     models of the model set ``models`` (:func:`model_table`) it runs with; no Lava import."""
-    from deploy.reference import readout_latency_of
-
     procs, conns = lava_plan(graph)
     table = model_table(models)
     counts: dict[str, int] = {}
@@ -493,7 +489,7 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
         "layout": "Lava (X=W, Y=H, C); integer graph shapes are PyTorch (C, H, W)",
         "reset_interval": int(graph.reset_interval),
         "timesteps": int(graph.timesteps),
-        "readout_latency": int(readout_latency_of(graph)) if graph.readout else None,
+        "readout_latency": int(graph.readout_latency()) if graph.readout else None,
         "core_plan": {"method": plan.method, "cut_populations": plan.cut_populations} if plan is not None else None,
         "processes": [{"name": p.name, "role": p.role, "class": p.cls, "shape": list(p.shape),
                        "lowers": p.source, "params": p.params} for p in procs],
@@ -657,16 +653,14 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
                        steps: Optional[int] = None, buffer_size: Optional[int] = None) -> LavaNetwork:
     """Instantiate the Lava processes for ``graph`` fed with ``pixels_stream [N, C, H, W]`` (ints).
 
-    ``steps``: stream length ``S`` (default :func:`deploy.reference.stream_steps`); ``buffer_size``:
+    ``steps``: stream length ``S`` (default :func:`calibration.reference.stream_steps`); ``buffer_size``:
     the extractors' channel depth (default ``S``; the caller must ``receive()`` at least every
     ``buffer_size`` steps, or the run blocks). ``perturb = {"synapse", "index", "delta"}`` adds
     ``delta`` to one weight (PyTorch-layout index) before lowering (fault injection for tests).
     """
     plan, _conns = lava_plan(graph)
     if steps is None:
-        from deploy.reference import stream_steps
-
-        steps = stream_steps(graph, int(np.asarray(pixels_stream).shape[0]))
+        steps = graph.stream_steps(int(np.asarray(pixels_stream).shape[0]))
     S = int(steps)
     arrays = lowered_arrays(graph, pixels_stream, S, perturb)
     depth = int(buffer_size or S)
@@ -697,7 +691,7 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
                 proc.name = part.name  # GradedVec takes no name argument
             else:
                 mant, exp = arrays["bias"][part.name]
-                proc = LIFReset(shape=lava_shape(part.shape), du=int(p.du), dv=int(p.dv), vth=int(p.vth),
+                proc = LIFReset(shape=lava_shape(part.shape), du=int(p.du_code), dv=int(p.dv_code), vth=int(p.vth_mant),
                                 bias_mant=mant, bias_exp=exp, reset_interval=int(P),
                                 reset_offset=int((1 + p.latency) % P), name=part.name)
             neurons[p.name].append(proc)

@@ -64,7 +64,7 @@ import numpy as np
 from calibration.integer_graph import IntegerGraph, save_integer_graph
 from calibration.readout import readout_time_weights, scores
 from deploy import lava_worker
-from deploy.reference import StreamWindows, readout_latency_of, stream_steps
+from calibration.integer_graph import StreamWindows
 from xoresnet.errors import LavaRunError
 
 SHM_DIR = Path("/dev/shm")
@@ -284,7 +284,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
              run_config: str = "fixed_pt", models: str = "xoresnet",
              model_overrides: Optional[dict[str, str]] = None) -> LavaRunResult:
     """Run ``graph`` in Lava on one stream of ``pixels [N, C, H, W]`` (integers), in a child
-    process, for ``stream_steps(graph, N)`` steps.
+    process, for ``graph.stream_steps(N)`` steps.
 
     ``run_config``: ``"fixed_pt"`` (``Loihi2SimCfg(select_tag="fixed_pt")``, the CPU simulator) or
     ``"hw"`` (``Loihi2HwCfg``, Loihi 2 hardware through lava-loihi); see
@@ -302,7 +302,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     Lava hang rather than fail); only tests turn it off.
     """
     if not graph.scheduled:
-        raise ValueError("run_lava needs a scheduled graph (deploy.schedule.schedule)")
+        raise ValueError("run_lava needs a scheduled graph (calibration.schedule.schedule)")
     pixels = np.asarray(pixels)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != tuple(graph.input_shape):
         raise ValueError(f"pixels must be [N, {', '.join(map(str, graph.input_shape))}], got {list(pixels.shape)}")
@@ -327,7 +327,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     if perturb is not None and perturb.get("synapse") not in {s.name for s in graph.synapses}:
         raise ValueError(f"perturb: no synapse named {perturb.get('synapse')!r}")
     N = int(pixels.shape[0])
-    S = stream_steps(graph, N)
+    S = graph.stream_steps(N)
 
     remove_stale_scratch()
     work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
@@ -414,7 +414,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
         shutil.rmtree(work, ignore_errors=True)
     return LavaRunResult(spikes=spikes, readout=readout, steps=S, seconds=seconds, samples=N,
                          reset_interval=graph.reset_interval, timesteps=graph.timesteps,
-                         readout_latency=readout_latency_of(graph),
+                         readout_latency=graph.readout_latency(),
                          readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
                          phases=phases, pixels=pixels, run_config=run_config, process_models=ran,
                          cpu_seconds=cpu, time_weights=readout_time_weights(graph))

@@ -47,6 +47,7 @@ Importing this module has no side effects; everything happens in :func:`main`.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import shutil
@@ -57,6 +58,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from xoresnet.files import atomic_write
 
 SHM_LOG = "shm.log"
 RESULT = "result.npz"
@@ -436,9 +439,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         _watch_parent(int(job["parent_pid"]), work)
 
     def progress(done: int, total: int) -> None:
-        tmp = work / (PROGRESS + ".tmp")
-        tmp.write_text(f"{done} {total}\n")
-        os.replace(tmp, work / PROGRESS)
+        atomic_write(work / PROGRESS, f"{done} {total}\n")
 
     failed = threading.Lock()
 
@@ -472,10 +473,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    cpu=cpu)
         names = list(spikes)
         arrays = {f"spike_{i}": spikes[n] for i, n in enumerate(names)}
-        tmp = work / "result.tmp.npz"
-        np.savez(tmp, names=np.array(json.dumps(names)), readout=readout, phases=np.array(json.dumps(phases)),
+        result = io.BytesIO()
+        np.savez(result, names=np.array(json.dumps(names)), readout=readout, phases=np.array(json.dumps(phases)),
                  models=np.array(json.dumps(ran)), cpu=np.array(json.dumps(cpu)), **arrays)
-        os.replace(tmp, work / RESULT)
+        atomic_write(work / RESULT, result.getvalue())
         return 0
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises LavaRunError
         traceback.print_exc()

@@ -1,7 +1,7 @@
 """The bit-exact parity gate: Lava must reproduce the integer reference exactly, or nothing ships.
 
 :func:`check_parity` compares a Lava run (:class:`deploy.lava_run.LavaRunResult`) with the
-reference's Loihi-timing stream (:meth:`deploy.reference.ReferenceSimulator.run_stream`, one
+reference's Loihi-timing stream (:meth:`calibration.reference.ReferenceSimulator.run_stream`, one
 stream, ``B = 1``) on every population, every neuron and every stream step (which covers every
 sample and timestep, and the steps in between), plus the readout values and the predicted classes.
 A population cut into several Lava processes (:mod:`calibration.core_plan`) is compared whole (the
@@ -33,6 +33,8 @@ import numpy as np
 
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
 from xoresnet.errors import ParityError
+
+from .lava_worker import RUN_CONFIGS
 
 #: Source steps shown per incoming synapse in ``recent_inputs``.
 RECENT_STEPS = 4
@@ -97,7 +99,7 @@ class ParityReport:
 
 def parity_coverage(graph: IntegerGraph, reference) -> dict[str, Any]:
     """What a parity run exercised, from ``reference`` (the reference's one-stream
-    :class:`~deploy.reference.StreamResult`), counted in each sample's ``T``-step window (the steps
+    :class:`~calibration.reference.StreamResult`), counted in each sample's ``T``-step window (the steps
     a parity image drives):
 
     ``populations``, ``populations_spiked`` (at least one spike in some image), ``spikes_compared``
@@ -250,7 +252,7 @@ def _recent_inputs(graph: IntegerGraph, reference, lava, dst: str, neuron: tuple
 
 def check_parity(graph: IntegerGraph, reference, lava, *, recent_steps: int = RECENT_STEPS) -> ParityReport:
     """Compare ``lava`` (:class:`~deploy.lava_run.LavaRunResult`) with ``reference``
-    (:class:`~deploy.reference.StreamResult` of one stream) over every population, neuron and step."""
+    (:class:`~calibration.reference.StreamResult` of one stream) over every population, neuron and step."""
     if reference.spikes and next(iter(reference.spikes.values())).shape[1] != 1:
         raise ValueError("check_parity compares one stream: run the reference with B = 1")
     P, T = graph.reset_interval, graph.timesteps
@@ -333,3 +335,20 @@ def require_parity(report: ParityReport) -> None:
     """Raise :class:`ParityError` (exit code 5) with the report's summary unless parity holds."""
     if not report.passed:
         raise ParityError(report.summary())
+
+
+def lava_section(graph, lava, reference) -> dict[str, Any]:
+    """The ``lava`` section: per population, the spikes the Lava run ``lava``
+    (:class:`~deploy.lava_run.LavaRunResult`) recorded in each sample's window, beside those of the
+    reference's Loihi-timing stream ``reference`` (:class:`~calibration.reference.StreamResult`, one
+    stream) on the same samples (:meth:`~calibration.integer_graph.StreamWindows.window_spike_counts`); plain
+    data for the report."""
+    got, ref = lava.window_spike_counts(graph), reference.window_spike_counts(graph)
+    layers = [{"name": name, "spikes_per_sample": got[name], "reference_spikes_per_sample": ref[name],
+               "equal": got[name] == ref[name]} for name in graph.populations]
+    return {"run_config": RUN_CONFIGS[lava.run_config][1], "process_models": dict(lava.process_models),
+            "samples": int(lava.samples),
+            "timesteps": int(lava.timesteps), "steps": int(lava.steps), "seconds": round(float(lava.seconds), 2),
+            "layers": layers, "equal": all(layer["equal"] for layer in layers),
+            "predictions": [int(x) for x in lava.predictions()],
+            "reference_predictions": [int(x) for x in reference.predictions()[0]]}

@@ -1,16 +1,6 @@
-"""The deployment stages, each a function from one plain artifact to the next.
+"""The deployment stages, one function per arrow of the README's diagram, each from one plain artifact to the next.
 
-checkpoint --(:func:`export_nir`)--> float NIR graph --(:func:`architecture_check`: design rules
-before calibration)--(:func:`calibrate_checkpoint`)--> integer graph --(:func:`map_to_cores`:
-fan-in splits built, scheduled, design rules with the real weights, core plan)--> Loihi-timed
-integer graph --> reference / Lava (:mod:`deploy.cli` runs them all; ``xoresnet-eval --integer``
-the first three).
-
-This module and the CLIs are the only places where :mod:`deploy` and :mod:`hw_targets` meet: the
-packer (:mod:`hw_targets.packing`) finds the fan-in splits and chooses the core plan,
-:mod:`calibration.fan_in` builds the splits into the graph, the graph carries the plan
-(:attr:`~calibration.integer_graph.IntegerGraph.core_plan`) to the Lava lowering.
-"""
+================================  =================================================================="""
 
 from __future__ import annotations
 
@@ -18,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from calibration.architecture import architecture_graph
@@ -25,15 +16,23 @@ from calibration.fan_in import apply_fan_in_cuts
 from calibration.float_graph import nir_to_float_graph
 from calibration.integer_graph import IntegerGraph
 from calibration.quantize import DEFAULT_CANDIDATES, Calibration, QuantSpec, calibrate_nir
+from calibration.reference import ReferenceSimulator, StreamResult
+from calibration.schedule import schedule
+from hw_targets.base import HwTarget
 from hw_targets.connectivity import SynapseConn, connectivity
 from hw_targets.design_rules import DRCResult, check_design_rules, require_design_rules
+from hw_targets.energy import EnergyTable, estimate_energy
+from hw_targets.report import build_report, model_section
+from hw_targets.stats import StatsAccumulator, collect_statistics
 from xoresnet.checkpoint import Checkpoint
 from xoresnet.data import load_dataset
 from xoresnet.errors import DesignRuleError
 from xoresnet.network import XOResNet
+from xoresnet.nir.export import export_nir
 
-from .nir_export import export_nir
-from .schedule import schedule
+from . import lava_run
+from .export_dir import stream_sha256
+from .parity import ParityReport, check_parity, lava_section
 
 DEFAULT_CALIB_SAMPLES = 64
 
@@ -129,3 +128,79 @@ def architecture_check(nir_graph, target, *, system: Optional[str] = None) -> Ar
             raise DesignRuleError(f"before calibration, with the fewest weight bits any calibration gives: {e}") \
                 from None
     return ArchitectureCheck(widest, narrowest, time.perf_counter() - started)
+
+
+@dataclass
+class Analysis:
+    """What the integer graph costs and does (:func:`analyse`): ``drc`` (design rules, packing, systems; None
+    when the graph was not mapped),
+    ``stats`` (the integer reference's accuracy, spikes, latency on the evaluation images), ``accumulator``
+    (its raster), ``energy`` (per-inference estimates)."""
+
+    drc: Optional[DRCResult]
+    stats: dict[str, Any]
+    accumulator: StatsAccumulator
+    energy: dict[str, Any]
+
+
+def analyse(graph: IntegerGraph, mapping: Optional[CoreMapping], pixels: torch.Tensor,
+            labels: Optional[torch.Tensor] = None, *,
+            float_accuracy: Optional[float] = None, energy_table: Optional[EnergyTable] = None,
+            progress: bool = False, batch_size: int = 150, device: str = "cpu") -> Analysis:
+    """One zero-delay integer reference run of ``graph`` (``mapping``: its :func:`map_to_cores`, or None) over
+    ``pixels [N, C, H, W]`` (accuracy against ``labels``, spike statistics;
+    :func:`hw_targets.stats.collect_statistics`) and the energy estimate."""
+    stats, accumulator = collect_statistics(graph, pixels, labels, float_accuracy=float_accuracy,
+                                            conns=mapping.conns if mapping else None, progress=progress,
+                                            batch_size=batch_size, device=device)
+    return Analysis(mapping.drc if mapping else None, stats, accumulator, estimate_energy(stats, graph, energy_table))
+
+
+@dataclass
+class LavaParity:
+    """One Lava parity run (:func:`lava_parity`): the reference's Loihi-timed stream, Lava's run, their
+    comparison and its JSON record (``parity.json``)."""
+
+    reference: StreamResult
+    lava: lava_run.LavaRunResult
+    report: ParityReport
+    record: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+    def lava_section(self, graph: IntegerGraph) -> dict[str, Any]:
+        """The report's ``lava`` section (:func:`deploy.parity.lava_section`)."""
+        return lava_section(graph, self.lava, self.reference)
+
+
+def lava_parity(graph: IntegerGraph, pixels: torch.Tensor, *, timeout: float, progress: bool = False) -> LavaParity:
+    """Run ``pixels [N, C, H, W]`` as one stream through the integer reference (Loihi timing) and through Lava's
+    ``Loihi2SimCfg('fixed_pt')`` (:func:`deploy.lava_run.run_lava`, a child process bounded by ``timeout``
+    seconds) and compare every population, neuron and step (:func:`deploy.parity.check_parity`). A failed
+    comparison is returned, not raised: the caller writes its failure file."""
+    reference = ReferenceSimulator(graph).run_stream(pixels.unsqueeze(0))
+    lava = lava_run.run_lava(graph, np.asarray(pixels), timeout=timeout, progress=progress)
+    report = check_parity(graph, reference, lava)
+    record = {**report.to_dict(), "summary": report.summary(), "lava_seconds": round(lava.seconds, 2),
+              "reference_sha256": stream_sha256(reference), "lava_process_models": lava.process_models}
+    return LavaParity(reference, lava, report, record)
+
+
+def report_of(graph: IntegerGraph, target: HwTarget, analysis: Analysis, *, model: Optional[dict[str, Any]] = None,
+              dataset: Optional[dict[str, Any]] = None, parity: LavaParity | dict[str, Any] | None = None,
+              architecture: Optional[ArchitectureCheck] = None, warnings: Optional[list[str]] = None,
+              checkpoint: Optional[Checkpoint] = None) -> dict[str, Any]:
+    """``report.json`` (validated) of ``graph`` from its :class:`Analysis`; ``model``: the report's model section
+    (default: :func:`~hw_targets.report.model_section` of ``graph`` and ``checkpoint``); ``dataset``: name and
+    split of the evaluation images; ``parity``: the Lava parity run, when there was one, or a parity record
+    alone (``parity.json``'s ``passed``, ``samples``, ``summary``: no ``lava`` section)."""
+    ds = {"name": None, "split": None, **(dataset or {}), "samples": analysis.stats["samples"]}
+    run = parity if isinstance(parity, LavaParity) else None
+    return build_report(graph=graph, target=target, drc=analysis.drc, stats=analysis.stats, energy=analysis.energy,
+                        raster=analysis.accumulator.raster,
+                        model=model if model is not None else model_section(graph, checkpoint=checkpoint),
+                        dataset=ds, parity=run.record if run else parity,
+                        lava=run.lava_section(graph) if run else None,
+                        architecture=architecture.to_dict() if architecture else None, warnings=warnings)

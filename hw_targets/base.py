@@ -1,6 +1,6 @@
-"""The common interface of a deployment target: its limits, its systems, its energy model, dispatch.
+"""The common interface of a deployment target: its limits, its systems, its energy model, dispatch status.
 
-A target is a :class:`HwTarget` (a plain object with a few fields and one method, ``dispatch``).
+A target is a :class:`HwTarget`, a plain object; running on its hardware is :mod:`deploy.dispatch`'s business.
 Every hardware limit is a :class:`~calibration.loihi2_limits.Limit` (defined, with every Loihi 2
 figure, in :mod:`calibration.loihi2_limits`): a named value with the **source** it comes from and
 an **evidence grade** (CODE, RUN, LOG, INFER, MEM); INFER and MEM figures are estimates (inferred
@@ -11,7 +11,8 @@ Errors raised here (exit codes of :mod:`xoresnet.errors`):
 * :class:`UnknownTargetError` (a :class:`~xoresnet.errors.UsageError`, exit code 2):
   ``get_target("nonsense")``.
 * :class:`NoHardwareError` (a :class:`~xoresnet.errors.DispatchUnavailableError`, exit code 7):
-  ``dispatch`` on a target that has no hardware behind it (the Lava CPU simulator, ONNX).
+  :func:`deploy.dispatch.run_on_hardware` on a target that has no hardware behind it (the Lava CPU simulator,
+  ONNX).
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ class HwTarget:
 
     ``limits``: by name (see :mod:`hw_targets.loihi2` for the names the design-rule check uses).
     ``systems``: the systems a mapped network can be checked against, smallest first.
-    ``has_hardware``: whether :meth:`dispatch` can ever run on a chip.
+    ``has_hardware``: whether :func:`deploy.dispatch.run_on_hardware` can ever run it on a chip.
     ``no_dispatch``: for a target without hardware, one line saying why it cannot dispatch and what
-    to do instead (:meth:`dispatch_status` reports it, :meth:`dispatch` raises it).
+    to do instead (:meth:`dispatch_status` reports it, :func:`deploy.dispatch.run_on_hardware` raises it).
     """
 
     name: str
@@ -92,10 +93,6 @@ class HwTarget:
     def dispatch_status(self) -> tuple[bool, str]:
         """``(available, one-line explanation)``; never raises. A target with hardware overrides it."""
         return False, self.no_dispatch or f"target {self.name} has no hardware to dispatch to"
-
-    def dispatch(self, export_dir, pixels=None, **kwargs) -> Any:
-        """Run an export on the hardware; a target without hardware raises :class:`NoHardwareError`."""
-        raise NoHardwareError(self.dispatch_status()[1])
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description for the report (``target`` section)."""

@@ -26,7 +26,9 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import REPORT_HTML, ReportError, atomic_write_text, load_report, render_html
+    from xoresnet.files import atomic_write
+
+    from .report import REPORT_HTML, ReportError, load_report, render_html
 
     d = Path(args.dir)
     if not d.is_dir():
@@ -34,7 +36,7 @@ def _report(args: argparse.Namespace) -> int:
     report = load_report(d)
     out = Path(args.output) if args.output else d / REPORT_HTML
     try:
-        atomic_write_text(out, render_html(report))
+        atomic_write(out, render_html(report))
     except OSError as e:
         raise UsageError(f"cannot write {out} ({type(e).__name__}: {e.strerror or e})") from None
     print(f"wrote {out}")

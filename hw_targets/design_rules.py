@@ -253,7 +253,7 @@ def rule_reset_interval(ctx: RuleContext) -> list[Finding]:
     P = ctx.graph.reset_interval
     if P == 0:
         return [ctx.finding("graph", ctx.limit("reset_interval"), 0, "graph: not scheduled (no reset interval, "
-                            "latencies or delays); run deploy.schedule.schedule before deploying", warning=True)]
+                            "latencies or delays); run calibration.schedule.schedule before deploying", warning=True)]
     if P & (P - 1):
         lim = ctx.limit("reset_interval")
         return [ctx.finding("graph", lim, P, f"graph: reset interval {P} is not a power of two (LIFReset on Loihi 2 "
@@ -397,10 +397,8 @@ def _layer_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], packing
     if graph.readout:
         lat = None
         if graph.scheduled:
-            from deploy.reference import readout_latency_of
-
             try:
-                lat = readout_latency_of(graph)
+                lat = graph.readout_latency()
             except ValueError:
                 lat = None
         layers[READOUT_LAYER] = LayerResources(READOUT_LAYER, "readout", None, None, graph.num_classes, lat)

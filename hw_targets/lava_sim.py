@@ -6,9 +6,8 @@ limits (cores, neurons and synaptic memory per core, axons, chips) do not bind a
 are checked as *non-enforced*: exceeding them is a warning ("would not fit Loihi 2"), not an error.
 Energy figures are the Loihi 2 estimates (what the simulated network would cost on the chip).
 
-``dispatch`` raises :class:`~hw_targets.base.NoHardwareError` (:meth:`HwTarget.dispatch
-<hw_targets.base.HwTarget.dispatch>` with the target's ``no_dispatch`` line);
-:meth:`LavaSimTarget.simulate` runs the graph in Lava (``deploy.lava_run.run_lava``).
+Dispatch raises :class:`~hw_targets.base.NoHardwareError` with the target's ``no_dispatch`` line; the simulation
+itself is :func:`deploy.lava_run.run_lava`.
 """
 
 from __future__ import annotations
@@ -25,15 +24,7 @@ from .loihi2 import SYSTEMS
 LIMITS = {k: (replace(v, enforced=False) if k in CAPACITY_LIMITS else v) for k, v in LOIHI2_LIMITS.items()}
 
 
-class LavaSimTarget(HwTarget):
-    def simulate(self, graph, pixels, *, timeout: float = 600.0, **kwargs):
-        """Run ``graph`` in Lava's fixed-point CPU simulator (:func:`deploy.lava_run.run_lava`)."""
-        from deploy.lava_run import run_lava
-
-        return run_lava(graph, pixels, timeout=timeout, **kwargs)
-
-
-LAVA_SIM = LavaSimTarget(
+LAVA_SIM = HwTarget(
     name="lava-sim",
     description="Lava CPU simulator, Loihi2SimCfg(select_tag='fixed_pt') (lava-nc 0.10.0); no hardware",
     limits=LIMITS,

@@ -1,4 +1,4 @@
-"""Intel Loihi 2: limits, systems, energy model and hardware dispatch (the default target).
+"""Intel Loihi 2: limits, systems, energy model and whether hardware dispatch is available (the default target).
 
 The limits are those of :mod:`calibration.loihi2_limits` (the one home of every Loihi 2 figure,
 each with its source and evidence grade); the design rules of :mod:`hw_targets.design_rules`
@@ -14,23 +14,15 @@ constructed but can never select a neuro-core model. :func:`missing_loihi2_modul
 those modules (and the NxCore driver, and the profiler that ``lava.utils.loihi.is_installed``
 checks) cannot be imported.
 
-Dispatch runs an export folder, never a bare graph: the parity certificate travels with the
-artifacts (``manifest.json``: the verdict and the SHA-256 of every artifact) and
-:func:`deploy.export_dir.read_parity_certificate` checks it against the files before anything runs. The run itself
-goes through :func:`deploy.lava_run.run_lava` with ``run_config="hw"``: the child-process runner of
-the CPU simulation, with its wall-clock timeout and process / shared-memory cleanup.
+The run itself is :func:`deploy.dispatch.run_on_hardware` (an export folder, never a bare graph, after its parity
+certificate holds).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
-from typing import Optional
-
 from calibration.loihi2_limits import LIMITS
-from deploy.export_dir import GRAPH_FILE, read_parity_certificate
-from xoresnet.errors import DispatchUnavailableError
 
 from .base import HwTarget, System
 
@@ -94,63 +86,20 @@ DISPATCH_TIMEOUT = 900.0
 
 
 class Loihi2Target(HwTarget):
-    """Loihi 2 hardware. :meth:`dispatch` runs an exported integer graph on a chip via lava-loihi."""
+    """Loihi 2 hardware; :func:`deploy.dispatch.run_on_hardware` runs an export on a chip via lava-loihi."""
 
     def dispatch_status(self) -> tuple[bool, str]:
         missing = missing_loihi2_modules()
         if missing:
             return False, unavailable_message(missing)
-        if not _host_configured():
+        if not host_configured():
             return False, ("lava-loihi is installed but no Loihi 2 host is configured: pass partition= / board= "
                            "(SLURM) or set NXSDKHOST (lava.utils.loihi.use_ethernet_host)")
         return True, "lava-loihi is installed and a Loihi 2 host is configured"
 
-    def dispatch(self, export_dir, pixels=None, *, timeout: float = DISPATCH_TIMEOUT, progress: bool = False,
-                 partition: Optional[str] = None, board: Optional[str] = None):
-        """Run the export in ``export_dir`` on Loihi 2; return the run's
-        :class:`~deploy.lava_run.LavaRunResult` (``run_config == "hw"``: spikes, readout, predictions).
 
-        ``pixels``: ``[N, C, H, W]`` integers, one stream of ``N`` samples. ``timeout``: wall-clock
-        seconds for the whole run (:func:`deploy.lava_run.run_lava`, the child-process runner of the
-        CPU simulation: killed and cleaned up on expiry, :class:`~xoresnet.errors.LavaRunError`).
-
-        Checked in this order: lava-loihi is installed (else
-        :class:`~xoresnet.errors.DispatchUnavailableError`, exit code 7, naming the missing modules);
-        the folder's parity certificate holds for ``pixels`` (:func:`deploy.export_dir.read_parity_certificate`, else
-        :class:`~xoresnet.errors.ParityError`, exit code 5); the graph is scheduled and passes the
-        design rules (:class:`~xoresnet.errors.DesignRuleError`); a Loihi 2 host is configured.
-
-        The hardware run builds the same Lava process graph as the CPU simulation
-        (``deploy.lava_graph.build_lava_network``) and runs it with ``Loihi2HwCfg``. It could not be
-        tested here (no lava-loihi). On hardware, the host-side ``RingBuffer`` input and
-        ``Extractor`` probes may need lava-loihi's embedded I/O adapters (``lava.proc.embedded_io``)
-        between host and chip; that is the first thing to check on an INRC system.
-        """
-        missing = missing_loihi2_modules()
-        if missing:
-            raise DispatchUnavailableError(unavailable_message(missing))
-        if pixels is None:
-            raise ValueError("Loihi 2 dispatch needs input pixels [N, C, H, W]")
-        from deploy.lava_run import run_lava
-
-        from .design_rules import check_design_rules, require_design_rules
-
-        export_dir = Path(export_dir)
-        graph = read_parity_certificate(export_dir, pixels).graph
-        if not graph.scheduled:
-            raise DispatchUnavailableError(f"{export_dir / GRAPH_FILE} is not scheduled (no reset interval): "
-                                           "re-export it")
-        require_design_rules(check_design_rules(graph, self))
-        if partition or board:
-            from lava.utils import loihi
-
-            loihi.use_slurm_host(partition=partition, board=board)
-        elif not _host_configured():
-            raise DispatchUnavailableError(self.dispatch_status()[1])
-        return run_lava(graph, pixels, timeout=timeout, progress=progress, run_config="hw")
-
-
-def _host_configured() -> bool:
+def host_configured() -> bool:
+    """True when the environment names a Loihi 2 host (SLURM partition or board, or ``NXSDKHOST``)."""
     return any(os.environ.get(k) for k in ("SLURM", "PARTITION", "BOARD", "NXSDKHOST"))
 
 

@@ -76,6 +76,7 @@ from torch import nn
 
 from xoresnet.blocks import ConvBN, SpikeCurrent, XORResidualBlock
 from xoresnet.errors import UnsupportedModelError
+from xoresnet.files import atomic_write
 from xoresnet.network import XOResNet
 from xoresnet.neuron import CubaLIF, Current, cuba_lif_step
 
@@ -571,9 +572,7 @@ def export_onnx_artifacts(model: XOResNet, out_dir: str | os.PathLike, pixels: t
     desc["file"] = MODEL_FILE
     check["export"] = desc
     check["energy"] = ONNX.energy(model, T)
-    tmp = out_dir / f".{CHECK_FILE}.tmp"
-    tmp.write_text(json.dumps(check, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / CHECK_FILE)
+    atomic_write(out_dir / CHECK_FILE, json.dumps(check, indent=2, sort_keys=True) + "\n")
     return check
 
 

@@ -1,6 +1,6 @@
 """Spike, synaptic-operation and residual-block statistics of the integer reference.
 
-Everything comes from **one** zero-delay run of :class:`deploy.reference.ReferenceSimulator` per
+Everything comes from **one** zero-delay run of :class:`calibration.reference.ReferenceSimulator` per
 batch (``spikes[p]``: bool ``[T, B, *shape]``); each statistic is a reduction of those tensors, so
 nothing is simulated twice. Feed batches to a :class:`StatsAccumulator` (or let
 :func:`collect_statistics` run the reference) and read :meth:`StatsAccumulator.summary`.
@@ -27,17 +27,13 @@ Definitions (all "per sample" figures are over the ``T`` timesteps of one infere
   removed / block-input spikes) and ``branch_balance`` (backbone / (backbone + shortcut) spikes into
   the merge; 0.5 = balanced).
 
-Blocks are found by the population names of :mod:`deploy.nir_export` (``{block}.neurons.{i}``,
+Blocks are found by the population names of :mod:`xoresnet.nir.export` (``{block}.neurons.{i}``,
 ``{block}.shortcut_neuron``, ``{block}.sel``, ``{block}.merge``); the input of a block is the
 output of the one before it (the stem's output for the first).
 
 The raster (:attr:`StatsAccumulator.raster`) keeps the spikes of the first sample as (timestep,
 neuron) pairs, at most ``raster_cap`` per population, evenly subsampled in (t, n) order when
 there are more.
-
-:func:`window_spike_counts` counts the spikes of each sample's window in a Loihi-timing stream
-(the reference's :class:`~deploy.reference.StreamResult` or a Lava run's
-:class:`~deploy.lava_run.LavaRunResult`): the per-sample figures of the report's ``lava`` section.
 """
 
 from __future__ import annotations
@@ -308,9 +304,7 @@ def latency(graph: IntegerGraph) -> dict[str, Any]:
     if not graph.scheduled:
         return {"timesteps": T, "scheduled": False, "reset_interval": None, "max_population_latency": None,
                 "readout_latency": None, "latency_steps": None, "steps_per_sample": None}
-    from deploy.reference import readout_latency_of
-
-    ro = readout_latency_of(graph) if graph.readout else None
+    ro = graph.readout_latency() if graph.readout else None
     max_pop = max((p.latency for p in graph.populations.values()), default=0)
     return {"timesteps": T, "scheduled": True, "reset_interval": graph.reset_interval,
             "max_population_latency": max_pop, "readout_latency": ro,
@@ -326,7 +320,7 @@ def collect_statistics(graph: IntegerGraph, pixels, labels=None, *, float_accura
     ``progress``: a progress bar over the ``N`` images on stderr. Returns ``(summary,
     accumulator)``; the raster is ``accumulator.raster``.
     """
-    from deploy.reference import ReferenceSimulator
+    from calibration.reference import ReferenceSimulator
 
     sim = sim or ReferenceSimulator(graph, device=device)
     acc = StatsAccumulator(graph, conns)
@@ -339,20 +333,3 @@ def collect_statistics(graph: IntegerGraph, pixels, labels=None, *, float_accura
             acc.update(sim.run_zero_delay(x), x, y)
             bar.update(len(x))
     return acc.summary(float_accuracy), acc
-
-
-def window_spike_counts(graph: IntegerGraph, result) -> dict[str, list[int]]:
-    """Spikes of every population in each sample's window of a Loihi-timing stream: ``{p: [N]}``.
-
-    ``result``: a :class:`~deploy.reference.StreamWindows` (the reference's ``StreamResult``,
-    spikes ``[S, 1, *shape]``, or a Lava run's ``LavaRunResult``, spikes ``[S, *shape]``) of
-    ``result.samples`` samples. Sample ``n``'s window of population ``p`` is its ``T`` steps from
-    ``result.step_index(n, 0, p.latency)``: the spikes that sample caused in ``p``.
-    """
-    out = {}
-    for p in graph.populations.values():
-        s = result.spikes[p.name]
-        s = s != 0 if p.kind == "partial_sum" else s  # messages: nonzero payloads
-        out[p.name] = [int(s[start:start + result.timesteps].sum())
-                       for start in (result.step_index(n, 0, p.latency) for n in range(result.samples))]
-    return out

@@ -70,25 +70,26 @@ def digits_model_path() -> Path:
 
 @functools.cache
 def _digits_report() -> dict:
-    from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
-    from deploy.schedule import schedule
-    from hw_targets.report import make_report
+    from deploy.pipeline import analyse, calibrate_checkpoint, map_to_cores, report_of
+    from hw_targets import get_target
     from xoresnet.checkpoint import load_model
     from xoresnet.data import load_dataset
 
     model, ckpt = load_model(DIGITS_MODEL)
     train = load_dataset("digits", "train", limit=16)
     test = load_dataset("digits", "test", limit=40)
-    graph = schedule(calibrate_nir(export_nir(model), train.pixels[:16], candidates=1).graph)
+    target = get_target("loihi2")
+    mapping = map_to_cores(calibrate_checkpoint(model, ckpt, train.pixels[:16], candidates=1).graph, target)
+    graph = mapping.graph
+    analysis = analyse(graph, mapping, test.pixels, test.labels, float_accuracy=0.99, batch_size=40)
     parity = {"passed": True, "samples": 4, "summary": "bit-exact (test fixture)"}
-    return make_report(graph, test.pixels, test.labels, float_accuracy=0.99, checkpoint=ckpt,
-                       dataset={"name": "digits", "split": "test"}, parity=parity, batch_size=40)
+    return report_of(graph, target, analysis, checkpoint=ckpt, dataset={"name": "digits", "split": "test"},
+                     parity=parity)
 
 
 def digits_report() -> dict:
-    """A real report of the bundled digits model (``make_report``: design rules, packing, 40 test images through
-    the integer reference; no Lava), built once per test process; each call returns a fresh copy."""
+    """A real report of the bundled digits model (the pipeline's stages: design rules, packing, 40 test images
+    through the integer reference; no Lava), built once per test process; each call returns a fresh copy."""
     return copy.deepcopy(_digits_report())
 
 

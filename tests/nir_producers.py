@@ -184,10 +184,10 @@ def simulate_norse(net, x: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
 
 def interpreter_run(path: Path, x: torch.Tensor, steps: int, dt: float, convention: str = "nir",
                     dtype=torch.float64):
-    """Our NIR interpreter on the file ``path`` as the front end imports it (:mod:`deploy.nir_frontend`)."""
-    from deploy.nir_file import read_nir_file
-    from deploy.nir_frontend import ImportOptions, import_nir
-    from deploy.nir_interpreter import NIRInterpreter
+    """Our NIR interpreter on the file ``path`` as the front end imports it (:mod:`xoresnet.nir.frontend`)."""
+    from xoresnet.nir.reader import read_nir_file
+    from xoresnet.nir.frontend import ImportOptions, import_nir
+    from xoresnet.nir.interpreter import NIRInterpreter
 
     imported = import_nir(read_nir_file(path), ImportOptions(dt=dt, timesteps=steps, input_levels=16,
                                                              convention=convention))

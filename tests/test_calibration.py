@@ -13,8 +13,8 @@ from calibration.integer_graph import (INPUT, READOUT, IntegerGraph, Population,
                                        save_integer_graph)
 from calibration.quantize import QuantSpec, calibrate, calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import export_nir
-from deploy.schedule import schedule
+from xoresnet.nir.export import export_nir
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 from xoresnet.errors import RangeError, UnsupportedModelError
 from xoresnet.neuron import NeuronSpec
@@ -47,8 +47,8 @@ def test_calibrated_graph_is_within_loihi_ranges(calibrated):
     g = cal.graph
     g.validate()
     for p in g.populations.values():
-        assert 0 <= p.du <= 4095 and 0 <= p.dv <= 4095
-        assert 0 <= p.vth <= 131071
+        assert 0 <= p.du_code <= 4095 and 0 <= p.dv_code <= 4095
+        assert 0 <= p.vth_mant <= 131071
         assert p.bias_mant.min() >= -4096 and p.bias_mant.max() <= 4095
         assert p.bias_exp.min() >= 0 and p.bias_exp.max() <= 7
         assert p.bias_mant.shape == p.shape and p.bias_exp.shape == p.shape
@@ -75,17 +75,17 @@ def test_neuron_codes_thresholds_and_scales(calibrated):
     dv_code = {0.5: 2048, 0.25: 1024, 0.0: 0}[spec.dv]
     for p in cal.graph.populations.values():
         if p.kind == "gate":
-            assert (p.du, p.dv, p.scale) == (4095, 4095, 1.0) and not p.has_bias
-            assert p.vth == {"xor.and": 1}.get(p.op, 0)
+            assert (p.du_code, p.dv_code, p.scale) == (4095, 4095, 1.0) and not p.has_bias
+            assert p.vth_mant == {"xor.and": 1}.get(p.op, 0)
             continue
-        assert (p.du, p.dv) == (du_code, dv_code), p.name
+        assert (p.du_code, p.dv_code) == (du_code, dv_code), p.name
         vth = fg.populations[p.name].vth
         assert vth == spec.vth
-        assert p.scale == p.vth / vth
+        assert p.scale == p.vth_mant / vth
         if spec.vth in (1.0, 0.75):  # exact in binary floating point for these thresholds
-            assert vth * p.scale == p.vth
-        assert p.vth >= 1
-        assert cal.spec.vth_mant[p.name] == p.vth
+            assert vth * p.scale == p.vth_mant
+        assert p.vth_mant >= 1
+        assert cal.spec.vth_mant[p.name] == p.vth_mant
 
 
 def test_no_silent_clipping(calibrated):
@@ -133,7 +133,7 @@ def test_worst_case_current_fits_u(calibrated):
                 pos += (np.clip(w, 0, None).sum(1) * m).reshape(p.shape)
                 neg += (np.clip(w, None, 0).sum(1) * m).reshape(p.shape)
         worst = max(pos.max(), -neg.min())
-        assert worst * 64 * 4096 / (p.du + 1) <= 2 ** 23, p.name
+        assert worst * 64 * 4096 / (p.du_code + 1) <= 2 ** 23, p.name
         if p.kind == "gate":
             assert worst < 64  # no memory left in v
 
@@ -171,7 +171,7 @@ def test_bias_mantissa_and_exponent_by_hand():
     bias.flat[:6] = [10.0, -0.5, 0.01, 1.0, -0.64, 0.64]
     cal = calibrate(one_population_graph(bias=bias, weight=0.01), PIX, None, spec=QuantSpec({"p": 100}))
     p = cal.graph.populations["p"]
-    assert p.vth == 100 and p.scale == 100.0
+    assert p.vth_mant == 100 and p.scale == 100.0
     assert p.bias_mant.flat[:6].tolist() == [4000, -3200, 64, 3200, -4096, 2048]
     assert p.bias_exp.flat[:6].tolist() == [4, 0, 0, 1, 0, 1]
     assert np.all(p.bias_mant.flat[6:] == 0)
@@ -187,7 +187,7 @@ def test_current_bound_picks_the_scale_by_hand():
     for du, expected in [(1.0, 57), (0.5, 28)]:
         cal = calibrate(one_population_graph(weight=1.0, levels=255, du=du), PIX, None)
         p = cal.graph.populations["p"]
-        assert p.vth == expected
+        assert p.vth_mant == expected
         entry = cal.report["populations"]["p"]
         assert entry["binding_limit"] == "current"
         [c] = cal.graph.incoming("p")
@@ -201,7 +201,7 @@ def test_a_candidate_that_rounding_pushes_over_the_current_limit_gives_way_to_th
     for samples, trace in [(PIX[:0], None), (PIX, {"p": torch.zeros(2, 3, 2, 4, 4)})]:
         cal = calibrate(one_population_graph(weight=0.5, levels=100), samples, trace, candidates=1)
         entry = cal.report["populations"]["p"]
-        assert cal.graph.populations["p"].vth == 290 and entry["max_vth_mant"] == 291
+        assert cal.graph.populations["p"].vth_mant == 290 and entry["max_vth_mant"] == 291
         refused, taken = entry["candidates"]
         assert refused["vth_mant"] == 291 and "131400" in refused["refused"] and taken["vth_mant"] == 290
     with pytest.raises(RangeError, match="131400"):  # a quantization spec is honoured exactly, or refused
@@ -212,7 +212,7 @@ def test_threshold_bound_keeps_vth_within_17_bits():
     cal = calibrate(one_population_graph(weight=1e-6, vth=1.0), PIX, None)
     p = cal.graph.populations["p"]
     assert cal.report["populations"]["p"]["binding_limit"] == "threshold"
-    assert 131067 <= p.vth <= 131071
+    assert 131067 <= p.vth_mant <= 131071
     with pytest.raises(RangeError, match=r"population p: threshold mantissa 131072"):
         calibrate(one_population_graph(weight=1e-6), PIX, None, spec=QuantSpec({"p": 131072}))
 
@@ -295,7 +295,7 @@ def test_gate_with_large_or_fractional_weights_is_refused():
 
     pix = torch.ones((1, 1, 2, 2), dtype=torch.int64)
     g = calibrate(graph(63), pix, None).graph.populations["g"]  # |sum| 63 < 64: still memoryless
-    assert g.vth == 0
+    assert g.vth_mant == 0
     with pytest.raises(RangeError, match=r"gate g: input sums up to 64"):
         calibrate(graph(64), pix, None)
     with pytest.raises(UnsupportedModelError, match=r"gate g: input weights must be integers"):
@@ -307,8 +307,8 @@ def test_gate_with_large_or_fractional_weights_is_refused():
 def tiny_integer_graph(**changes) -> IntegerGraph:
     shape = (2, 3, 3)
     z = np.zeros(shape, np.int64)
-    p = Population("p", shape, du=4095, dv=2048, vth=10, bias_mant=z.copy(), bias_exp=z.copy())
-    q = Population("q", shape, du=0, dv=0, vth=5, bias_mant=z.copy(), bias_exp=z.copy())
+    p = Population("p", shape, du_code=4095, dv_code=2048, vth_mant=10, bias_mant=z.copy(), bias_exp=z.copy())
+    q = Population("q", shape, du_code=0, dv_code=0, vth_mant=5, bias_mant=z.copy(), bias_exp=z.copy())
     syns = [Synapse("in->p", INPUT, "p", "conv", np.full((2, 1, 3, 3), 4, np.int64), padding=(1, 1), graded=True),
             Synapse("p->q", "p", "q", "dense", np.tile(np.array([[2, -4]]), (18, 9))),
             Synapse("p->q.id", "p", "q", "identity", np.ones(shape, np.int64)),
@@ -337,9 +337,9 @@ def test_tiny_integer_graph_is_valid():
     ({"p->q.weight_exp": 8}, r"synapse p->q: weight_exp = 8"),
     ({"in->p.weight_exp": 1}, r"synapse in->p: .*Conv ignores weight_exp"),
     ({"in->p.delay": 1}, r"synapse in->p: .*no synaptic delay"),
-    ({"p.du": 5000}, r"population p: du = 5000 .*\[0, 4095\]"),
-    ({"q.dv": -1}, r"population q: dv = -1"),
-    ({"q.vth": 131072}, r"population q: vth = 131072 .*\[0, 131071\]"),
+    ({"p.du_code": 5000}, r"population p: du = 5000 .*\[0, 4095\]"),
+    ({"q.dv_code": -1}, r"population q: dv = -1"),
+    ({"q.vth_mant": 131072}, r"population q: vth = 131072 .*\[0, 131071\]"),
     ({"p.bias_mant": np.full((2, 3, 3), 4096)}, r"population p: bias_mant = 4096"),
     ({"p.bias_mant": np.full((2, 3, 3), -4097)}, r"population p: bias_mant = -4097"),
     ({"p.bias_exp": np.full((2, 3, 3), 8)}, r"population p: bias_exp = 8"),
@@ -352,7 +352,7 @@ def test_validate_names_the_culprit_and_value(change, pattern):
 
 def test_validate_accepts_the_range_edges():
     tiny_integer_graph(**{"p->q.weight": np.tile(np.array([[254, -256]]), (18, 9)), "p->q.delay": 62,
-                          "p->q.id.weight": np.full((2, 3, 3), 255), "q.vth": 131071,
+                          "p->q.id.weight": np.full((2, 3, 3), 255), "q.vth_mant": 131071,
                           "p.bias_mant": np.full((2, 3, 3), -4096), "p.bias_exp": np.full((2, 3, 3), 7)}).validate()
 
 
@@ -366,7 +366,7 @@ def assert_same_integer_graph(a: IntegerGraph, b: IntegerGraph, *, check_meta=Tr
     assert list(a.populations) == list(b.populations)
     for name, p in a.populations.items():
         q = b.populations[name]
-        for f in ("name", "shape", "du", "dv", "vth", "kind", "op", "block", "scale", "latency"):
+        for f in ("name", "shape", "du_code", "dv_code", "vth_mant", "kind", "op", "block", "scale", "latency"):
             assert getattr(p, f) == getattr(q, f), (name, f)
         assert np.array_equal(p.bias_mant, q.bias_mant) and np.array_equal(p.bias_exp, q.bias_exp)
     assert [s.name for s in a.synapses] == [s.name for s in b.synapses]
@@ -393,11 +393,11 @@ def test_quant_spec_round_trip_reproduces_the_integer_graph(calibrated):
 
 def test_quant_spec_is_really_used_and_checked(calibrated):
     _, _, cal, pixels, graph = calibrated
-    name = next(n for n, p in cal.graph.populations.items() if p.kind == "neuron" and p.vth > 2)
+    name = next(n for n, p in cal.graph.populations.items() if p.kind == "neuron" and p.vth_mant > 2)
     changed = dict(cal.spec.vth_mant)
     changed[name] -= 1
     g2 = calibrate_nir(graph, pixels[:1], spec=QuantSpec(changed)).graph
-    assert g2.populations[name].vth == cal.graph.populations[name].vth - 1
+    assert g2.populations[name].vth_mant == cal.graph.populations[name].vth_mant - 1
     missing = dict(cal.spec.vth_mant)
     del missing[name]
     with pytest.raises(UnsupportedModelError, match=name.replace(".", r"\.")):
@@ -455,7 +455,7 @@ def test_validate_refuses_unknown_kinds_and_dangling_synapses():
 def test_calibration_of_the_nir_file_equals_calibration_in_memory(tmp_path):
     """Writing the NIR graph to a file and reading it back changes nothing downstream (node order may
     differ after the round trip; populations stay in a topological order)."""
-    from deploy.nir_export import read_nir, write_nir
+    from xoresnet.nir.export import read_nir, write_nir
     cfg = small_config(block=BlockSpec("prev_input", "xor", "spike"), neuron=NeuronSpec(du=3000 / 4096, dv=700 / 4096))
     graph = export_nir(firing_model(cfg, seed=9))
     write_nir(graph, tmp_path / "m.nir")
@@ -524,7 +524,7 @@ def test_calibration_data_choose_a_scale_below_the_range_limit():
     float_spikes = {"p": torch.tensor([0.0, 1.0]).view(2, 1, 1, 1, 1)}
     cal = calibrate(g, on_1, float_spikes)
     entry = cal.report["populations"]["p"]
-    assert cal.graph.populations["p"].vth == cal.spec.vth_mant["p"] == entry["vth_mant"] == 240
+    assert cal.graph.populations["p"].vth_mant == cal.spec.vth_mant["p"] == entry["vth_mant"] == 240
     assert entry["max_vth_mant"] == 255 and entry["binding_limit"] == "weights of c"
     assert entry["scale_bound"] == pytest.approx(255.0)
     rows = {r["vth_mant"]: r["current_rmse_vth"] for r in entry["candidates"]}
@@ -538,9 +538,9 @@ def test_calibration_data_choose_a_scale_below_the_range_limit():
     at_limit = calibrate(g, on_1, float_spikes, spec=QuantSpec({"p": 255})).report["populations"]["p"]
     assert at_limit["spike_mismatch"] == 0.5  # the extra spike at step 1
 
-    assert calibrate(g, on_0, {"p": torch.zeros(2, 1, 1, 1, 1)}).graph.populations["p"].vth == 255
+    assert calibrate(g, on_0, {"p": torch.zeros(2, 1, 1, 1, 1)}).graph.populations["p"].vth_mant == 255
     blind = calibrate(g, on_1, None)
-    assert blind.graph.populations["p"].vth == 255 and blind.report["calibration_samples"] == 0
+    assert blind.graph.populations["p"].vth_mant == 255 and blind.report["calibration_samples"] == 0
     assert blind.report["populations"]["p"]["choice"] == "the largest scale that fits (no calibration samples)"
 
 
@@ -552,13 +552,13 @@ def test_calibration_report_has_the_per_population_fields(calibrated):
     assert report["calibration_samples"] == len(pixels) and not report["spec_given"]
     for name, e in report["populations"].items():
         p = cal.graph.populations[name]
-        assert e["vth_mant"] == p.vth and e["scale"] == p.scale
+        assert e["vth_mant"] == p.vth_mant and e["scale"] == p.scale
         assert 0.0 <= e["spike_mismatch"] <= 1.0 and e["current_rmse_vth"] >= 0.0
         if e["kind"] == "gate":
             assert e["current_rmse_vth"] == 0.0 and e["weight_rmse_rel"] == 0.0  # integer weights, exact
             continue
         assert e["binding_limit"] in e["bounds"] and e["scale_bound"] == min(e["bounds"].values())
-        assert e["max_vth_mant"] == int(np.floor(cal.graph.populations[name].vth / p.scale * e["scale_bound"] + 1e-9))
+        assert e["max_vth_mant"] == int(np.floor(cal.graph.populations[name].vth_mant / p.scale * e["scale_bound"] + 1e-9))
         scored = [r for r in e["candidates"] if "current_rmse_vth" in r]
         assert len(scored) > 1 and all(r["vth_mant"] <= e["max_vth_mant"] for r in e["candidates"])
         best = min(scored, key=lambda r: (r["current_rmse_vth"], -r["vth_mant"]))
@@ -812,7 +812,7 @@ def sampled_and_exact_choices(score_macs: int) -> list[tuple[str, int, int, int,
                                 candidates=DEFAULT_CANDIDATES)
             sampled = CandidateScorer(pop, syns, view, score_macs)
             fast, _ = choose_scale(pop, syns, fg.input_levels, sampled, fixed=None, candidates=DEFAULT_CANDIDATES)
-            out.append((name, q.population.vth, fast.population.vth, sampled.rows, sampled.total_rows))
+            out.append((name, q.population.vth_mant, fast.population.vth_mant, sampled.rows, sampled.total_rows))
         spikes[name] = measure(q.population, q.synapses, view, keep_spikes=True).spikes
     return out
 

@@ -15,9 +15,10 @@ import pytest
 from conftest import REPO
 from deploy import cli as export_cli
 from deploy import lava_run
+from deploy.dispatch import run_on_hardware
 from hw_targets import get_target, loihi2
 from hw_targets.base import HwTarget, NoHardwareError
-from xoresnet.checkpoint import file_sha256
+from xoresnet.files import file_sha256
 from xoresnet.data import load_dataset
 from xoresnet.errors import DispatchUnavailableError, LavaRunError, ParityError
 
@@ -96,7 +97,7 @@ def test_dispatch_refuses_a_tampered_graph(dispatched, tmp_path, loihi_present):
     with open(d / "integer_graph.h5", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ParityError) as e:
-        get_target("loihi2").dispatch(d, pixels=parity_pixels())
+        run_on_hardware(get_target("loihi2"), d, pixels=parity_pixels())
     msg = str(e.value)
     assert e.value.exit_code == 5 and "\n" not in msg
     assert "integer_graph.h5 is not the file the parity certificate covers" in msg and "blocked" in msg
@@ -135,7 +136,7 @@ def test_dispatch_refuses_without_a_passed_certificate(dispatched, tmp_path, loi
         del manifest["artifacts"]["integer_graph.h5"]
         (d / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ParityError, match=needle) as e:
-        get_target("loihi2").dispatch(d, pixels=parity_pixels())
+        run_on_hardware(get_target("loihi2"), d, pixels=parity_pixels())
     assert e.value.exit_code == 5 and "\n" not in str(e.value)
 
 
@@ -145,7 +146,7 @@ def test_dispatch_without_lava_loihi_exits_7_naming_the_modules(dispatched, monk
         pytest.skip("lava-loihi is installed here")
     monkeypatch.setattr(lava_run, "run_lava", lambda *a, **k: pytest.fail("dispatch reached the hardware run"))
     with pytest.raises(DispatchUnavailableError) as e:
-        get_target("loihi2").dispatch(dispatched[0], pixels=parity_pixels())
+        run_on_hardware(get_target("loihi2"), dispatched[0], pixels=parity_pixels())
     assert e.value.exit_code == 7 and all(m in str(e.value) for m in missing)
 
 
@@ -172,9 +173,9 @@ def test_hardware_run_goes_through_the_child_runner(dispatched):
 @pytest.mark.parametrize("name,needle", [("lava-sim", "Lava's CPU simulator"), ("onnx", "onnxruntime")])
 def test_targets_without_hardware_share_one_dispatch(name, needle):
     target = get_target(name)
-    assert type(target).dispatch is HwTarget.dispatch and type(target).dispatch_status is HwTarget.dispatch_status
+    assert type(target).dispatch_status is HwTarget.dispatch_status
     ok, note = target.dispatch_status()
     assert not ok and needle in note
     with pytest.raises(NoHardwareError) as e:
-        target.dispatch("out")
+        run_on_hardware(target, "out")
     assert str(e.value) == note and e.value.exit_code == 7

@@ -138,7 +138,7 @@ def test_report_has_lava_spike_counts_per_parity_sample(exported):
     """The lava section: Lava's spikes per population in each parity sample's window, equal to the
     zero-delay reference's per-sample counts (computed here independently) and flagged so."""
     from calibration.integer_graph import load_integer_graph
-    from deploy.reference import ReferenceSimulator
+    from calibration.reference import ReferenceSimulator
     from xoresnet.data import load_dataset
 
     out, _ = exported

@@ -13,8 +13,8 @@ from calibration.fan_in import FanInCut, InputRange, apply_fan_in_cuts, split_la
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse, load_integer_graph, \
     save_integer_graph
 from deploy.pipeline import map_to_cores
-from deploy.reference import ReferenceSimulator
-from deploy.schedule import schedule
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.errors import UnsupportedModelError
 
 

@@ -14,7 +14,7 @@ over a sample's timesteps, so per-timestep input patterns are generated inside t
 With ``N = 2^(2T)`` neurons, neuron ``i`` carries one of all the pairs of T-step sequences for
 ``a`` (low bits of ``i``) and ``b`` (high bits). The gates are then built as in
 ``xoresnet-block.md`` and must equal the truth table at every timestep, in zero-delay timing and,
-after :func:`deploy.schedule.schedule`, in Loihi timing (windows). The NIR side builds the same
+after :func:`calibration.schedule.schedule`, in Loihi timing (windows). The NIR side builds the same
 gates with the exporter's own builder and runs them in :class:`NIRInterpreter`.
 """
 
@@ -26,10 +26,10 @@ import torch
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import _GraphBuilder, export_nir, read_meta
-from deploy.nir_interpreter import NIRInterpreter
-from deploy.reference import ReferenceSimulator
-from deploy.schedule import schedule
+from xoresnet.nir.export import _GraphBuilder, export_nir, read_meta
+from xoresnet.nir.interpreter import NIRInterpreter
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 
 TRUTH = {
@@ -44,7 +44,7 @@ TRUTH = {
 
 def population(name, shape, *, vth, du=4095, dv=4095, kind="gate", op=None):
     z = np.zeros(shape, np.int64)
-    return Population(name, tuple(shape), du=du, dv=dv, vth=vth, bias_mant=z, bias_exp=z.copy(), kind=kind, op=op)
+    return Population(name, tuple(shape), du_code=du, dv_code=dv, vth_mant=vth, bias_mant=z, bias_exp=z.copy(), kind=kind, op=op)
 
 
 def identity(name, src, dst, weight):
@@ -252,25 +252,25 @@ def test_calibrated_gates_have_the_integer_construction_and_truth_table(spec):
     assert gates
     seen_ops = set()
     for p in gates:
-        assert (p.du, p.dv) == (4095, 4095) and not p.has_bias and p.scale == 1.0
+        assert (p.du_code, p.dv_code) == (4095, 4095) and not p.has_bias and p.scale == 1.0
         w = _gate_inputs(graph, p.name)
         seen_ops.add(p.op)
         srcs = list(w)
         s = {k: z.spikes[k].long() for k in srcs}
         if p.op == "or":
-            assert p.vth == 0 and sorted(w.values()) == [1, 1]
+            assert p.vth_mant == 0 and sorted(w.values()) == [1, 1]
             expected = s[srcs[0]] | s[srcs[1]]
         elif p.op == "xor.and":
-            assert p.vth == 1 and sorted(w.values()) == [1, 1]
+            assert p.vth_mant == 1 and sorted(w.values()) == [1, 1]
             expected = s[srcs[0]] & s[srcs[1]]
         elif p.op == "xor":
-            assert p.vth == 0 and sorted(w.values()) == [-2, 1, 1]
+            assert p.vth_mant == 0 and sorted(w.values()) == [-2, 1, 1]
             a, b = [k for k in srcs if w[k] == 1]
             h = next(k for k in srcs if w[k] == -2)
             assert graph.populations[h].op == "xor.and"
             expected = s[a] ^ s[b]
         elif p.op == "iand":
-            assert p.vth == 0 and sorted(w.values()) == [-1, 1]
+            assert p.vth_mant == 0 and sorted(w.values()) == [-1, 1]
             neg = next(k for k in srcs if w[k] == -1)
             pos = next(k for k in srcs if w[k] == 1)
             expected = (1 - s[neg]) & s[pos]
@@ -301,7 +301,7 @@ def test_calibrated_or_pool_stem():
     pixels = random_pixels(2, cfg, 6)
     graph = calibrate_nir(export_nir(model), pixels).graph
     pool = graph.populations["stem.or_pool"]
-    assert pool.kind == "gate" and pool.op == "or_pool" and pool.vth == 0 and pool.shape == (2, 21, 21)
+    assert pool.kind == "gate" and pool.op == "or_pool" and pool.vth_mant == 0 and pool.shape == (2, 21, 21)
     [syn] = graph.incoming("stem.or_pool")
     assert syn.kind == "conv" and syn.groups == 2 and syn.stride == (2, 2) and syn.weight.tolist() == \
         np.ones((2, 1, 2, 2), np.int64).tolist()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
-from deploy.reference import ZeroDelayResult
+from calibration.reference import ZeroDelayResult
+from deploy.dispatch import run_on_hardware
 from hw_targets import TARGETS, get_target
 from hw_targets.base import NoHardwareError, UnknownTargetError
 from hw_targets.energy import EnergyTable, ann_macs, estimate_energy
@@ -25,7 +26,7 @@ from xoresnet.errors import DesignRuleError, DispatchUnavailableError
 
 def pop(name: str, shape: tuple[int, ...], kind: str = "neuron", **kw) -> Population:
     z = np.zeros(shape, np.int64)
-    return Population(name, tuple(shape), du=4095, dv=0, vth=10, bias_mant=z, bias_exp=z.copy(), kind=kind, **kw)
+    return Population(name, tuple(shape), du_code=4095, dv_code=0, vth_mant=10, bias_mant=z, bias_exp=z.copy(), kind=kind, **kw)
 
 
 def make_graph(pops: list[Population], syns: list[Synapse], *, input_shape=(1, 4, 4), T: int = 2, K: int = 2,
@@ -90,7 +91,7 @@ def test_loihi2_dispatch_unavailable_names_missing_modules(tmp_path):
     if not missing:
         pytest.skip("lava-loihi is installed here")
     with pytest.raises(DispatchUnavailableError) as e:
-        get_target("loihi2").dispatch(tmp_path)
+        run_on_hardware(get_target("loihi2"), tmp_path)
     msg = str(e.value)
     assert e.value.exit_code == 7 and "\n" not in msg
     assert "lava.magma.core.model.nc.model" in msg and "nxcore" in msg
@@ -101,7 +102,7 @@ def test_loihi2_dispatch_unavailable_names_missing_modules(tmp_path):
 
 def test_lava_sim_has_no_hardware(tmp_path):
     with pytest.raises(NoHardwareError) as e:
-        get_target("lava-sim").dispatch(tmp_path)
+        run_on_hardware(get_target("lava-sim"), tmp_path)
     assert isinstance(e.value, DispatchUnavailableError) and e.value.exit_code == 7
     assert "no hardware" in str(e.value) and "lava-sim" in str(e.value)
 
@@ -337,3 +338,22 @@ def test_statistics_and_energy_by_hand():
     assert EnergyTable.from_dict(json.loads(json.dumps(t.to_dict()))) == t
     with pytest.raises(ValueError):
         EnergyTable.from_dict({"synapse_op": 1})
+
+
+def test_output_routes_split_a_layer_over_cores():
+    """Output routes (AxonMap) share a core's memory with its synapses (``core_memory``: 0.2 x neurons / 4,096 +
+    0.8 x (SynMem + routes) / 12,000 <= 1): 3,000 neurons that each feed one dense layer fit one core; the same
+    neurons each feeding eight dense layers carry 8 route units apiece, at most 1,717 neurons fit a core, and the
+    layer is split over 2 cores, its busiest core's routes and memory reported."""
+    def graph(fan_out: int) -> IntegerGraph:
+        pops = [pop("a", (3000,))] + [pop(f"d{i}", (1,)) for i in range(fan_out)]
+        syns = [dense(f"a->d{i}", "a", f"d{i}", np.ones((1, 3000))) for i in range(fan_out)]
+        return make_graph(pops, syns)
+
+    one = require_design_rules(check_design_rules(graph(1))).layer("a")
+    assert one.cores == 1 and one.axons_out_max == 3000
+    eight = require_design_rules(check_design_rules(graph(8))).layer("a")
+    per_core = int(1 / (0.2 / 4096 + 0.8 * 8 / 12000))  # 1,717
+    assert eight.cores == 2 and eight.axons_out_max == 8 * per_core
+    assert eight.core_memory_max == pytest.approx(0.2 * per_core / 4096 + 0.8 * 8 * per_core / 12000, abs=1e-4)
+    assert eight.core_memory_max <= 1.0 < 0.2 * (per_core + 1) / 4096 + 0.8 * 8 * (per_core + 1) / 12000

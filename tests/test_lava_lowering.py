@@ -28,10 +28,10 @@ from deploy import lava_run
 from deploy.lava_graph import (describe_lava_network, from_lava, lava_flat_order, lava_plan, lava_shape,
                                to_lava)
 from deploy.lava_run import run_lava, session_members
-from deploy.nir_export import export_nir
+from xoresnet.nir.export import export_nir
 from deploy.parity import check_parity, require_parity
-from deploy.reference import ReferenceSimulator, stream_steps
-from deploy.schedule import schedule
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 from xoresnet.errors import LavaRunError, ParityError
 from xoresnet.neuron import NeuronSpec
@@ -277,7 +277,7 @@ def test_digits_model_parity(digits_graph):
     report = check_parity(graph, reference, lava)
     assert report.passed, report.summary()
     require_parity(report)
-    assert report.samples == 2 and report.steps == stream_steps(graph, 2) == lava.steps
+    assert report.samples == 2 and report.steps == graph.stream_steps(2) == lava.steps
     assert report.neuron_steps_compared == lava.steps * sum(p.size for p in graph.populations.values())
     assert sum(int(s.sum()) for s in lava.spikes.values()) > 1000  # the comparison is not of silence
     assert report.predictions["lava"] == report.predictions["reference"] == lava.predictions().tolist()
@@ -306,7 +306,7 @@ def test_block_variants_parity():
     graph = joined(graphs)
     ops = {p.op for p in graph.populations.values()}
     assert {"or", "xor", "iand", "relay"} <= ops, ops
-    assert any(p.du != 4095 and p.has_bias for p in graph.populations.values())  # CUBA current decay + bias
+    assert any(p.du_code != 4095 and p.has_bias for p in graph.populations.values())  # CUBA current decay + bias
     assert any(s.stride != (1, 1) for s in graph.synapses if s.kind == "conv")  # downsampling shortcuts
     assert any(s.kind == "dense" and s.delay and s.dst != READOUT for s in graph.synapses)  # DelayDense
     assert any(s.kind == "identity" and s.delay for s in graph.synapses)  # DelaySparse
@@ -368,13 +368,11 @@ def test_perturbed_weight_fails_parity_and_is_localized():
 
 def as_lava_result(graph: IntegerGraph, reference, pixels) -> "lava_run.LavaRunResult":
     """A LavaRunResult holding exactly the reference's stream (to test the gate without Lava)."""
-    from deploy.reference import readout_latency_of
-
     return lava_run.LavaRunResult(
         spikes={k: v[:, 0].numpy().copy() for k, v in reference.spikes.items()},
         readout=reference.readout[:, 0].numpy().copy(), steps=int(reference.readout.shape[0]), seconds=0.0,
         samples=int(reference.samples), reset_interval=graph.reset_interval, timesteps=graph.timesteps,
-        readout_latency=readout_latency_of(graph), readout_bias=np.asarray(graph.readout_bias), pixels=pixels)
+        readout_latency=graph.readout_latency(), readout_bias=np.asarray(graph.readout_bias), pixels=pixels)
 
 
 def test_parity_gate_logic_without_lava():

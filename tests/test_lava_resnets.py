@@ -15,10 +15,10 @@ from calibration.quantize import calibrate_nir
 from conftest import REPO, firing_model, random_pixels
 from deploy.lava_graph import describe_lava_network
 from deploy.lava_run import run_lava
-from deploy.nir_export import export_nir
+from xoresnet.nir.export import export_nir
 from deploy.parity import check_parity
-from deploy.reference import ReferenceSimulator
-from deploy.schedule import schedule
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.config import NetworkConfig
 
 pytestmark = pytest.mark.lava

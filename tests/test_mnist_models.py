@@ -20,7 +20,8 @@ QAT_MODEL = REPO / "models" / "xoresnet18-mnist-qat.pt"
 def test_bundled_mnist_qat_model_scores_its_recorded_accuracy_on_the_integer_reference():
     from deploy.pipeline import calibrate_checkpoint
     from hw_targets.stats import collect_statistics
-    from xoresnet.checkpoint import file_sha256, load_checkpoint, load_model
+    from xoresnet.checkpoint import load_checkpoint, load_model
+    from xoresnet.files import file_sha256
     from xoresnet.data import load_dataset
 
     model, ckpt = load_model(QAT_MODEL)

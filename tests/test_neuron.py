@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from xoresnet.neuron import (CubaLIF, Current, NeuronSpec, SpikeFn, atan_surrogate, cuba_lif_sequence,
-                             on_decay_grid, snap_to_decay_grid)
+from xoresnet.decay_grid import decay_codes, nearest_decay_code, on_decay_grid
+from xoresnet.neuron import CubaLIF, Current, NeuronSpec, SpikeFn, atan_surrogate, cuba_lif_sequence, snap_to_decay_grid
 
 
 def run(x, du=1.0, dv=0.5, vth=1.0, bias=None, soft=False):
@@ -92,6 +92,9 @@ def test_surrogate_shape():
 
 
 def test_decay_grid():
+    assert decay_codes(1.0, 0.0) == (4095, 0) and decay_codes(0.5, 0.25) == (2047, 1024)
+    assert nearest_decay_code(0.3, offset=0) == (1229, abs(0.3 - 1229 / 4096))
+    assert nearest_decay_code(2.0, offset=1) == (4095, 1.0)  # clamped to the 12-bit register
     assert on_decay_grid(1.0, offset=1) and on_decay_grid(1 / 4096, offset=1)
     assert not on_decay_grid(0.0, offset=1)  # du_L would be -1
     assert on_decay_grid(0.0, offset=0) and on_decay_grid(0.5, offset=0)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_check import NeuronTrace, ancestors, compare_nir_to_model, explain
-from deploy.nir_export import export_nir, read_nir, write_nir
-from deploy.nir_interpreter import NIRInterpreter
+from xoresnet.nir.check import NeuronTrace, ancestors, compare_nir_to_model, explain
+from xoresnet.nir.export import export_nir, read_nir, write_nir
+from xoresnet.nir.interpreter import NIRInterpreter
 from xoresnet.config import BlockSpec
 from xoresnet.stats import recording
 

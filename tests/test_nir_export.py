@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_check import compare_nir_to_model
-from deploy.nir_export import export_nir, read_meta, read_nir, write_nir
+from xoresnet.nir.check import compare_nir_to_model
+from xoresnet.nir.export import export_nir, read_meta, read_nir, write_nir
 from xoresnet.config import MERGES, SELECTIONS, SHORTCUTS, BlockSpec
 from xoresnet.errors import UnsupportedModelError
 from xoresnet.neuron import NeuronSpec
@@ -60,7 +60,7 @@ def assert_same_graph(g1: nir.NIRGraph, g2: nir.NIRGraph):
 
 
 def compare_with_model(model, graph, pixels):
-    """The production check (:func:`deploy.nir_check.compare_nir_to_model`, causal near-threshold rule)
+    """The production check (:func:`xoresnet.nir.check.compare_nir_to_model`, causal near-threshold rule)
     of ``graph`` against ``model``, held to what a correct export gives: nothing unexplained, and
     membranes and logits equal to float32 rounding wherever the models must agree. Returns the
     check's result and the model's firing rate per neuron layer (to keep the test from comparing silence)."""

@@ -162,8 +162,8 @@ def test_unsupported_graphs_are_refused_in_one_line_and_nothing_is_written(case,
 
 def test_the_same_graph_unmutated_imports(tmp_path):
     """The refusals' base graph itself is deployable: each refusal is the mutation's doing."""
-    from deploy.nir_frontend import ImportOptions
-    from deploy.nir_input import load_nir_model
+    from xoresnet.nir.frontend import ImportOptions
+    from xoresnet.nir.inputs import load_nir_model
     from calibration.float_graph import nir_to_float_graph
 
     nir.write(str(tmp_path / "graph.nir"), _small_graph())
@@ -174,8 +174,8 @@ def test_the_same_graph_unmutated_imports(tmp_path):
 def test_snap_decays_takes_the_nearest_grid_value_and_records_the_error(tmp_path):
     """The off-grid decay refused above (dt / tau = 0.1), with ``--snap-decays``: 410/4096, error recorded."""
     from calibration.float_graph import nir_to_float_graph
-    from deploy.nir_frontend import ImportOptions
-    from deploy.nir_input import load_nir_model
+    from xoresnet.nir.frontend import ImportOptions
+    from xoresnet.nir.inputs import load_nir_model
 
     nir.write(str(tmp_path / "graph.nir"), _small_graph(_decay))
     model = load_nir_model(str(tmp_path / "graph.nir"), ImportOptions(dt=1e-4, timesteps=4, snap_decays=True), 16)
@@ -207,9 +207,9 @@ def test_our_model_nir_reimported_deploys_to_the_checkpoint_paths_integer_graph(
     """``model.nir`` as the export writes it, read back by the NIR front end with no flags (dt, timesteps
     and input scale from its metadata), calibrates to the same integer graph as the checkpoint."""
     from deploy.cli import CheckpointSource, NirSource
-    from deploy.nir_export import TIME_CONVENTION, write_nir
-    from deploy.nir_frontend import ImportOptions
-    from deploy.nir_input import load_nir_model
+    from xoresnet.nir.export import TIME_CONVENTION, write_nir
+    from xoresnet.nir.frontend import ImportOptions
+    from xoresnet.nir.inputs import load_nir_model
     from deploy.pipeline import calibration_pixels
     from xoresnet.checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -281,9 +281,9 @@ def test_snntorch_reads_our_snntorch_dialect_and_reproduces_our_model(tmp_path):
     from snntorch import utils
     from snntorch.import_nir import import_from_nir
 
-    from deploy.nir_dialects import dialect_graph
-    from deploy.nir_export import export_nir, write_nir
-    from deploy.nir_interpreter import NIRInterpreter
+    from xoresnet.nir.dialects import dialect_graph
+    from xoresnet.nir.export import export_nir, write_nir
+    from xoresnet.nir.interpreter import NIRInterpreter
     from xoresnet.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(DIGITS_MODEL)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import firing_model, random_pixels
+from deploy.dispatch import run_on_hardware
 from xoresnet.config import BlockSpec, NetworkConfig
 from xoresnet.errors import UnsupportedModelError
 from xoresnet.neuron import NeuronSpec, cuba_lif_sequence, cuba_lif_step
@@ -210,7 +211,7 @@ def test_onnx_target_registered_and_energy(xor_or):
     d = target.describe()
     assert d["dispatch_available"] is False and "onnxruntime" in d["dispatch_note"]
     with pytest.raises(NoHardwareError, match="onnxruntime"):
-        target.dispatch("out")
+        run_on_hardware(target, "out")
     e = target.energy(model)
     per = e["macs_per_layer_per_step"]
     assert per["stem.cb.conv"] == 16 * 8 * 8 * 1 * 9  # C_out H W x C_in k k

@@ -5,8 +5,8 @@ import torch
 
 from calibration.qat import enable_qat, project_to_ranges, synapse_targets
 from calibration.quantize import QuantSpec, calibrate_nir, quantize_weight
-from deploy.nir_export import export_nir
-from deploy.reference import ReferenceSimulator
+from xoresnet.nir.export import export_nir
+from calibration.reference import ReferenceSimulator
 from xoresnet.config import BLOCK_PRESETS, BlockSpec
 from xoresnet.network import build_network
 from xoresnet.neuron import NeuronSpec

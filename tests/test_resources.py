@@ -16,8 +16,8 @@ import torch
 
 from calibration.architecture import architecture_graph
 from calibration.float_graph import nir_to_float_graph
-from deploy.nir_export import export_nir
-from deploy.schedule import schedule
+from xoresnet.nir.export import export_nir
+from calibration.schedule import schedule
 from hw_targets import get_target
 from hw_targets.design_rules import check_design_rules
 from hw_targets.packing import ConvInput, LayerSpec, PointInput, pack, sparse_synapse_bits, tile_layer

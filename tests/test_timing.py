@@ -11,9 +11,9 @@ from calibration.fixed_point import DELAY_MAX
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
 from conftest import firing_model, random_pixels, small_config
-from deploy.nir_export import export_nir
-from deploy.reference import ReferenceSimulator, readout_latency_of, stream_steps
-from deploy.schedule import schedule
+from xoresnet.nir.export import export_nir
+from calibration.reference import ReferenceSimulator
+from calibration.schedule import schedule
 from xoresnet.config import BlockSpec
 from xoresnet.errors import UnsupportedModelError
 from xoresnet.neuron import NeuronSpec
@@ -57,7 +57,7 @@ def check_schedule(original: IntegerGraph, sg: IntegerGraph) -> None:
         assert arrivals and set(arrivals) == {p.latency}, (name, arrivals)
         assert min(s.delay for s in sg.incoming(name)) == 0 or p.kind == "relay"
     arrivals = {lat[s.src] + 1 + s.delay for s in sg.readout}
-    assert len(arrivals) == 1 and readout_latency_of(sg) == arrivals.pop()
+    assert len(arrivals) == 1 and sg.readout_latency() == arrivals.pop()
     for s in sg.synapses:
         assert 0 <= s.delay <= DELAY_MAX == 62
         if s.kind == "conv":
@@ -68,13 +68,13 @@ def check_schedule(original: IntegerGraph, sg: IntegerGraph) -> None:
             continue
         [s] = sg.incoming(name)
         assert s.kind == "identity" and s.src != INPUT and np.all(s.weight == 1) and s.weight_exp == 0
-        assert (p.du, p.dv, p.vth) == (4095, 4095, 0) and not p.has_bias
+        assert (p.du_code, p.dv_code, p.vth_mant) == (4095, 4095, 0) and not p.has_bias
         assert p.shape == sg.source_shape(s.src)
     # nothing else changed: same populations (plus relays) with the same parameters, same synapses
     assert [n for n in sg.populations if sg.populations[n].kind != "relay"] == list(original.populations)
     for name, p in original.populations.items():
         q = sg.populations[name]
-        assert (p.du, p.dv, p.vth, p.kind, p.op) == (q.du, q.dv, q.vth, q.kind, q.op)
+        assert (p.du_code, p.dv_code, p.vth_mant, p.kind, p.op) == (q.du_code, q.dv_code, q.vth_mant, q.kind, q.op)
         assert np.array_equal(p.bias_mant, q.bias_mant) and np.array_equal(p.bias_exp, q.bias_exp)
     by_name = {s.name: s for s in sg.synapses}
     for s in original.synapses:
@@ -92,7 +92,7 @@ def check_stream(graph: IntegerGraph, sg: IntegerGraph, pixels: torch.Tensor) ->
     zd = ReferenceSimulator(graph).run_zero_delay(pixels.flatten(0, 1))
     zd_sched = ReferenceSimulator(sg).run_zero_delay(pixels.flatten(0, 1))
     stream = ReferenceSimulator(sg).run_stream(pixels)
-    assert stream.spikes[next(iter(sg.populations))].shape[0] == stream_steps(sg, N)
+    assert stream.spikes[next(iter(sg.populations))].shape[0] == sg.stream_steps(N)
     T = graph.timesteps
     fired = 0
     for name, p in sg.populations.items():
@@ -141,7 +141,7 @@ def test_windows_equal_zero_delay(network):
     check_stream(graph, sg, pixels)
     if "cuba-bias" in name:
         assert any(p.has_bias for p in graph.populations.values())
-        assert any(p.du < 4095 for p in graph.populations.values())
+        assert any(p.du_code < 4095 for p in graph.populations.values())
 
 
 @pytest.mark.parametrize("name", sorted(n for n, c in NETWORKS.items() if c.input_size == 8))
@@ -181,7 +181,7 @@ def test_digits_model_windows_equal_zero_delay(digits_model_path):
 # ---------------------------------------------------------------------- hand-made timing cases
 
 def _pop(name, shape, *, vth, du=4095, dv=4095, bias_mant=0, bias_exp=0, kind="neuron"):
-    return Population(name, shape, du=du, dv=dv, vth=vth, bias_mant=np.full(shape, bias_mant, np.int64),
+    return Population(name, shape, du_code=du, dv_code=dv, vth_mant=vth, bias_mant=np.full(shape, bias_mant, np.int64),
                       bias_exp=np.full(shape, bias_exp, np.int64), kind=kind)
 
 

@@ -12,7 +12,7 @@ Bottleneck: conv1x1 -> SN -> conv3x3 (stride) -> SN -> conv1x1 (x4 channels). Th
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,17 @@ from .spike_logic import SPIKE_OPS, spike_xor
 from .stats import block_counts
 
 
+class SynapseQuant(Protocol):
+    """The integer forward of a synapse that quantization-aware training attaches as ``quant``
+    (:class:`calibration.qat.QuantSynapse`, :class:`calibration.qat.QuantSpikeCurrent`)."""
+
+    def synapse_forward(self, module: "ConvBN", s: torch.Tensor) -> Current:
+        """The integer current of ``module`` (integer weights, integer bias) for spikes ``s [T, B, C, H, W]``."""
+
+    def spike_current_forward(self, module: "SpikeCurrent", s: torch.Tensor) -> Current:
+        """The integer current of an identity spike synapse (weight ``w << exp``)."""
+
+
 class ConvBN(nn.Module):
     """A synapse: conv2d (no bias) followed by batch norm, split into a :class:`Current`.
 
@@ -33,8 +44,7 @@ class ConvBN(nn.Module):
     to ``v`` every step, as Loihi's ``bias_mant``), so the deployed neuron computes exactly this.
     Training uses batch statistics over ``T * B * H * W`` (and updates the running ones).
 
-    ``quant``: set by quantization-aware training to an object with
-    ``synapse_forward(module, s) -> Current`` (integer weights, integer current).
+    ``quant``: a :class:`SynapseQuant`, set by quantization-aware training (integer weights, integer current).
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, *, zero_init: bool = False):
@@ -43,7 +53,7 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
         if zero_init:
             nn.init.zeros_(self.bn.weight)
-        self.quant = None
+        self.quant: Optional[SynapseQuant] = None
 
     def bn_affine(self, z: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel ``(scale, shift)`` of batch norm: batch statistics of ``z`` when training."""
@@ -78,12 +88,12 @@ class ConvBN(nn.Module):
 class SpikeCurrent(nn.Module):
     """A synapse carrying spikes as a current of weight 1 (Spiking ResNet's identity shortcut).
 
-    ``quant``: set by quantization-aware training (the weight becomes an integer ``w << exp``).
+    ``quant``: a :class:`SynapseQuant`, set by quantization-aware training (the weight becomes ``w << exp``).
     """
 
     def __init__(self):
         super().__init__()
-        self.quant = None
+        self.quant: Optional[SynapseQuant] = None
 
     def forward(self, s: torch.Tensor) -> Current:
         if self.quant is not None:

@@ -29,7 +29,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -41,7 +40,7 @@ import torch
 
 from .config import NetworkConfig, has_json_kind, json_kind_name, shown
 from .errors import CheckpointError, ConfigError, UnsupportedModelError
-from .files import GiB, MiB, open_regular, size_text
+from .files import GiB, MiB, atomic_write, open_regular, size_text
 from .network import XOResNet, build_network
 
 FORMAT = "xoresnet-checkpoint"
@@ -77,31 +76,6 @@ class Checkpoint:
     sha256: Optional[str] = None
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file private; follow the umask like open() does
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: XOResNet,
@@ -132,7 +106,8 @@ def save_checkpoint(
         payload["train_state"] = train_state
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue())
 
 
 def first_non_finite(state_dict: dict[str, torch.Tensor]) -> Optional[tuple[str, int]]:

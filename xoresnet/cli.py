@@ -154,7 +154,10 @@ def train_main(argv: list[str] | None = None) -> None:
             augment=not args.no_augment, progress=not args.no_progress, qat=args.qat, init=args.init,
             calib_samples=args.calib_samples,
         )
-        final = train(config, opts)
+        qat = None
+        if args.qat:  # the CLI composes: Loihi 2's integer forward comes from calibration
+            from calibration.qat import LOIHI2_QAT as qat
+        final = train(config, opts, qat)
         if final:
             print(f"wrote {args.out}: test accuracy {100 * final['test_accuracy']:.2f}% after {final['epoch']} epochs")
         return 0
@@ -202,13 +205,12 @@ def eval_main(argv: list[str] | None = None) -> None:
         if parent and parent.get("test_accuracy") is not None and args.split == "test" and args.limit is None:
             report["float_parent"] = parent
         if args.integer:
-            from deploy.pipeline import calibrate_checkpoint, calibration_pixels
-            from hw_targets.stats import collect_statistics
+            from deploy.pipeline import analyse, calibrate_checkpoint, calibration_pixels
 
             pixels = calibration_pixels(dataset, args.data_dir, args.calib_samples)
             calibration = calibrate_checkpoint(model.cpu(), ckpt, pixels)
-            stats, _ = collect_statistics(calibration.graph, ds.pixels, ds.labels, float_accuracy=result["accuracy"],
-                                          batch_size=args.batch_size, device=str(device))
+            stats = analyse(calibration.graph, None, ds.pixels, ds.labels, float_accuracy=result["accuracy"],
+                            batch_size=args.batch_size, device=str(device)).stats
             layers = stats["layers"]
             report["integer"] = {
                 "accuracy": stats["accuracy"]["integer"], "samples": stats["samples"],

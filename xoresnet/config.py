@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, ConfigFormatError
-from .neuron import NeuronSpec, on_decay_grid
+from .decay_grid import on_decay_grid
+from .neuron import NeuronSpec
 
 BLOCK_TYPES = ("basic", "bottleneck")
 SELECTIONS = ("prev_input", "mid", "none")

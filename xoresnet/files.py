@@ -1,4 +1,6 @@
-"""Reading a user's file with bounds: regular files only, never more than a stated number of bytes.
+"""The one I/O module: bounded reads of a user's files, SHA-256 of a file, and the one atomic writer.
+
+**Reading with bounds** (regular files only, never more than a stated number of bytes).
 
 A path can name something that never ends (``/dev/zero``), never answers (a FIFO nobody writes to)
 or is far larger than any file of its kind. :func:`open_regular` opens without blocking
@@ -7,12 +9,22 @@ regular file once open (``fstat``, so a symlink to a device is judged by what it
 race between the check and the read) and refuses a file larger than ``limit`` bytes before reading
 it. :func:`read_bounded` reads such a file whole. Both raise the caller's error class (a
 :class:`~xoresnet.errors.XoresnetError`, one line) naming ``what`` the file is for.
+
+**Writing.** :func:`atomic_write` is how every file of ours is written (checkpoints, artifacts, reports, the
+Lava worker's result): a temporary file in the same folder, flushed to disk (``fsync``), given the mode
+``open()`` would give it (``0o666`` less the umask), then renamed over the target, so a reader sees the old
+file or the new one and never a partial one. :func:`file_sha256` is the digest the manifests record.
+
+Standard library only: the Lava worker imports it and must never load torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import tempfile
+from pathlib import Path
 from typing import BinaryIO
 
 from .errors import DataError, XoresnetError
@@ -74,3 +86,33 @@ def read_bounded(path: str | os.PathLike, *, what: str, limit: int, error: type[
         raise error(f"{what}: grew beyond {size_text(limit)} while it was read")
     return data
 
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file at ``path`` (read in chunks: ``hashlib.file_digest``)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically and durably (module docstring): the
+    folder must exist; the file gets mode ``0o666 & ~umask``. Returns ``path`` as a :class:`~pathlib.Path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates the file private; follow the umask like open() does
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

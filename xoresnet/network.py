@@ -9,6 +9,8 @@ integer-graph populations and every report row.
 
 from __future__ import annotations
 
+from typing import Optional, Protocol
+
 import torch
 from torch import nn
 
@@ -30,6 +32,15 @@ class Stem(nn.Module):
         current = self.cb(x.unsqueeze(0))  # the analog input is constant over time: convolve once
         s = self.sn(Current(current.x.expand(timesteps, *current.x.shape[1:]), current.bias))
         return or_pool2x2(s) if self.or_pool else s
+
+
+class ReadoutQuant(Protocol):
+    """The integer readout that quantization-aware training attaches as :attr:`XOResNet.quant`
+    (:class:`calibration.qat.QuantReadout`)."""
+
+    def readout_forward(self, model: "XOResNet", features: torch.Tensor) -> torch.Tensor:
+        """Per-timestep logits ``[T, B, K]`` of the 8-bit readout weights and integer bias, for the last
+        block's spikes ``features [T, B, C, H, W]``."""
 
 
 class XOResNet(nn.Module):
@@ -57,7 +68,7 @@ class XOResNet(nn.Module):
             self.stage_names.append(name)
         self.head = nn.Linear(cin, config.num_classes)
         self.recorder = None
-        self.quant = None  # quantization-aware training: an object with readout_forward(model, features)
+        self.quant: Optional[ReadoutQuant] = None  # set by quantization-aware training
         for name, module in self.named_modules():
             if isinstance(module, (CubaLIF, XORResidualBlock)):
                 module.name = name

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import torch
 from torch import nn
 
-from calibration.loihi2_limits import DECAY_UNITY as DECAY_GRID  # Loihi 2 decays are 12-bit fractions of 4096
+from .decay_grid import DECAY_UNITY
 
 
 class Current(NamedTuple):
@@ -52,12 +52,6 @@ class Current(NamedTuple):
         return Current(self.x + other.x, bias)
 
 
-def on_decay_grid(value: float, *, offset: int) -> bool:
-    """True when ``value * 4096 - offset`` is an integer in 0..4095 (``offset`` 1 for du, 0 for dv)."""
-    code = value * DECAY_GRID - offset
-    return abs(code - round(code)) < 1e-9 and 0 <= round(code) <= DECAY_GRID - 1
-
-
 def decay_problem(du: float, dv: float) -> Optional[str]:
     """Why a neuron with decays ``du``, ``dv`` cannot be exported, or None: with ``du < 1`` (a synaptic current)
     NIR's CubaLIF carries the per-step bias through its membrane time constant ``1/dv``, so ``dv`` must be > 0."""
@@ -69,9 +63,9 @@ def decay_problem(du: float, dv: float) -> Optional[str]:
 
 def snap_to_decay_grid(value: torch.Tensor, *, offset: int) -> torch.Tensor:
     """Round a decay onto the Loihi grid with a straight-through gradient (for learned decays)."""
-    lo, hi = offset / DECAY_GRID, (DECAY_GRID - 1 + offset) / DECAY_GRID
+    lo, hi = offset / DECAY_UNITY, (DECAY_UNITY - 1 + offset) / DECAY_UNITY
     clamped = value.clamp(lo, hi)
-    snapped = torch.round(clamped * DECAY_GRID) / DECAY_GRID
+    snapped = torch.round(clamped * DECAY_UNITY) / DECAY_UNITY
     return clamped + (snapped - clamped).detach()
 
 
@@ -296,12 +290,21 @@ class NeuronSpec:
     learn_decay: bool = False
 
 
+class NeuronQuant(Protocol):
+    """The integer forward of one neuron population that quantization-aware training attaches as
+    :attr:`CubaLIF.quant` (:class:`calibration.qat.QuantNeuron`)."""
+
+    def neuron_forward(self, module: "CubaLIF", current: Current) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(spikes, membrane)`` of ``module`` for ``current``, each ``[T, B, C, H, W]``, in Loihi fixed
+        point (the membrane in float units, for the surrogate gradient)."""
+
+
 class CubaLIF(nn.Module):
     """Multi-step CUBA LIF population; input a :class:`Current`, output spikes ``[T, B, ...]``.
 
     ``du``/``dv`` are buffers (or parameters with ``learn_decay``), always read through the Loihi
-    grid. ``quant``: set by quantization-aware training to an object with
-    ``neuron_forward(module, current) -> spikes`` that runs Loihi fixed point instead.
+    grid. ``quant``: a :class:`NeuronQuant`, set by quantization-aware training to run Loihi fixed point
+    instead.
     ``observer``: optional callable ``(module, spikes, membrane)`` for statistics.
     """
 
@@ -316,7 +319,7 @@ class CubaLIF(nn.Module):
         else:
             self.register_buffer("du", du)
             self.register_buffer("dv", dv)
-        self.quant = None
+        self.quant: Optional[NeuronQuant] = None
         self.observer: Optional[Callable] = None
 
     @property

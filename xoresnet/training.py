@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
 import torch.distributed as dist
@@ -180,13 +180,26 @@ def require_dataset_fits(config: NetworkConfig, dataset: str, *, named_by_flag: 
         raise CheckpointError(f"{checkpoint}: its meta names dataset {dataset!r}, but {mismatch}")
 
 
-def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet, dict[str, Any]]:
+class QuantizationAwareTraining(Protocol):
+    """What quantization-aware training plugs into :func:`train` (Loihi 2's: :data:`calibration.qat.LOIHI2_QAT`).
+
+    ``spec``: the quantization spec as saved in a checkpoint (JSON-able: scales and exponents per population)."""
+
+    def calibrate(self, model: XOResNet, pixels: torch.Tensor) -> dict[str, Any]:
+        """Calibrate the float ``model`` on integer ``pixels [N, C, H, W]`` and attach its integer forward;
+        returns the spec."""
+
+    def attach(self, model: XOResNet, spec: dict[str, Any]) -> None:
+        """Switch ``model`` to the integer forward of ``spec`` (a resumed run)."""
+
+    def project(self, model: XOResNet) -> None:
+        """After an optimiser step: keep every weight inside the integer ranges of its fixed scale."""
+
+
+def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset, qat: QuantizationAwareTraining
+                ) -> tuple[XOResNet, dict[str, Any]]:
     """The float model of ``opts.init``, calibrated on the first ``calib_samples`` training samples and
     switched to its exact integer forward; returns it with the quantization spec (JSON-able)."""
-    from calibration.qat import enable_qat
-    from calibration.quantize import calibrate_nir
-    from deploy.nir_export import export_nir
-
     if not opts.init:
         raise UsageError("--qat fine-tunes a trained float model: pass it with --init model.pt")
     model, ckpt = load_model(opts.init)
@@ -197,12 +210,11 @@ def prepare_qat(opts: TrainOptions, train_ds: IntImageDataset) -> tuple[XOResNet
     mismatch = dataset_mismatch(model.config, opts.dataset)
     if mismatch:
         raise CheckpointError(f"{opts.init} cannot be fine-tuned on {opts.dataset}: {mismatch}")
-    calibration = calibrate_nir(export_nir(model), train_ds.pixels[: opts.calib_samples])
-    enable_qat(model, calibration.spec)
+    spec = qat.calibrate(model, train_ds.pixels[: opts.calib_samples])
     opts.extra_meta["float_parent"] = {"path": str(opts.init), "sha256": ckpt.sha256,
                                        "test_accuracy": ckpt.meta.get("test_accuracy"),
                                        "test_samples": ckpt.meta.get("test_samples")}
-    return model, calibration.spec.to_dict()
+    return model, spec
 
 
 def make_optimizer(model: XOResNet, opts: TrainOptions) -> torch.optim.Optimizer:
@@ -244,17 +256,18 @@ def restore_train_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer) -> i
     return ckpt.train_state["epoch"]
 
 
-def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]:
+def train(config: Optional[NetworkConfig], opts: TrainOptions,
+          qat: Optional[QuantizationAwareTraining] = None) -> dict[str, Any]:
     """Train ``config`` on ``opts.dataset``, evaluating on the held-out split every epoch.
 
     Writes a resumable checkpoint to ``opts.out`` after every epoch (rank 0, atomically) and
     returns the final metrics. With ``opts.resume`` it continues from the checkpoint at ``out``.
     With ``opts.qat`` it fine-tunes the float model ``opts.init`` through the exact Loihi integer
-    forward (:mod:`calibration.qat`); ``config`` is then that model's and may be ``None``.
+    forward that ``qat`` attaches (:data:`calibration.qat.LOIHI2_QAT`); ``config`` is then that model's and may be
+    ``None``.
     """
-    from calibration.qat import enable_qat, project_to_ranges
-    from calibration.quantize import QuantSpec
-
+    if opts.qat and qat is None:
+        raise ValueError("opts.qat needs the quantization-aware training hooks (qat=calibration.qat.LOIHI2_QAT)")
     ctx = setup_distributed(opts.device)
     seed_everything(opts.seed)
     train_ds = load_dataset(opts.dataset, "train", opts.data_dir, limit=opts.limit_train)
@@ -273,9 +286,9 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
         model = model_from_checkpoint(ckpt).train()
         quant = ckpt.quant
         if quant is not None:
-            enable_qat(model, QuantSpec.from_dict(quant))
+            qat.attach(model, quant)
     elif opts.qat:
-        model, quant = prepare_qat(opts, train_ds)
+        model, quant = prepare_qat(opts, train_ds, qat)
     else:
         model = build_network(config)
     model = model.to(ctx.device)
@@ -316,7 +329,7 @@ def train(config: Optional[NetworkConfig], opts: TrainOptions) -> dict[str, Any]
             loss.backward()
             optimizer.step()
             if quant is not None:
-                project_to_ranges(model)
+                qat.project(model)
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())

@@ -1,8 +1,7 @@
 """Assembling ``report.json`` from the pipeline's results (the schema: ``schema.json``).
 
-* :func:`make_report`: everything from an integer graph and a dataset split (one reference run).
 * :func:`build_report`: assemble the JSON from already computed parts (validated before it is returned);
-  :func:`model_section`, :func:`parity_section` and :func:`lava_section` build its sections (the ``lava``
+  :func:`model_section` and :func:`parity_section` build its sections (:func:`deploy.parity.lava_section` the ``lava``
   section from a Lava run and the reference's stream on the parity samples).
 """
 
@@ -84,31 +83,11 @@ def parity_section(parity: Any) -> Optional[dict[str, Any]]:
     return d
 
 
-def lava_section(graph, lava, reference) -> dict[str, Any]:
-    """The ``lava`` section: per population, the spikes the Lava run ``lava``
-    (:class:`~deploy.lava_run.LavaRunResult`) recorded in each sample's window, beside those of the
-    reference's Loihi-timing stream ``reference`` (:class:`~deploy.reference.StreamResult`, one
-    stream) on the same samples (:func:`~hw_targets.stats.window_spike_counts`)."""
-    from deploy.lava_worker import RUN_CONFIGS
-
-    from ..stats import window_spike_counts
-
-    got, ref = window_spike_counts(graph, lava), window_spike_counts(graph, reference)
-    layers = [{"name": name, "spikes_per_sample": got[name], "reference_spikes_per_sample": ref[name],
-               "equal": got[name] == ref[name]} for name in graph.populations]
-    return {"run_config": RUN_CONFIGS[lava.run_config][1], "process_models": dict(lava.process_models),
-            "samples": int(lava.samples),
-            "timesteps": int(lava.timesteps), "steps": int(lava.steps), "seconds": round(float(lava.seconds), 2),
-            "layers": layers, "equal": all(layer["equal"] for layer in layers),
-            "predictions": [int(x) for x in lava.predictions()],
-            "reference_predictions": [int(x) for x in reference.predictions()[0]]}
-
-
 def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str, Any], raster: Optional[dict],
                  model: dict[str, Any], dataset: Optional[dict[str, Any]] = None, parity: Any = None,
                  lava: Optional[dict[str, Any]] = None, warnings: Optional[list[str]] = None,
                  architecture: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Assemble a report of the newest minor version (validated) from its parts; ``lava``: :func:`lava_section` or None;
+    """Assemble a report of the newest minor version (validated) from its parts; ``lava``: :func:`deploy.parity.lava_section` or None;
     ``architecture``: the design-rule check before calibration
     (``deploy.pipeline.ArchitectureCheck.to_dict()``) or None."""
     from importlib.metadata import PackageNotFoundError, version
@@ -150,29 +129,3 @@ def build_report(*, graph, target, drc, stats: dict[str, Any], energy: dict[str,
         "warnings": all_warnings,
     }
     return validate_report(jsonable(report))
-
-
-def make_report(graph, pixels, labels=None, *, target="loihi2", float_accuracy: Optional[float] = None,
-                checkpoint=None, model_name: Optional[str] = None, dataset: Optional[dict[str, Any]] = None,
-                parity: Any = None, system: Optional[str] = None, energy_table=None,
-                batch_size: int = 150, device: str = "cpu", warnings: Optional[list[str]] = None) -> dict[str, Any]:
-    """DRC + packing, statistics (one zero-delay reference run over ``pixels``), energy, report."""
-    from .. import get_target
-    from ..energy import estimate_energy
-    from ..connectivity import connectivity
-    from ..design_rules import check_design_rules
-    from ..stats import collect_statistics
-
-    tgt = get_target(target) if target is None or isinstance(target, str) else target
-    conns = connectivity(graph)
-    drc = check_design_rules(graph, tgt, system=system, conns=conns)
-    stats, acc = collect_statistics(graph, pixels, labels, float_accuracy=float_accuracy, batch_size=batch_size,
-                                    device=device, conns=conns)
-    energy = estimate_energy(stats, graph, energy_table)
-    ds = dict(dataset or {})
-    ds.setdefault("name", None)
-    ds.setdefault("split", None)
-    ds["samples"] = stats["samples"]
-    return build_report(graph=graph, target=tgt, drc=drc, stats=stats, energy=energy, raster=acc.raster,
-                        model=model_section(graph, checkpoint=checkpoint, name=model_name), dataset=ds,
-                        parity=parity, warnings=warnings)

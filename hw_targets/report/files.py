@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from xoresnet.files import read_bounded
+from xoresnet.files import atomic_write, read_bounded
 
 from .assemble import jsonable
 from .page import render_html
@@ -18,25 +17,6 @@ REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 #: The largest report.json read back (XOResNet-101's is a few MB).
 MAX_REPORT_BYTES = 256 << 20
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder, fsync and a rename; mode
-    0644."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def dumps_report(report: dict) -> str:
@@ -50,8 +30,8 @@ def write_report(out_dir: str | os.PathLike, report: dict) -> tuple[Path, Path]:
     report = validate_report(jsonable(report))
     page = render_html(report)
     jpath, hpath = out / REPORT_JSON, out / REPORT_HTML
-    atomic_write_text(jpath, dumps_report(report))
-    atomic_write_text(hpath, page)
+    atomic_write(jpath, dumps_report(report))
+    atomic_write(hpath, page)
     return jpath, hpath
 
 

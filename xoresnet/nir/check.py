@@ -31,7 +31,7 @@ from xoresnet.errors import UnsupportedModelError
 from xoresnet.network import XOResNet
 from xoresnet.stats import recording
 
-from .nir_interpreter import NEURON_TYPES, NIRInterpreter, predecessors, topological_order
+from .interpreter import NEURON_TYPES, NIRInterpreter, predecessors, topological_order
 
 NEAR_THRESHOLD = 1e-5
 

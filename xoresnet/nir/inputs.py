@@ -1,7 +1,7 @@
 """A NIR file as the input of ``xoresnet-export``: read it, import it, and judge its float model.
 
-:func:`load_nir_model` reads the file (:func:`deploy.nir_file.read_nir_file`: bounded, h5py only) and
-imports it (:func:`deploy.nir_frontend.import_nir`) with what the command line says (``--dt``,
+:func:`load_nir_model` reads the file (:func:`xoresnet.nir.reader.read_nir_file`: bounded, h5py only) and
+imports it (:func:`xoresnet.nir.frontend.import_nir`) with what the command line says (``--dt``,
 ``--timesteps``, ``--input-levels``, ``--readout``, ``--nir-convention``, ``--decay-tolerance``,
 ``--snap-decays``) and the dataset's image shape. There is no PyTorch model behind a foreign graph,
 so the float baseline of the export summary is the NIR interpreter's accuracy on the same images
@@ -20,12 +20,12 @@ import nir
 import numpy as np
 import torch
 
-from xoresnet.checkpoint import file_sha256
+from xoresnet.files import file_sha256
 from xoresnet.errors import UsageError
 
-from .nir_file import read_nir_file
-from .nir_frontend import ImportedGraph, ImportOptions, import_nir
-from .nir_interpreter import NEURON_TYPES, NIRInterpreter
+from .reader import read_nir_file
+from .frontend import ImportedGraph, ImportOptions, import_nir
+from .interpreter import NEURON_TYPES, NIRInterpreter
 
 #: Images the interpreter runs at once when it measures the float accuracy.
 EVAL_BATCH = 256

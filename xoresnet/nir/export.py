@@ -17,7 +17,7 @@ both are exactly equal and the IAND needs one threshold layer instead of two (on
 one Loihi timestep less per selecting block). Its metadata records ``selection: xor``.
 
 Discrete time: the graph carries ``metadata["dt"] = 1`` and our semantics are forward Euler with
-that step (see :mod:`deploy.nir_interpreter`). Neurons, with ``du``/``dv``/``bias`` as in
+that step (see :mod:`xoresnet.nir.interpreter`). Neurons, with ``du``/``dv``/``bias`` as in
 :mod:`xoresnet.neuron`:
 
 * ``du = 1, dv = 0``: ``IF(r = 1)``; ``du = 1, dv > 0``: ``LIF(tau = 1/dv, r = 1/dv, v_leak = 0)``;

@@ -1,6 +1,6 @@
 """Our NIR graph rewritten for readers that cannot take all of it (``xoresnet-export --nir-dialect``).
 
-Our ``model.nir`` (:mod:`deploy.nir_export`) uses ``Threshold`` and ``Scale`` nodes for spike logic,
+Our ``model.nir`` (:mod:`xoresnet.nir.export`) uses ``Threshold`` and ``Scale`` nodes for spike logic,
 time step ``dt = 1`` and neurons whose ``r`` scales their input. The mainstream readers lack some of
 that (their import code, as installed here):
 
@@ -40,7 +40,7 @@ import numpy as np
 
 from xoresnet.errors import UnsupportedModelError
 
-from .nir_interpreter import predecessors
+from .interpreter import predecessors
 
 NIR_DIALECTS = ("standard", "snntorch", "norse")
 #: The time step each reader fixes, and what it lacks of ours.
@@ -128,7 +128,7 @@ def dialect_graph(graph: nir.NIRGraph, dialect: str) -> nir.NIRGraph:
     meta["dt"] = READER_DT[dialect]
     ours = json.loads(meta["xoresnet"]) if isinstance(meta.get("xoresnet"), str) else {}
     ours["dialect"] = {"name": dialect, "dt": READER_DT[dialect], "replaced": list(LACKS[dialect]),
-                       "see": "deploy/nir_dialects.py"}
+                       "see": "xoresnet/nir/dialects.py"}
     meta["xoresnet"] = json.dumps(ours, sort_keys=True)
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
 

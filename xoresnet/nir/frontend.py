@@ -1,8 +1,8 @@
 """The NIR front end: any producer's NIR graph -> one canonical NIR graph the pipeline deploys.
 
-:func:`import_nir` takes a :class:`~deploy.nir_file.RawGraph` (:func:`deploy.nir_file.read_nir_file`)
+:func:`import_nir` takes a :class:`~xoresnet.nir.reader.RawGraph` (:func:`xoresnet.nir.reader.read_nir_file`)
 and :class:`ImportOptions` and returns an :class:`ImportedGraph`: a ``nir.NIRGraph`` that
-:class:`~deploy.nir_interpreter.NIRInterpreter` runs and :func:`calibration.float_graph.nir_to_float_graph`
+:class:`~xoresnet.nir.interpreter.NIRInterpreter` runs and :func:`calibration.float_graph.nir_to_float_graph`
 maps onto Loihi, plus what was normalized on the way. The canonical graph is the same graph with
 
 * every shape inferred here from the Input forward (nir's own type inference fails on graphs that
@@ -14,7 +14,7 @@ maps onto Loihi, plus what was normalized on the way. The canonical graph is the
   zero biases;
 * the Input node named ``input`` and the Output node ``output`` (other nodes so named are renamed);
   nodes ordered Input first, then by first appearance as an edge's destination (for our own files
-  exactly the order :func:`deploy.nir_export.export_nir` created them, so both paths calibrate the
+  exactly the order :func:`xoresnet.nir.export.export_nir` created them, so both paths calibrate the
   same populations in the same order);
 * with ``convention="norse"``, Norse 1.1.0's parameters rewritten to NIR's meaning
   (:data:`CONVENTIONS`);
@@ -43,9 +43,9 @@ import numpy as np
 
 from xoresnet.errors import DataError, UnsupportedModelError, UsageError
 
-from .nir_export import NIR_FORMAT as FORMAT, TIME_CONVENTION
-from .nir_file import RawGraph, RawNode, metadata_json
-from .nir_interpreter import topological_order
+from .export import NIR_FORMAT as FORMAT, TIME_CONVENTION
+from .reader import RawGraph, RawNode, metadata_json
+from .interpreter import topological_order
 
 #: Node types the front end maps (nir class names).
 SUPPORTED = ("Input", "Output", "Affine", "Linear", "Conv2d", "Flatten", "SumPool2d", "AvgPool2d", "Scale",

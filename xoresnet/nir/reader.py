@@ -16,7 +16,7 @@ a ``node`` group holding ``type = "NIRGraph"``, ``nodes/<name>/...``, ``edges`` 
   ``NIRGraph``, e.g. snnTorch's recurrent ``RLeaky``) at most :data:`MAX_DEPTH` deep.
 
 Anything else raises :class:`~xoresnet.errors.DataError` (exit 3) naming the file and what is
-wrong. What the nodes mean is :mod:`deploy.nir_frontend`'s business. :func:`is_hdf5_file` tells a
+wrong. What the nodes mean is :mod:`xoresnet.nir.frontend`'s business. :func:`is_hdf5_file` tells a
 NIR file from a checkpoint (a zip archive) by content, not by extension.
 """
 

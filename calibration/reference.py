@@ -17,7 +17,7 @@ Two timings of the same graph:
   a synapse delivers ``1 + delay`` steps after its source fired; every population resets ``u``
   and ``v`` at the steps ``t`` with ``t % P == (1 + latency) % P`` (Lava's ``LIFReset``), just
   before its first input of a sample arrives. With the delays balanced by
-  :func:`deploy.schedule.schedule`, population ``p`` emits timestep ``k`` of sample ``n`` at step
+  :func:`calibration.schedule.schedule`, population ``p`` emits timestep ``k`` of sample ``n`` at step
   ``n*P + k + 1 + latency(p)``, equal to the zero-delay spikes; other steps hold spikes that no
   in-window input depends on (for instance a bias integrating before the first input arrives),
   and the parity gate compares them too.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from calibration import fixed_point as fx
-from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
+from calibration.integer_graph import INPUT, READOUT, IntegerGraph, StreamWindows, Synapse
 from calibration.readout import readout_time_weights, scores
 
 
@@ -53,21 +53,6 @@ class ZeroDelayResult:
     @property
     def predictions(self) -> torch.Tensor:
         return scores(self.logits, self.time_weights).argmax(-1)
-
-
-class StreamWindows:
-    """Where a sample's timesteps sit in a stream (Loihi timing); shared by the reference's and Lava's
-    results. Needs ``reset_interval``, ``timesteps``, ``readout_latency``, ``readout`` (steps first)
-    and ``readout_bias``, and ``time_weights`` (the readout rule: :mod:`calibration.readout`)."""
-
-    def step_index(self, sample: int, timestep: int, latency: int) -> int:
-        """0-based index into the step axis where ``timestep`` of ``sample`` leaves a population."""
-        return sample * self.reset_interval + timestep + latency
-
-    def logits(self, sample: int):
-        """Per-timestep logits of ``sample``, ``[T, ..., K]`` (readout bias included)."""
-        start = self.step_index(sample, 0, self.readout_latency)
-        return self.readout[start:start + self.timesteps] + self.readout_bias
 
 
 @dataclass
@@ -142,7 +127,7 @@ class ReferenceSimulator:
             if p.kind == "partial_sum":  # GradedVec: its summed input, sent unchanged
                 spikes[p.name] = a.to(torch.int64)
                 continue
-            s_seq, u_seq, v_seq = fx.integrate(a, du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth,
+            s_seq, u_seq, v_seq = fx.integrate(a, du=p.du_code, dv=p.dv_code, bias=self.bias[p.name], vth=p.vth_mant,
                                                record_state=record_state)
             spikes[p.name] = s_seq
             if record_state:
@@ -195,7 +180,7 @@ class ReferenceSimulator:
         P = self.graph.reset_interval
         first = min(S, p.latency % P)
         n_win = -(-(S - first) // P)
-        lif = dict(du=p.du, dv=p.dv, bias=self.bias[p.name], vth=p.vth, record_state=record_state)
+        lif = dict(du=p.du_code, dv=p.dv_code, bias=self.bias[p.name], vth=p.vth_mant, record_state=record_state)
         head = fx.integrate(a[:first], **lif) if first else None
         tail = None
         if n_win:
@@ -231,12 +216,12 @@ class ReferenceSimulator:
         """
         g = self.graph
         if not g.scheduled:
-            raise ValueError("Loihi timing needs a scheduled graph (deploy.schedule.schedule)")
+            raise ValueError("Loihi timing needs a scheduled graph (calibration.schedule.schedule)")
         P, T = g.reset_interval, g.timesteps
         x = self._input(pixels)
         B, N = x.shape[:2]
-        readout_latency = readout_latency_of(g)
-        S = steps or stream_steps(g, N)
+        readout_latency = g.readout_latency()
+        S = steps or g.stream_steps(N)
         dev = self.device
         spikes: dict[str, torch.Tensor] = {}
         us: dict[str, torch.Tensor] = {}
@@ -275,14 +260,3 @@ class ReferenceSimulator:
         return StreamResult(spikes, readout, N, P, T, readout_latency, self.readout_bias, us, vs, self.time_weights)
 
 
-def readout_latency_of(graph: IntegerGraph) -> int:
-    """Steps from a sample's first input step to its first readout value (after scheduling)."""
-    lat = {graph.populations[s.src].latency + 1 + s.delay for s in graph.readout}
-    if len(lat) != 1:
-        raise ValueError(f"readout synapses arrive at different latencies {sorted(lat)}: graph not scheduled")
-    return lat.pop()
-
-
-def stream_steps(graph: IntegerGraph, samples: int) -> int:
-    """Stream steps until the last timestep of the last of ``samples`` samples reaches the readout."""
-    return (samples - 1) * graph.reset_interval + graph.timesteps + readout_latency_of(graph)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from xoresnet.errors import UnsupportedModelError
 
-from .nir_export import read_meta
+from .export import read_meta
 
 NEURON_TYPES = (nir.IF, nir.LIF, nir.CubaLIF)
 #: Every node type the interpreter runs.
