@@ -58,7 +58,8 @@ def architecture_graph(fg: FloatGraph, extreme: str = "widest") -> IntegerGraph:
         du, dv = decay_codes(p.du, p.dv)
         zero = np.zeros(p.shape, np.int16)
         pops[p.name] = Population(p.name, tuple(p.shape), du_code=du, dv_code=min(dv, lim.DV_RANGE[1]), vth_mant=1,
-                                  bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block)
+                                  bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block,
+                                  role=p.role)
     syns = [Synapse(s.name, s.src, s.dst, s.kind, _weights(np.asarray(s.weight), extreme), stride=tuple(s.stride),
                     padding=tuple(s.padding), groups=int(s.groups), graded=bool(s.graded),
                     model_delay=int(s.model_delay)) for s in fg.synapses]

@@ -162,7 +162,8 @@ def apply_fan_in_cuts(graph: IntegerGraph, cuts: list[FanInCut]) -> IntegerGraph
                 raise UnsupportedModelError(f"fan-in split of {layer}: a population {pname} exists already")
             zero = np.zeros(shape, np.int64)
             new_pops[pname] = Population(pname, shape, du_code=lim.DU_RANGE[1], dv_code=lim.DV_RANGE[1], vth_mant=0, bias_mant=zero,
-                                         bias_exp=zero.copy(), kind="partial_sum", op=PARTIAL_SUM, block=block)
+                                         bias_exp=zero.copy(), kind="partial_sum", op=PARTIAL_SUM, block=block,
+                                         role="partial_sum")
             mine = [restrict(graph, incoming[r.synapse], r.start, r.stop, f"{r.synapse}[{r.start}:{r.stop}]", pname)
                     for r in part]
             bits = payload_bits(partial_sum_bound(graph, mine, shape))

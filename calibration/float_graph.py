@@ -71,6 +71,21 @@ class FloatPopulation:
     bias: Optional[np.ndarray] = None  # float64 [shape], added to v every step (neurons)
     op: Optional[str] = None
     block: Optional[str] = None
+    role: str = "other"  # calibration.integer_graph.POPULATION_ROLES, from the node metadata (population_role)
+
+
+def population_role(ann: dict[str, Any]) -> str:
+    """What a population node is in the model (:data:`calibration.integer_graph.POPULATION_ROLES`), from
+    its metadata (:func:`xoresnet.nir.export.read_meta`): its ``block_role`` in a residual block, a
+    ``gate_part``, ``stem`` for our nodes outside any block; ``other`` for nodes without our metadata
+    (NIR graphs of other tools) or without a block role."""
+    if not ann:
+        return "other"
+    if ann.get("block_role"):
+        return str(ann["block_role"])
+    if ann.get("role") == "gate_part":
+        return "gate_part"
+    return "stem" if not ann.get("block") else "other"
 
 
 @dataclass
@@ -440,7 +455,7 @@ def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
         if not isinstance(node, nir.Threshold):
             du, dv, vth, gain, bias = _neuron_params(name, node, dt, grid)
             pop = FloatPopulation(name, shape, "neuron", du=du, dv=dv, vth=vth, bias=np.array(bias, np.float64),
-                                  block=ann.get("block"))
+                                  block=ann.get("block"), role=population_role(ann))
         incoming = []
         for path in paths:
             if path.source == input_name and not path.ops:
@@ -478,9 +493,11 @@ def _threshold_population(name: str, node: nir.Threshold, ann: dict, incoming: l
         op = ann.get("op")
         if op and ann.get("part"):
             op = f"{op}.{ann['part']}"
-        return FloatPopulation(name, shape, "gate", du=1.0, dv=1.0, vth=vth, op=op, block=ann.get("block"))
+        return FloatPopulation(name, shape, "gate", du=1.0, dv=1.0, vth=vth, op=op, block=ann.get("block"),
+                               role=population_role(ann))
     dv = grid.decay(name, "the voltage decay of a memoryless Threshold (needs 4096/4096)", 1.0, 0)
-    return FloatPopulation(name, shape, "neuron", du=1.0, dv=dv, vth=vth, bias=np.zeros(shape), block=ann.get("block"))
+    return FloatPopulation(name, shape, "neuron", du=1.0, dv=dv, vth=vth, bias=np.zeros(shape), block=ann.get("block"),
+                           role=population_role(ann))
 
 
 def _readout(graph: nir.NIRGraph, regions: _Regions, is_pop, rename, src_shape, meta: dict, dt: float,

@@ -11,6 +11,8 @@ an 8-bit graded **input** and read out on the host. Every number is a Loihi regi
   no bias), ``relay`` (a gate that copies its single input, inserted to delay a branch) or
   ``partial_sum`` (a fan-in split part, Lava's ``GradedVec`` with ``vth = 0``: it sends its summed
   integer input, unchanged, as a graded spike in the step it arrives; no state, registers unused);
+  ``role`` is what the population is in the model (:data:`POPULATION_ROLES`), read by block detection
+  and the report, ignored by the simulators and the Lava lowering;
 * synapse: integer ``weight`` (conv: ``[C_out, C_in / groups, kH, kW]`` in PyTorch layout;
   dense: ``[N_out, N_in]`` over the source flattened in PyTorch ``(C, H, W)`` order; identity:
   one weight per element, shaped like the population), ``weight_exp`` (dense/identity only: the
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -56,6 +59,21 @@ INPUT = "input"
 READOUT = "readout"
 POPULATION_KINDS = ("neuron", "gate", "relay", "partial_sum")
 SYNAPSE_KINDS = ("conv", "dense", "identity")
+#: What a population is in the model (``Population.role``): set from the NIR node metadata of
+#: :mod:`xoresnet.nir.export` by :mod:`calibration.float_graph`, by the scheduler for relays and by the
+#: fan-in split for partial sums; it never changes a register or a spike.
+POPULATION_ROLES = {
+    "stem": "a population of the stem (before the first residual block)",
+    "neuron": "a backbone neuron of a residual block (the block's neurons in order; the last one feeds the merge)",
+    "shortcut_neuron": "the neuron of a block's spike shortcut",
+    "sel": "a block's XOR selection gate (block input with the previous block's input)",
+    "mid": "a block's mid XOR gate (after its first neuron)",
+    "merge": "a block's merge gate (backbone with shortcut: or, xor, iand)",
+    "gate_part": "an inner part of a gate (the AND of an XOR)",
+    "relay": "a copy of another population, delayed (calibration.schedule); it copies its single input",
+    "partial_sum": "a fan-in split part of a layer (calibration.fan_in)",
+    "other": "anything else: populations of NIR graphs made by other tools (no block metadata)",
+}
 
 
 @dataclass
@@ -70,6 +88,7 @@ class Population:
     kind: str = "neuron"
     op: Optional[str] = None  # gates: "or", "and", "iand", "xor", "or_pool"; relays: "relay"
     block: Optional[str] = None
+    role: str = "other"  # one of POPULATION_ROLES
     scale: float = 1.0  # a-units per float unit of current (1 for gates and relays)
     latency: int = 0  # Loihi timing: timestep k of sample n leaves at stream step n*P + k + 1 + latency
 
@@ -189,6 +208,8 @@ class IntegerGraph:
         for p in self.populations.values():
             if p.kind not in POPULATION_KINDS:
                 raise UnsupportedModelError(f"population {p.name}: unknown kind {p.kind!r}")
+            if p.role not in POPULATION_ROLES:
+                raise UnsupportedModelError(f"population {p.name}: unknown role {p.role!r}")
             for what, arr in (("bias_mant", p.bias_mant), ("bias_exp", p.bias_exp)):
                 if tuple(np.shape(arr)) != tuple(p.shape):
                     raise UnsupportedModelError(f"population {p.name}: {what} has shape {np.shape(arr)}, "
@@ -298,7 +319,7 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
         for p in graph.populations.values():
             g = pops.create_group(p.name)
             g.attrs.update(shape=np.array(p.shape), du=p.du_code, dv=p.dv_code, vth=p.vth_mant, kind=p.kind, op=p.op or "",
-                           block=p.block or "", scale=p.scale, latency=p.latency)
+                           block=p.block or "", role=p.role, scale=p.scale, latency=p.latency)
             g.create_dataset("bias_mant", data=_compact(p.bias_mant), compression="gzip")
             g.create_dataset("bias_exp", data=_compact(p.bias_exp), compression="gzip")
         syns = f.create_group("synapses")
@@ -309,6 +330,23 @@ def save_integer_graph(graph: IntegerGraph, path: str | os.PathLike) -> None:
                            graded=s.graded, delay=s.delay, model_delay=s.model_delay,
                            src_channels=np.array(s.src_channels if s.src_channels is not None else (-1, -1)))
             g.create_dataset("weight", data=_compact(s.weight), compression="gzip")
+
+
+def role_from_name(p: Population) -> str:
+    """The role of a population loaded from a file written before populations carried one: the
+    compatibility path, the only place a role is read from a name (``{block}.neurons.{i}``,
+    ``{block}.shortcut_neuron``, ``{block}.sel|mid|merge``, ``{merge}.and`` and ``stem.*`` as
+    :mod:`xoresnet.nir.export` names them); everything else reads ``Population.role``."""
+    if p.kind in ("relay", "partial_sum"):
+        return p.kind
+    if p.block is None:
+        return "stem" if p.name.startswith("stem.") else "other"
+    local = p.name[len(p.block) + 1:] if p.name.startswith(p.block + ".") else ""
+    if local in ("shortcut_neuron", "sel", "mid", "merge"):
+        return local
+    if re.fullmatch(r"neurons\.\d+", local):
+        return "neuron"
+    return "gate_part" if p.kind == "gate" and local.endswith(".and") else "other"
 
 
 def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
@@ -331,6 +369,7 @@ def load_integer_graph(path: str | os.PathLike) -> IntegerGraph:
                 vth_mant=int(a["vth"]), bias_mant=g["bias_mant"][()].astype(np.int64),
                 bias_exp=g["bias_exp"][()].astype(np.int64), kind=str(a["kind"]), op=str(a["op"]) or None,
                 block=str(a["block"]) or None, scale=float(a["scale"]), latency=int(a["latency"]))
+            populations[name].role = str(a["role"]) if "role" in a else role_from_name(populations[name])
         synapses = []
         for key in sorted(f["synapses"]):
             g = f["synapses"][key]

@@ -284,7 +284,7 @@ class PopulationQuantizer:
             raise RangeError(f"gate {pop.name}: input sums up to {max(worst[0], -worst[1]):.0f} would leave memory "
                              "in v (a gate needs |sum| < 64)")
         population = Population(pop.name, pop.shape, du, dv, vth, bias_mant, bias_exp, kind=pop.kind, op=pop.op,
-                                block=pop.block, scale=scale)
+                                block=pop.block, role=pop.role, scale=scale)
         return QuantizedPopulation(population, int_syns, worst, residuals)
 
 

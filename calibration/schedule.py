@@ -69,7 +69,7 @@ def schedule(graph: IntegerGraph, reset_interval: Optional[int] = None) -> Integ
         name = f"{src}.relay{d}"
         populations[name] = Population(
             name, shape, du_code=fx.DU_RANGE[1], dv_code=fx.DV_RANGE[1], vth_mant=0, bias_mant=np.zeros(shape, np.int64),
-            bias_exp=np.zeros(shape, np.int64), kind="relay", op="relay", block=block, scale=1.0,
+            bias_exp=np.zeros(shape, np.int64), kind="relay", op="relay", block=block, role="relay", scale=1.0,
             latency=latency[prev] + hop)
         synapses.append(Synapse(f"{prev}->{name}", prev, name, "identity", np.ones(shape, np.int64), delay=hop - 1))
         latency[name] = latency[prev] + hop

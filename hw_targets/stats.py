@@ -27,9 +27,11 @@ Definitions (all "per sample" figures are over the ``T`` timesteps of one infere
   removed / block-input spikes) and ``branch_balance`` (backbone / (backbone + shortcut) spikes into
   the merge; 0.5 = balanced).
 
-Blocks are found by the population names of :mod:`xoresnet.nir.export` (``{block}.neurons.{i}``,
-``{block}.shortcut_neuron``, ``{block}.sel``, ``{block}.merge``); the input of a block is the
-output of the one before it (the stem's output for the first).
+Blocks are found by the populations' ``block`` and ``role`` (:data:`calibration.integer_graph.POPULATION_ROLES`,
+from the NIR node metadata of :mod:`xoresnet.nir.export`), never by their names: a block's backbone
+``neuron`` populations (the last one in topological order feeds the merge), its ``shortcut_neuron``,
+``sel`` and ``merge``; the input of a block is the output of the one before it (the last ``stem``
+population's for the first). Graphs without roles (NIR from other tools) have no blocks.
 
 The raster (:attr:`StatsAccumulator.raster`) keeps the spikes of the first sample as (timestep,
 neuron) pairs, at most ``raster_cap`` per population, evenly subsampled in (t, n) order when
@@ -38,7 +40,6 @@ there are more.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -53,13 +54,13 @@ from xoresnet.stats import block_counts
 from .connectivity import SynapseConn, connectivity
 
 RASTER_CAP = 2000  # spikes kept per population in the stored raster
-_RELAY = re.compile(r"^(.*)\.relay\d+$")
 
 
-def base_population(name: str) -> str:
-    """The population a relay copies (relays chain as ``{src}.relay{d}``); other names unchanged."""
-    while (m := _RELAY.match(name)):
-        name = m.group(1)
+def base_population(graph: IntegerGraph, name: str) -> str:
+    """The population a relay copies, through a chain of relays (a relay's single input); ``name`` itself
+    for any other population or the input."""
+    while name in graph.populations and graph.populations[name].role == "relay":
+        name = graph.incoming(name)[0].src
     return name
 
 
@@ -80,36 +81,35 @@ class BlockSignals:
 
 def find_blocks(graph: IntegerGraph) -> list[BlockSignals]:
     """The residual blocks of ``graph``, in order (see the module docstring)."""
-    pops = graph.populations
-    order = [p for p in pops.values() if p.kind != "relay"]
+    order = [p for p in graph.populations.values() if p.role != "relay"]
     blocks = list(dict.fromkeys(p.block for p in order if p.block))
-    if not blocks:
-        return []
-    first = next(i for i, p in enumerate(order) if p.block)
-    stem = [p.name for p in order[:first] if not p.block]
-    if not stem:
+    stem = [p.name for p in order if p.role == "stem"]
+    if not blocks or not stem:
         return []
     current = [stem[-1]]
     prev: Optional[list[str]] = None
     out = []
     for b in blocks:
         mine = {p.name for p in order if p.block == b}
-        idx = [int(m.group(1)) for n in mine if (m := re.fullmatch(re.escape(b) + r"\.neurons\.(\d+)", n))]
-        if not idx:
+        by_role: dict[str, list[str]] = {}
+        for p in order:
+            if p.block == b:
+                by_role.setdefault(p.role, []).append(p.name)
+        if not by_role.get("neuron"):
             continue
-        last = f"{b}.neurons.{max(idx)}"
-        sc_neuron = f"{b}.shortcut_neuron" if f"{b}.shortcut_neuron" in mine else None
+        last = by_role["neuron"][-1]
+        sc_neuron = by_role["shortcut_neuron"][0] if "shortcut_neuron" in by_role else None
         S = current
-        P = prev if f"{b}.sel" in mine else None
+        P = prev if "sel" in by_role else None
         spiking_sc = [sc_neuron] if sc_neuron else S
-        if f"{b}.merge" in mine:
-            sig = BlockSignals(b, pops[f"{b}.merge"].op or "or", S, P, [last], spiking_sc, [f"{b}.merge"])
+        if "merge" in by_role:
+            merge = by_role["merge"][0]
+            sig = BlockSignals(b, graph.populations[merge].op or "or", S, P, [last], spiking_sc, [merge])
         else:
-            into_last = graph.incoming(last)
-            current_sc = any(s.name.startswith(f"{b}.shortcut") and base_population(s.src) not in mine
-                             for s in into_last)
-            spikes_in = [base_population(s.src) for s in into_last
-                         if base_population(s.src) not in mine or base_population(s.src) == sc_neuron]
+            into_last = [(s, base_population(graph, s.src)) for s in graph.incoming(last)]
+            # a current shortcut: a conv/dense synapse from outside the block (spikes arrive on identity synapses)
+            current_sc = any(s.kind != "identity" and src not in mine for s, src in into_last)
+            spikes_in = [src for s, src in into_last if src not in mine or src == sc_neuron]
             if current_sc:
                 sig = BlockSignals(b, "add_current", S, P, None, None, [last])
             elif spikes_in:
@@ -245,7 +245,7 @@ class StatsAccumulator:
             v = per_sample[p.name]
             total = float(v.sum())
             layers.append({
-                "name": p.name, "kind": p.kind, "op": p.op, "block": p.block, "neurons": p.size,
+                "name": p.name, "kind": p.kind, "op": p.op, "block": p.block, "role": p.role, "neurons": p.size,
                 "spikes_total": total, "spikes_per_sample": _moments(v),
                 "firing_rate": total / max(p.size * T * self.samples, 1),
                 "synops_in_per_sample": synops_in.get(p.name, 0.0),

@@ -135,11 +135,12 @@ def plot_energy(report: dict) -> str:
 
 
 def raster_populations(report: dict, max_panels: int = RASTER_PANELS) -> list[str]:
-    """Which populations the raster shows: neurons and block outputs, skipping relays and AND parts."""
+    """Which populations the raster shows: neurons and block outputs, skipping relays and gate parts
+    (the AND of an XOR), by their ``role``."""
     r = report.get("raster") or {}
     pops = r.get("populations", {})
-    kinds = {l["name"]: l["kind"] for l in report["statistics"]["layers"]}
-    names = [n for n in pops if kinds.get(n) != "relay" and not n.endswith(".and")]
+    roles = {l["name"]: l.get("role") for l in report["statistics"]["layers"]}
+    names = [n for n in pops if roles.get(n) not in ("relay", "gate_part")]
     if len(names) > max_panels:
         idx = np.unique(np.linspace(0, len(names) - 1, max_panels).round().astype(int))
         names = [names[i] for i in idx]

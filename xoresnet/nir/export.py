@@ -28,7 +28,9 @@ that step (see :mod:`xoresnet.nir.interpreter`). Neurons, with ``du``/``dv``/``b
   with a per-step bias), are refused with :class:`~xoresnet.errors.UnsupportedModelError`.
 
 Every node's ``metadata["xoresnet"]`` is a JSON string ``{"role", "block", "op", ...}`` so our
-compiler can recognise gate subgraphs; other NIR consumers see plain nodes. The graph's
+compiler can recognise gate subgraphs; other NIR consumers see plain nodes. The neurons and gates of
+a residual block also say what they are in it, ``block_role``: ``neuron`` (the backbone),
+``shortcut_neuron``, ``sel``, ``mid`` or ``merge`` (:data:`calibration.integer_graph.POPULATION_ROLES`). The graph's
 ``metadata["xoresnet"]`` holds the network config, timesteps, input levels and the readout rule
 (logits = the Output averaged over time).
 """
@@ -130,13 +132,15 @@ class _GraphBuilder:
         return self.add(name, node, out_shape, inputs), bias
 
     def neuron(self, name: str, module: CubaLIF, inputs: Signal, shape: tuple[int, ...], bias: np.ndarray,
-               block: Optional[str]) -> str:
-        """A neuron node; ``bias`` [C] is the summed batch-norm shift of its input convs."""
+               block: Optional[str], block_role: str = "neuron") -> str:
+        """A neuron node; ``bias`` [C] is the summed batch-norm shift of its input convs; ``block_role``
+        (``neuron`` or ``shortcut_neuron``) is recorded for neurons in a block."""
         du, dv = (float(d) for d in module.decays())
         vth = np.full(shape, module.vth, dtype=np.float32)
         zeros = np.zeros(shape, dtype=np.float32)
         ones = np.ones(shape, dtype=np.float32)
-        meta = node_meta("neuron", block=block, du=du, dv=dv, vth=module.vth)
+        meta = node_meta("neuron", block=block, du=du, dv=dv, vth=module.vth,
+                         **({"block_role": block_role} if block else {}))
         if du == 1.0 and dv == 0.0:
             node = nir.IF(r=ones / DT, v_threshold=vth, v_reset=zeros, metadata=meta)
         elif du == 1.0:
@@ -151,18 +155,21 @@ class _GraphBuilder:
             )
         return self.add(name, node, shape, inputs)
 
-    def gate(self, name: str, op: str, a: Signal, b: Signal, block: str, **note: str) -> Signal:
-        """Spike logic ``op`` on binary signals ``a`` (backbone side) and ``b`` as threshold nodes."""
+    def gate(self, name: str, op: str, a: Signal, b: Signal, block: str, block_role: Optional[str] = None,
+             **note: str) -> Signal:
+        """Spike logic ``op`` on binary signals ``a`` (backbone side) and ``b`` as threshold nodes; the
+        output node records ``block_role`` (``sel``, ``mid`` or ``merge``) when given."""
         shape = self.shapes[a[0]]
         meta = dict(block=block, op=op, **note)
+        out_meta = node_meta("gate", **meta, **({"block_role": block_role} if block_role else {}))
         if op == "or":
             return [self.add(name, nir.Threshold(np.full(shape, 0.5, np.float32),
-                                                 metadata=node_meta("gate", **meta)), shape, a + b)]
+                                                 metadata=out_meta), shape, a + b)]
         if op == "iand":
             neg = self.add(f"{name}.neg", nir.Scale(np.full(shape, -1.0, np.float32),
                                                     metadata=node_meta("gate_part", **meta)), shape, a)
             return [self.add(name, nir.Threshold(np.full(shape, 0.5, np.float32),
-                                                 metadata=node_meta("gate", **meta)), shape, [neg] + b)]
+                                                 metadata=out_meta), shape, [neg] + b)]
         if op == "xor":
             both = self.add(f"{name}.and", nir.Threshold(np.full(shape, 1.5, np.float32),
                                                          metadata=node_meta("gate_part", **meta, part="and")),
@@ -170,7 +177,7 @@ class _GraphBuilder:
             neg2 = self.add(f"{name}.neg2", nir.Scale(np.full(shape, -2.0, np.float32),
                                                       metadata=node_meta("gate_part", **meta)), shape, [both])
             return [self.add(name, nir.Threshold(np.full(shape, 0.5, np.float32),
-                                                 metadata=node_meta("gate", **meta)), shape, a + b + [neg2])]
+                                                 metadata=out_meta), shape, a + b + [neg2])]
         if op == "add":
             return a + b  # spike counts: a sum of signals, expressed by fan-in at every consumer
         raise AssertionError(op)
@@ -202,9 +209,10 @@ class _GraphBuilder:
         if blk.use_prev and P is not None:
             if blk.spec.merge == "or":
                 # S = A_prev OR P contains P, so S XOR P = (NOT P) AND S: one gate layer instead of two
-                M = self.gate(f"{name}.sel", "iand", P, S, name, selection="xor", lowered="iand since S contains P")
+                M = self.gate(f"{name}.sel", "iand", P, S, name, "sel", selection="xor",
+                              lowered="iand since S contains P")
             else:
-                M = self.gate(f"{name}.sel", "xor", S, P, name, selection="xor")
+                M = self.gate(f"{name}.sel", "xor", S, P, name, "sel", selection="xor")
         h = M
         n = len(blk.convs)
         for i in range(n - 1):
@@ -212,7 +220,7 @@ class _GraphBuilder:
                                    bias_into_conv=self._bias_in_conv(blk.neurons[i]), block=name)
             h = [self.neuron(f"{name}.neurons.{i}", blk.neurons[i], [conv], self.shapes[conv], bias, block=name)]
             if i == 0 and blk.use_mid:
-                h = self.gate(f"{name}.mid", "xor", h, S, name)
+                h = self.gate(f"{name}.mid", "xor", h, S, name, "mid")
         last = blk.neurons[-1]
         in_conv = self._bias_in_conv(last)
         u_a, bias = self.conv(f"{name}.convs.{n - 1}", blk.convs[-1], h, self.shapes[h[0]], bias_into_conv=in_conv,
@@ -228,11 +236,11 @@ class _GraphBuilder:
                 return [self.neuron(f"{name}.neurons.{n - 1}", last, [u_a, u_s], out_shape, bias + bias_s,
                                     block=name)]
             shortcut = [self.neuron(f"{name}.shortcut_neuron", blk.shortcut_neuron, [u_s], out_shape, bias_s,
-                                    block=name)]
+                                    block=name, block_role="shortcut_neuron")]
         if blk.spec.merge == "add_current":
             return [self.neuron(f"{name}.neurons.{n - 1}", last, [u_a] + shortcut, out_shape, bias, block=name)]
         A = [self.neuron(f"{name}.neurons.{n - 1}", last, [u_a], out_shape, bias, block=name)]
-        return self.gate(f"{name}.merge", blk.spec.merge, A, shortcut, name)
+        return self.gate(f"{name}.merge", blk.spec.merge, A, shortcut, name, "merge")
 
     def head(self, S: Signal) -> None:
         c, h, w = self.shapes[S[0]]
