@@ -130,6 +130,15 @@ def digits_export(tmp_path_factory) -> DigitsExport:
     return export
 
 
+def same_graph(a, b) -> None:
+    """Assert that integer graphs ``a`` and ``b`` are equal: structure, schedule, every weight and delay."""
+    import numpy as np
+
+    assert a.describe() == b.describe() and a.scheduled == b.scheduled
+    for x, y in zip(a.synapses, b.synapses, strict=True):
+        assert x.name == y.name and np.array_equal(x.weight, y.weight) and x.delay == y.delay
+
+
 @functools.cache
 def _digits_report() -> dict:
     from deploy.pipeline import analyse, calibrate_checkpoint, map_to_cores, report_of

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QAT_DIGITS_MODEL
+from conftest import QAT_DIGITS_MODEL, same_graph
 from deploy import cli as export_cli
 from deploy import lava_run
 from deploy.dispatch import run_on_hardware
@@ -31,13 +31,6 @@ PARITY_SAMPLES = 3  # those of the session's export (conftest.DIGITS_EXPORT_FLAG
 
 def parity_pixels() -> np.ndarray:
     return load_dataset("digits", "test", limit=PARITY_SAMPLES).pixels.numpy().astype(np.int64)
-
-
-def same_graph(a, b) -> None:
-    """Assert that integer graphs ``a`` and ``b`` are equal: structure, schedule, every weight and delay."""
-    assert a.describe() == b.describe() and a.scheduled == b.scheduled
-    for x, y in zip(a.synapses, b.synapses, strict=True):
-        assert x.name == y.name and np.array_equal(x.weight, y.weight) and x.delay == y.delay
 
 
 @pytest.fixture(scope="module")
