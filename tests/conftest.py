@@ -9,9 +9,13 @@ forward pass in training mode with momentum 1) and then draws its affine part so
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +25,9 @@ from xoresnet.network import XOResNet, build_network
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_MODEL = REPO / "models" / "xoresnet-digits.pt"  # committed with the repository
+QAT_DIGITS_MODEL = REPO / "models" / "xoresnet-digits-qat.pt"  # its quantization-aware fine-tuning, committed too
+#: The flags of the shared export (:func:`digits_export`) after ``QAT_DIGITS_MODEL --out DIR``.
+DIGITS_EXPORT_FLAGS = ("--target", "loihi2", "--parity-samples", "3", "--eval-samples", "200", "--no-progress")
 
 # The tensors here are tiny: intra-op threads only add contention on a shared 2-core machine
 # (a 8x8 conv measured 1 ms on one thread, 48 ms on two under load).
@@ -66,6 +73,70 @@ def digits_model_path() -> Path:
         pytest.fail(f"the bundled digits model {DIGITS_MODEL} is missing (it is committed: restore it with git, "
                     "or retrain it with scripts/train_bundled_models.sh)")
     return DIGITS_MODEL
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsExport:
+    """One ``xoresnet-export QAT_DIGITS_MODEL --out out DIGITS_EXPORT_FLAGS``, run in this process
+    (:func:`digits_export`). ``out``: the artifact folder, shared by every test of the session (copy it with
+    ``shutil.copytree`` before changing anything in it); ``code``, ``stdout``, ``stderr``: the command's exit
+    code and output; ``lava_calls``: each :func:`deploy.lava_run.run_lava` call it made, as
+    ``{"graph", "pixels", "result", **keyword arguments}`` (one: the parity run)."""
+
+    out: Path
+    code: int
+    stdout: str
+    stderr: str
+    lava_calls: tuple[dict[str, Any], ...]
+
+    @property
+    def lava(self):
+        """The :class:`~deploy.lava_run.LavaRunResult` of the parity run (3 images, ``fixed_pt``)."""
+        (call,) = self.lava_calls
+        return call["result"]
+
+    @property
+    def parity_graph(self):
+        """The scheduled, mapped integer graph the parity run simulated (the one saved as integer_graph.h5)."""
+        (call,) = self.lava_calls
+        return call["graph"]
+
+
+@pytest.fixture(scope="session")
+def digits_export(tmp_path_factory) -> DigitsExport:
+    """The bundled QAT digits model exported once per test session (every stage, Lava parity on 3 test images,
+    the integer reference on 200); tests that change the folder copy it first."""
+    import numpy as np
+
+    from deploy import cli, lava_run
+
+    out = tmp_path_factory.mktemp("digits-export") / "digits"
+    real = lava_run.run_lava
+    calls: list[dict[str, Any]] = []
+
+    def recording(graph, pixels, **kw):
+        calls.append({"graph": graph, "pixels": np.asarray(pixels).copy(), **kw})
+        calls[-1]["result"] = real(graph, pixels, **kw)
+        return calls[-1]["result"]
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lava_run, "run_lava", recording)
+        mp.chdir(REPO)  # as the console script runs from the repository root in the subprocess tests
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as e:
+            cli.export_main([str(QAT_DIGITS_MODEL), "--out", str(out), *DIGITS_EXPORT_FLAGS])
+    export = DigitsExport(out, e.value.code, stdout.getvalue(), stderr.getvalue(), tuple(calls))
+    assert export.code == 0, export.stderr[-3000:]
+    return export
+
+
+def same_graph(a, b) -> None:
+    """Assert that integer graphs ``a`` and ``b`` are equal: structure, schedule, every weight and delay."""
+    import numpy as np
+
+    assert a.describe() == b.describe() and a.scheduled == b.scheduled
+    for x, y in zip(a.synapses, b.synapses, strict=True):
+        assert x.name == y.name and np.array_equal(x.weight, y.weight) and x.delay == y.delay
 
 
 @functools.cache

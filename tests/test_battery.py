@@ -10,7 +10,7 @@ Most rows run the command in this process with its heavy stages replaced by a fa
 stages 2-7, training, evaluation): a row that expects a refusal holds only if the refusal comes before
 any work. Rows marked ``subprocess`` run the installed console script (FIFOs, signals, peak memory: a
 row with ``max_rss_mb`` fails when the command's peak RSS goes beyond it). The certificate rows dispatch
-an export folder made once per module (:func:`certified`) with lava-loihi mocked as installed; the
+copies of export folders made once (:func:`certified`) with lava-loihi mocked as installed; the
 hardware run is answered with the export's own Lava result and must not be reached where a row expects
 dispatch to be blocked. ``--out`` rows live in ``tests/test_out_folder.py``, next to the lead's table.
 """
@@ -41,9 +41,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, small_config
+from conftest import QAT_DIGITS_MODEL, REPO, small_config
 
-QAT_MODEL = REPO / "models" / "xoresnet-digits-qat.pt"
+QAT_MODEL = QAT_DIGITS_MODEL
 FLOAT_MODEL = REPO / "models" / "xoresnet-digits.pt"
 BIN = Path(sys.executable).parent
 
@@ -300,26 +300,19 @@ def sparse_file(path: Path, size: int) -> None:
 # ---------------------------------------------------------------------- inputs: export folders
 
 @pytest.fixture(scope="module")
-def certified(tmp_path_factory):
-    """Export folders made once: ``{"qat": DIR, "float": DIR}`` (digits, 2 parity images each), and the Lava
-    result of the QAT export (the answer of the mocked hardware run)."""
-    from deploy import cli, lava_run
+def certified(tmp_path_factory, digits_export):
+    """Export folders made once: ``{"qat": DIR, "float": DIR}`` (digits), and the Lava result of the QAT export
+    (the answer of the mocked hardware run). The QAT folder is the session's (conftest :func:`digits_export`: 3
+    parity images); the float model is exported here (3 parity images too), the one certificate of another checkpoint
+    the rows need. Rows copy a folder before changing it (:func:`copy_export`)."""
+    from deploy import cli
 
     root = tmp_path_factory.mktemp("certified")
-    results = {}
-    real = lava_run.run_lava
-    for kind, model in (("qat", QAT_MODEL), ("float", FLOAT_MODEL)):
-        def keep(graph, pixels, **kw):
-            results[kind] = real(graph, pixels, **kw)
-            return results[kind]
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(lava_run, "run_lava", keep)
-            with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(io.StringIO()):
-                cli.export_main([str(model), "--out", str(root / kind), "--parity-samples", "2", "--eval-samples",
-                                 "20", "--calib-samples", "16", "--no-progress"])
-        assert e.value.code == 0
-    return {"qat": root / "qat", "float": root / "float", "lava": results["qat"]}
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(io.StringIO()):
+        cli.export_main([str(FLOAT_MODEL), "--out", str(root / "float"), "--parity-samples", "3", "--eval-samples",
+                         "20", "--calib-samples", "16", "--no-progress"])
+    assert e.value.code == 0
+    return {"qat": digits_export.out, "float": root / "float", "lava": digits_export.lava}
 
 
 def copy_export(tmp: Path, certified, kind: str = "qat") -> Path:
@@ -625,7 +618,7 @@ CASES += [
 ]
 
 # --- the parity certificate: --dispatch with lava-loihi mocked (exit 5 unless said)
-DISPATCHED = r"dispatch: Loihi 2 ran 2 parity images \(\d+ steps, [\d.]+ s\): predictions \[.*\], equal to"
+DISPATCHED = r"dispatch: Loihi 2 ran 3 parity images \(\d+ steps, [\d.]+ s\): predictions \[.*\], equal to"
 CERT = [
     ("tampered-graph-rehashed", lambda o: (edit_graph_weight(o), rehash(o, "integer_graph.h5")), (), 5,
      r"integer_graph.h5 does not give the integer reference run parity.json records"),

@@ -8,11 +8,12 @@ import dataclasses
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import QAT_DIGITS_MODEL, same_graph
 from deploy import cli as export_cli
 from deploy import lava_run
 from deploy.dispatch import run_on_hardware
@@ -24,8 +25,8 @@ from xoresnet.errors import DispatchUnavailableError, LavaRunError, ParityError
 
 pytestmark = pytest.mark.lava
 
-MODEL = REPO / "models" / "xoresnet-digits-qat.pt"
-PARITY_SAMPLES = 2
+MODEL = QAT_DIGITS_MODEL
+PARITY_SAMPLES = 3  # those of the session's export (conftest.DIGITS_EXPORT_FLAGS)
 
 
 def parity_pixels() -> np.ndarray:
@@ -33,12 +34,13 @@ def parity_pixels() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dispatched(tmp_path_factory):
-    """``xoresnet-export --dispatch`` with lava-loihi mocked as present and a Loihi 2 host
-    configured; the hardware run (``run_lava(..., run_config="hw")``) is recorded and answered with
-    what the CPU simulation returned. Returns ``(out, exit code, stdout, calls)``."""
+def dispatched(tmp_path_factory, digits_export):
+    """``xoresnet-export --dispatch`` (export then dispatch, one command) with lava-loihi mocked as present and a
+    Loihi 2 host configured; every ``run_lava`` call is recorded. The parity run (``fixed_pt``) is answered with
+    the session export's Lava run (conftest :func:`digits_export`, same flags for the graph) after checking that
+    it is asked about the same graph and images; the hardware run (``run_config="hw"``) with that same result.
+    Returns ``(out, exit code, stdout, calls)``."""
     out = tmp_path_factory.mktemp("dispatch") / "digits"
-    real = lava_run.run_lava
     calls: list[dict] = []
 
     def recording(graph, pixels, **kw):
@@ -46,7 +48,9 @@ def dispatched(tmp_path_factory):
         if kw.get("run_config") == "hw":
             sim = next(c["result"] for c in calls if c.get("run_config", "fixed_pt") == "fixed_pt")
             return dataclasses.replace(sim, run_config="hw")
-        calls[-1]["result"] = real(graph, pixels, **kw)
+        same_graph(graph, digits_export.parity_graph)
+        assert np.array_equal(pixels, digits_export.lava_calls[0]["pixels"])
+        calls[-1]["result"] = digits_export.lava
         return calls[-1]["result"]
 
     stdout = io.StringIO()
@@ -58,6 +62,12 @@ def dispatched(tmp_path_factory):
             export_cli.export_main([str(MODEL), "--out", str(out), "--parity-samples", str(PARITY_SAMPLES),
                                     "--eval-samples", "20", "--timeout", "300", "--no-progress", "--dispatch"])
     return out, e.value.code, stdout.getvalue(), calls
+
+
+@pytest.fixture
+def certified_dir(digits_export) -> Path:
+    """The session's export folder (read-only: copy it before changing it)."""
+    return digits_export.out
 
 
 @pytest.fixture
@@ -83,17 +93,15 @@ def test_dispatch_after_passed_parity_runs_the_exported_graph_on_the_parity_imag
     assert np.array_equal(hw[0]["pixels"], parity_pixels()) and np.array_equal(sim[0]["pixels"], parity_pixels())
     assert hw[0]["timeout"] == 300
     exported = load_integer_graph(out / "integer_graph.h5")
-    graph = hw[0]["graph"]
-    assert graph.describe() == exported.describe() and graph.scheduled
-    for a, b in zip(graph.synapses, exported.synapses):
-        assert a.name == b.name and np.array_equal(a.weight, b.weight) and a.delay == b.delay
+    assert hw[0]["graph"].scheduled
+    same_graph(hw[0]["graph"], exported)
     assert f"dispatch: Loihi 2 ran {PARITY_SAMPLES} parity images" in stdout
     assert "equal to the integer reference's" in stdout
 
 
-def test_dispatch_refuses_a_tampered_graph(dispatched, tmp_path, loihi_present):
+def test_dispatch_refuses_a_tampered_graph(certified_dir, tmp_path, loihi_present):
     d = tmp_path / "copy"
-    shutil.copytree(dispatched[0], d)
+    shutil.copytree(certified_dir, d)
     with open(d / "integer_graph.h5", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ParityError) as e:
@@ -116,9 +124,9 @@ def _rehash(d, name):
     ("parity-json-removed", "parity.json is missing"),
     ("not-covered", "does not cover integer_graph.h5"),
 ])
-def test_dispatch_refuses_without_a_passed_certificate(dispatched, tmp_path, loihi_present, case, needle):
+def test_dispatch_refuses_without_a_passed_certificate(certified_dir, tmp_path, loihi_present, case, needle):
     d = tmp_path / "copy"
-    shutil.copytree(dispatched[0], d)
+    shutil.copytree(certified_dir, d)
     manifest = json.loads((d / "manifest.json").read_text())
     if case == "verdict-failed":
         manifest["verdict"]["parity"] = "failed"
@@ -140,17 +148,17 @@ def test_dispatch_refuses_without_a_passed_certificate(dispatched, tmp_path, loi
     assert e.value.exit_code == 5 and "\n" not in str(e.value)
 
 
-def test_dispatch_without_lava_loihi_exits_7_naming_the_modules(dispatched, monkeypatch):
+def test_dispatch_without_lava_loihi_exits_7_naming_the_modules(certified_dir, monkeypatch):
     missing = loihi2.missing_loihi2_modules()
     if not missing:
         pytest.skip("lava-loihi is installed here")
     monkeypatch.setattr(lava_run, "run_lava", lambda *a, **k: pytest.fail("dispatch reached the hardware run"))
     with pytest.raises(DispatchUnavailableError) as e:
-        run_on_hardware(get_target("loihi2"), dispatched[0], pixels=parity_pixels())
+        run_on_hardware(get_target("loihi2"), certified_dir, pixels=parity_pixels())
     assert e.value.exit_code == 7 and all(m in str(e.value) for m in missing)
 
 
-def test_hardware_run_goes_through_the_child_runner(dispatched):
+def test_hardware_run_goes_through_the_child_runner(certified_dir):
     """``run_config="hw"`` runs ``Loihi2HwCfg`` in the child of :func:`run_lava`: without lava-loihi
     Lava fails there, which comes back as one line (exit code 6) with the session cleaned up; the
     wall-clock timeout applies as for the CPU simulation."""
@@ -158,7 +166,7 @@ def test_hardware_run_goes_through_the_child_runner(dispatched):
         pytest.skip("lava-loihi is installed here: this would run on the chip")
     from calibration.integer_graph import load_integer_graph
 
-    graph = load_integer_graph(dispatched[0] / "integer_graph.h5")
+    graph = load_integer_graph(certified_dir / "integer_graph.h5")
     with pytest.raises(LavaRunError, match=r"^the Loihi 2 run failed \(exit code 1\): ") as e:
         lava_run.run_lava(graph, parity_pixels()[:1], timeout=120, run_config="hw")
     assert e.value.exit_code == 6 and "\n" not in str(e.value)

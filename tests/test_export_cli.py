@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import QAT_DIGITS_MODEL, REPO, same_graph
 from deploy import cli as export_cli
 from hw_targets.report import validate_report
 from xoresnet.checkpoint import load_checkpoint, save_checkpoint
@@ -23,7 +23,7 @@ from xoresnet.network import build_network
 
 pytestmark = pytest.mark.lava
 
-MODEL = REPO / "models" / "xoresnet-digits-qat.pt"
+MODEL = QAT_DIGITS_MODEL
 EXE = Path(sys.executable).parent / "xoresnet-export"
 
 
@@ -43,16 +43,16 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "digits"
-    r = run_export(str(MODEL), "--target", "loihi2", "--out", str(out), "--parity-samples", "3", "--eval-samples", "200")
-    return out, r
+@pytest.fixture
+def exported(digits_export):
+    """The session's export (conftest :func:`digits_export`: ``--parity-samples 3 --eval-samples 200``):
+    ``(folder, the export)``; read-only."""
+    return digits_export.out, digits_export
 
 
 def test_export_writes_every_artifact_with_a_parity_certificate(exported):
     out, r = exported
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.code == 0, r.stderr[-2000:]
     assert "parity passed" in r.stdout and str(out) in r.stdout
     names = {"model.nir", "integer_graph.h5", "calibration.json", "lava_graph.json", "parity.json", "report.json",
              "report.html", "manifest.json"}
@@ -304,29 +304,64 @@ def test_bad_inputs_give_one_line_errors(tmp_path, case, code, needle):
                                                                 if ckpt.exists() else {"out"})  # no leftovers
 
 
-def test_parity_failure_exits_5_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    """A Lava graph with one perturbed weight: parity fails, localises it, exits 5, DIR untouched."""
+@pytest.fixture(scope="module")
+def perturbed_parity(digits_export):
+    """:func:`deploy.pipeline.lava_parity` of the session export's graph on the first 2 test images, with one
+    nonzero weight of ``layer1.0.convs.1`` raised by 40 in the Lava run only (the reference keeps the graph's):
+    ``(graph, pixels, LavaParity)``. The graph is built once (by :func:`digits_export`); only Lava runs again."""
     from deploy import lava_run
+    from deploy.pipeline import lava_parity
+    from xoresnet.data import load_dataset
 
+    graph = digits_export.parity_graph
+    pixels = load_dataset("digits", "test", limit=2).pixels
+    syn = next(s for s in graph.synapses if s.name == "layer1.0.convs.1")
+    idx = tuple(int(i) for i in (abs(syn.weight) > 0).nonzero()[0][:1].tolist() + [0, 1, 1])
     real = lava_run.run_lava
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lava_run, "run_lava", lambda g, p, **kw: real(g, p, perturb={"synapse": syn.name, "index": idx,
+                                                                                 "delta": 40}, **kw))
+        run = lava_parity(graph, pixels, timeout=300)
+    return graph, pixels, run
 
-    def perturbed(graph, pixels, **kw):
-        syn = next(s for s in graph.synapses if s.name == "layer1.0.convs.1")
-        idx = tuple(int(i) for i in (abs(syn.weight) > 0).nonzero()[0][:1].tolist() + [0, 1, 1])
-        return real(graph, pixels, perturb={"synapse": syn.name, "index": idx, "delta": 40}, **kw)
 
-    monkeypatch.setattr(lava_run, "run_lava", perturbed)
+def test_parity_localises_a_perturbed_weight(perturbed_parity):
+    """A Lava graph with one perturbed weight: the comparison fails at the population it feeds."""
+    _, _, run = perturbed_parity
+    assert not run.passed and run.lava.seconds > 0
+    assert "parity FAILED" in run.report.summary() and "layer1.0.neurons.1" in run.report.summary()
+    assert run.record["passed"] is False and run.record["first_divergence"]["population"] == "layer1.0.neurons.1"
+
+
+def test_parity_failure_exits_5_and_writes_nothing(tmp_path, monkeypatch, capsys, perturbed_parity):
+    """The export whose Lava run fails parity (stage 6 answered with :func:`perturbed_parity`, after checking it
+    is asked about the same graph and images): exit 5 naming the divergence, the failure record written beside
+    DIR, DIR never created, dispatch blocked."""
+    from deploy import pipeline
+    from deploy.export_dir import FAILURE_FORMAT, json_text
+
+    graph, pixels, run = perturbed_parity
+    asked = []
+
+    def failing(g, p, **kw):
+        same_graph(g, graph)
+        assert torch.equal(p, pixels)
+        asked.append(kw)
+        return run
+
+    monkeypatch.setattr(pipeline, "lava_parity", failing)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         export_cli.export_main([str(MODEL), "--out", str(out), "--parity-samples", "2", "--eval-samples", "20",
                                 "--no-progress"])
-    assert e.value.code == 5
+    assert e.value.code == 5 and len(asked) == 1
     err = capsys.readouterr().err
     assert "parity FAILED" in err and "layer1.0.neurons.1" in err and "dispatch is blocked" in err
     assert f"details in {tmp_path / 'out.parity-failure.json'};" in err.strip().splitlines()[-1]
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
     failure = json.loads((tmp_path / "out.parity-failure.json").read_text())
     assert failure["first_divergence"]["population"] == "layer1.0.neurons.1"
+    assert failure == {"format": FAILURE_FORMAT, **json.loads(json_text(run.record))}  # the failed run's record
 
 
 def test_successful_export_removes_a_stale_parity_failure_file(tmp_path):
@@ -342,22 +377,48 @@ def test_successful_export_removes_a_stale_parity_failure_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_lava_timeout_exits_6(tmp_path):
+def test_lava_timeout_exits_6(tmp_path, monkeypatch, capsys, digits_export):
+    """A Lava run past ``--timeout``: the session's graph run by :func:`deploy.pipeline.lava_parity` with 0.5 s
+    raises exit code 6 with its Lava session stopped; the export that meets it (stage 6 answered with that
+    error, after checking it is asked about the same graph with ``--timeout 0.5``) exits 6, one line, DIR not
+    created."""
+    from deploy import lava_run, pipeline
+    from xoresnet.data import load_dataset
+    from xoresnet.errors import LavaRunError
+
+    graph = digits_export.parity_graph
+    pixels = load_dataset("digits", "test", limit=1).pixels
+    with pytest.raises(LavaRunError, match=r"did not finish within 0\.5 s") as timed_out:
+        pipeline.lava_parity(graph, pixels, timeout=0.5)
+    assert timed_out.value.exit_code == 6 and "\n" not in str(timed_out.value)
+    assert lava_run.session_members(timed_out.value.cleanup["session"]) == []
+
+    def too_slow(g, p, **kw):
+        same_graph(g, graph)
+        assert torch.equal(p, pixels) and kw["timeout"] == 0.5
+        raise timed_out.value
+
+    monkeypatch.setattr(pipeline, "lava_parity", too_slow)
     out = tmp_path / "out"
-    r = run_export(str(MODEL), "--out", str(out), "--parity-samples", "1", "--eval-samples", "20", "--timeout", "0.5")
-    assert r.returncode == 6, r.stderr
-    assert "did not finish within" in error_line(r.stderr) and not out.exists()
+    with pytest.raises(SystemExit) as e:
+        export_cli.export_main([str(MODEL), "--out", str(out), "--parity-samples", "1", "--eval-samples", "20",
+                                "--timeout", "0.5", "--no-progress"])
+    assert e.value.code == 6
+    assert "did not finish within" in error_line(capsys.readouterr().err) and not out.exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def lava_worker_pids() -> list[int]:
-    """Live processes started as ``python -m deploy.lava_worker`` (the Lava child and its forks)."""
+    """Live processes started as ``python -m deploy.lava_worker`` by this environment's Python (the Lava child
+    and its forks), not those of other checkouts running their own tests on this machine."""
+    ours = [os.fsencode(sys.executable), b"-m", b"deploy.lava_worker"]
     pids = []
     for entry in os.listdir("/proc"):
         try:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes() if entry.isdigit() else b""
         except OSError:
             continue
-        if b"deploy.lava_worker" in cmd:
+        if cmd.split(b"\0")[:3] == ours:
             pids.append(int(entry))
     return pids
 
