@@ -55,7 +55,7 @@ def architecture_graph(fg: FloatGraph, extreme: str = "widest") -> IntegerGraph:
         raise ValueError(f"extreme must be one of {EXTREMES}, got {extreme!r}")
     pops = {}
     for p in fg.populations.values():
-        du, dv = decay_codes(p.du, p.dv)
+        du, dv = decay_codes(p.du_fraction, p.dv_fraction)
         zero = np.zeros(p.shape, np.int16)
         pops[p.name] = Population(p.name, tuple(p.shape), du_code=du, dv_code=min(dv, lim.DV_RANGE[1]), vth_mant=1,
                                   bias_mant=zero, bias_exp=zero.copy(), kind=p.kind, op=p.op, block=p.block,

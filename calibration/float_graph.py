@@ -65,8 +65,8 @@ class FloatPopulation:
     name: str
     shape: tuple[int, ...]
     kind: str  # "neuron" | "gate"
-    du: float = 1.0
-    dv: float = 1.0
+    du_fraction: float = 1.0  # the current's decay per step, on Loihi's grid (xoresnet.decay_grid)
+    dv_fraction: float = 1.0  # the voltage's decay per step, on Loihi's grid
     vth: float = 0.5  # float units (gates: the Threshold value on integer input sums)
     bias: Optional[np.ndarray] = None  # float64 [shape], added to v every step (neurons)
     op: Optional[str] = None
@@ -454,8 +454,8 @@ def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
         gain = 1.0
         if not isinstance(node, nir.Threshold):
             du, dv, vth, gain, bias = _neuron_params(name, node, dt, grid)
-            pop = FloatPopulation(name, shape, "neuron", du=du, dv=dv, vth=vth, bias=np.array(bias, np.float64),
-                                  block=ann.get("block"), role=population_role(ann))
+            pop = FloatPopulation(name, shape, "neuron", du_fraction=du, dv_fraction=dv, vth=vth,
+                                  bias=np.array(bias, np.float64), block=ann.get("block"), role=population_role(ann))
         incoming = []
         for path in paths:
             if path.source == input_name and not path.ops:
@@ -468,7 +468,7 @@ def nir_to_float_graph(graph: nir.NIRGraph) -> FloatGraph:
         if isinstance(node, nir.Threshold):
             pop = _threshold_population(name, node, ann, incoming, const is None, grid)
         if const is not None:
-            if pop.kind == "gate" or pop.du != 1.0:
+            if pop.kind == "gate" or pop.du_fraction != 1.0:
                 raise UnsupportedModelError(
                     f"NIR node {name} receives a bias (from {', '.join(regions.region(name))}), but its current decays "
                     "(or it is a gate); Loihi adds biases to v: put it in the neuron's v_leak, or train without it")
@@ -493,11 +493,11 @@ def _threshold_population(name: str, node: nir.Threshold, ann: dict, incoming: l
         op = ann.get("op")
         if op and ann.get("part"):
             op = f"{op}.{ann['part']}"
-        return FloatPopulation(name, shape, "gate", du=1.0, dv=1.0, vth=vth, op=op, block=ann.get("block"),
-                               role=population_role(ann))
+        return FloatPopulation(name, shape, "gate", du_fraction=1.0, dv_fraction=1.0, vth=vth, op=op,
+                               block=ann.get("block"), role=population_role(ann))
     dv = grid.decay(name, "the voltage decay of a memoryless Threshold (needs 4096/4096)", 1.0, 0)
-    return FloatPopulation(name, shape, "neuron", du=1.0, dv=dv, vth=vth, bias=np.zeros(shape), block=ann.get("block"),
-                           role=population_role(ann))
+    return FloatPopulation(name, shape, "neuron", du_fraction=1.0, dv_fraction=dv, vth=vth, bias=np.zeros(shape),
+                           block=ann.get("block"), role=population_role(ann))
 
 
 def _readout(graph: nir.NIRGraph, regions: _Regions, is_pop, rename, src_shape, meta: dict, dt: float,

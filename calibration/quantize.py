@@ -173,7 +173,7 @@ def scale_bounds(pop: FloatPopulation, syns: list[FloatSynapse], levels: int) ->
     pos, neg = worst_case_current([(torch.as_tensor(s.weight), s.kind, max_input(s, levels)) for s in syns], pop.shape)
     worst = max(pos, -neg)
     if worst > 0:
-        bounds["current"] = current_limit(fx.decay_codes(pop.du, pop.dv)[0]) / worst
+        bounds["current"] = current_limit(fx.decay_codes(pop.du_fraction, pop.dv_fraction)[0]) / worst
     return bounds
 
 
@@ -226,7 +226,7 @@ class PopulationQuantizer:
         ``integers=False``: a candidate to score, without integer synapses (the checks are the same);
         its residuals are overwritten by the next call."""
         pop = self.pop
-        du, dv = fx.decay_codes(pop.du, pop.dv)
+        du, dv = fx.decay_codes(pop.du_fraction, pop.dv_fraction)
         if pop.kind == "gate":
             for syn in self.syns:
                 if not np.allclose(syn.weight, np.round(syn.weight)):

@@ -144,7 +144,7 @@ def one_population_graph(*, bias=0.0, weight=0.5, levels=16, channels=2, vth=1.0
                          graded=True) -> FloatGraph:
     """input (1, 4, 4) -> population "p" (channels, 4, 4) -> readout."""
     shape = (channels, 4, 4)
-    pops = {"p": FloatPopulation("p", shape, "neuron", du=du, dv=dv, vth=vth,
+    pops = {"p": FloatPopulation("p", shape, "neuron", du_fraction=du, dv_fraction=dv, vth=vth,
                                  bias=np.broadcast_to(np.asarray(bias, np.float64), shape).copy())}
     if kind == "conv":
         syn = FloatSynapse("c", INPUT, "p", "conv", np.broadcast_to(np.asarray(weight, np.float64),
@@ -256,8 +256,8 @@ def test_identity_weight_uses_the_exponent_then_refuses():
     with exponent 7 (40000 / 128 = 312.5 -> 312) it does not fit -> RangeError with the value."""
     def graph(w):
         shape = (1, 2, 2)
-        pops = {"a": FloatPopulation("a", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape)),
-                "b": FloatPopulation("b", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape))}
+        pops = {n: FloatPopulation(n, shape, "neuron", du_fraction=1.0, dv_fraction=0.5, vth=1.0, bias=np.zeros(shape))
+                for n in ("a", "b")}
         syns = [FloatSynapse("c", INPUT, "a", "conv", np.ones((1, 1, 1, 1)), graded=True),
                 FloatSynapse("a->b", "a", "b", "identity", np.full(shape, float(w))),
                 FloatSynapse("readout:b", "b", READOUT, "dense", np.ones((2, 4)))]
@@ -286,7 +286,8 @@ def test_worst_case_current_overflow_with_a_fixed_spec():
 def test_gate_with_large_or_fractional_weights_is_refused():
     def graph(w):
         shape = (1, 2, 2)
-        pops = {"a": FloatPopulation("a", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape)),
+        pops = {"a": FloatPopulation("a", shape, "neuron", du_fraction=1.0, dv_fraction=0.5, vth=1.0,
+                                     bias=np.zeros(shape)),
                 "g": FloatPopulation("g", shape, "gate", vth=0.5, op="or")}
         syns = [FloatSynapse("c", INPUT, "a", "conv", np.ones((1, 1, 1, 1)), graded=True),
                 FloatSynapse("a->g", "a", "g", "identity", np.full(shape, float(w))),
@@ -493,7 +494,7 @@ def two_channel_graph() -> FloatGraph:
     """input (2, 1, 1) -> 1x1 conv with weights 1.0 (channel 0) and 0.0624 (channel 1) per pixel unit
     -> population "p" (1, 1, 1), vth 1, du 1, dv 0.5 -> readout. Levels 16, T = 2."""
     shape = (1, 1, 1)
-    pops = {"p": FloatPopulation("p", shape, "neuron", du=1.0, dv=0.5, vth=1.0, bias=np.zeros(shape))}
+    pops = {"p": FloatPopulation("p", shape, "neuron", du_fraction=1.0, dv_fraction=0.5, vth=1.0, bias=np.zeros(shape))}
     syns = [FloatSynapse("c", INPUT, "p", "conv", np.array([1.0, 0.0624]).reshape(1, 2, 1, 1), graded=True),
             FloatSynapse("readout:p", "p", READOUT, "dense", np.ones((2, 1)))]
     return FloatGraph((2, 1, 1), 16, 2, pops, syns, np.zeros(2))
@@ -622,7 +623,7 @@ def reference_quantization(pop, syns, levels, vth_mant):
         weights.append((q, e, (q * 2.0 ** e - torch.as_tensor(s.weight) * scale).to(torch.float32)))
     worst = worst_case_current([(q * (1 << e), s.kind, max_input(s, levels)) for s, (q, e, _) in zip(syns, weights)],
                                pop.shape)
-    if max(worst[0], -worst[1]) > current_limit(fx.decay_codes(pop.du, pop.dv)[0]):
+    if max(worst[0], -worst[1]) > current_limit(fx.decay_codes(pop.du_fraction, pop.dv_fraction)[0]):
         raise RangeError(f"population {pop.name}: a worst-case input current of {max(worst[0], -worst[1]):.0f} ")
     return mant, exp, weights, worst
 
@@ -646,7 +647,7 @@ def test_population_quantizer_equals_the_plain_definition(seed):
             FloatSynapse("d", "b", "p", "dense", rand(54, 10, sign=signs[2]))]
     bias = rand(*shape) * [1.0, 1e2, 1e3][seed % 3]
     bias[0, 0, 0] = bias[1, 1, 1]  # repeated values
-    pop = FloatPopulation("p", shape, "neuron", du=0.5, dv=0.25, vth=0.7, bias=bias)
+    pop = FloatPopulation("p", shape, "neuron", du_fraction=0.5, dv_fraction=0.25, vth=0.7, bias=bias)
     quantizer = PopulationQuantizer(pop, syns, 16)
     for vth_mant in (1, 77, 1000, 5000, 40000, 131071):
         try:
@@ -706,7 +707,7 @@ def scorer_case(seed=0):
                          padding=(1, 1), groups=2),
             FloatSynapse("id", "b", "p", "identity", torch.rand(shape, generator=g, dtype=torch.float64).numpy()),
             FloatSynapse("dn", "c", "p", "dense", torch.randn(144, 10, generator=g, dtype=torch.float64).numpy() / 9)]
-    pop = FloatPopulation("p", shape, "neuron", du=1.0, dv=0.5, vth=1.0,
+    pop = FloatPopulation("p", shape, "neuron", du_fraction=1.0, dv_fraction=0.5, vth=1.0,
                           bias=torch.randn(shape, generator=g, dtype=torch.float64).numpy() / 10)
     sources = [torch.randint(0, 17, (B, 1, 12, 12), generator=g),
                PackedSpikes.pack(torch.rand((T, B, 4, 6, 6), generator=g) < 0.3),
