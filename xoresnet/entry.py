@@ -18,8 +18,14 @@ def _run(prog: str, module: str, function: str) -> None:
     install_interrupt_handlers()
     try:
         main = getattr(__import__(module, fromlist=[function]), function)
-    except KeyboardInterrupt as e:
-        sys.exit(interrupted_exit(prog, e))
+    except BaseException as e:
+        # a signal during the imports: raised here, or swallowed by a library's import machinery, which then
+        # fails on its own (numpy's C core, interrupted half-initialised, raises "cannot load module more than
+        # once per process" when torch imports it again)
+        interrupt = e if isinstance(e, KeyboardInterrupt) else received_interrupt()
+        if interrupt is None:
+            raise
+        sys.exit(interrupted_exit(prog, interrupt))
     swallowed = received_interrupt()  # a library's import caught the Interrupted and carried on
     if swallowed is not None:
         sys.exit(interrupted_exit(prog, swallowed))
