@@ -96,6 +96,19 @@ def finish_machine_info(info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def bench_log(quiet: bool):
+    """The benches' progress printer: ``print`` flushed, or nothing when ``quiet`` (``--json``)."""
+    return (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+
+
+def start_log(machine: dict[str, Any], quiet: bool, suffix: str = ""):
+    """:func:`bench_log`, after printing the machine line (plus ``suffix``) and the load at the start."""
+    log = bench_log(quiet)
+    log(machine_line(machine) + suffix)
+    log(f"load at start: {machine['uptime_start']}")
+    return log
+
+
 def machine_line(m: dict[str, Any]) -> str:
     code = m.get("code") or {}
     mod = code.get("library_modified_files") or []

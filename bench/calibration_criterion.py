@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine = benchlib.machine_info()
-    log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
-    log(benchlib.machine_line(machine))
-    log(f"load at start: {machine['uptime_start']}")
+    log = benchlib.start_log(machine, args.json)
     budgets = [int(x) for x in args.score_macs.split(",")]
     result = {"machine": machine, "regret": regret(args, budgets),
               "digits": digits_accuracy([int(x) for x in args.digits_score_macs.split(",")])}

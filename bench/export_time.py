@@ -400,9 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = benchlib.machine_info()
     if args.threads is not None:
         machine["torch_threads"] = args.threads
-    log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
-    log(benchlib.machine_line(machine) + " [torch threads of the workers]")
-    log(f"load at start: {machine['uptime_start']}")
+    log = benchlib.start_log(machine, args.json, " [torch threads of the workers]")
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="xoresnet-bench-export-"))
     tmp.mkdir(parents=True, exist_ok=True)

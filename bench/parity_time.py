@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     from calibration.reference import ReferenceSimulator
 
     machine = benchlib.machine_info()
-    log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
-    log(benchlib.machine_line(machine))
-    log(f"load at start: {machine['uptime_start']}")
+    log = benchlib.start_log(machine, args.json)
 
     convs = conv_table(args.conv_calls, args.seed) if args.conv_table else []
     for row in convs:

@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     from calibration.reference import ReferenceSimulator
 
     machine = benchlib.machine_info()
-    log = (lambda *a, **k: None) if args.json else (lambda *a, **k: print(*a, **k, flush=True))
-    log(benchlib.machine_line(machine))
-    log(f"load at start: {machine['uptime_start']}")
+    log = benchlib.start_log(machine, args.json)
 
     nets = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
