@@ -633,13 +633,13 @@ def reverify_export(export_dir: Path, cert: Certificate, model, ckpt, calib_pixe
        plan: :func:`deploy.pipeline.map_to_cores`) gives exactly the folder's ``integer_graph.h5``
        (:func:`graph_difference`: every register, weight, delay and part);
     4. Lava (``Loihi2SimCfg('fixed_pt')``) run on that graph with ``pixels`` equals the integer reference bit
-       for bit (:func:`deploy.parity.check_parity`), and the reference's run is the one ``parity.json``
+       for bit (:func:`deploy.pipeline.lava_parity`), and the reference's run is the one ``parity.json``
        records.
 
     ``timeout``: seconds for the Lava run (:class:`~xoresnet.errors.LavaRunError`, exit 6, beyond)."""
-    from deploy.lava_run import run_lava
-    from deploy.parity import check_parity
-    from deploy.pipeline import calibrate_checkpoint, map_to_cores
+    import torch
+
+    from deploy.pipeline import calibrate_checkpoint, lava_parity, map_to_cores
 
     manifest, parity, graph = cert
     where = Path(export_dir) / MANIFEST_FILE
@@ -656,9 +656,8 @@ def reverify_export(export_dir: Path, cert: Certificate, model, ckpt, calib_pixe
     difference = graph_difference(derived, graph)
     _need(difference is None, f"--reverify: {Path(export_dir) / GRAPH_FILE} is not the integer graph of {ckpt.path} "
                               f"(first difference: {difference})")
-    reference = reference_stream(graph, pixels)
-    lava = run_lava(graph, np.asarray(pixels), timeout=timeout, progress=progress)
-    report = check_parity(graph, reference, lava)
-    _need(report.passed, f"--reverify: {report.summary()}")
-    _need(stream_sha256(reference) == parity["reference_sha256"],
+    run = lava_parity(graph, torch.as_tensor(np.asarray(pixels), dtype=torch.int64), timeout=timeout,
+                      progress=progress)
+    _need(run.passed, f"--reverify: {run.report.summary()}")
+    _need(run.record["reference_sha256"] == parity["reference_sha256"],
           "--reverify: the integer reference's run differs from the one parity.json records")

@@ -16,7 +16,7 @@ from calibration.fan_in import apply_fan_in_cuts
 from calibration.float_graph import nir_to_float_graph
 from calibration.integer_graph import IntegerGraph
 from calibration.quantize import DEFAULT_CANDIDATES, Calibration, QuantSpec, calibrate_nir
-from calibration.reference import ReferenceSimulator, StreamResult
+from calibration.reference import StreamResult
 from calibration.schedule import schedule
 from hw_targets.base import HwTarget
 from hw_targets.connectivity import SynapseConn, connectivity
@@ -31,7 +31,7 @@ from xoresnet.network import XOResNet
 from xoresnet.nir.export import export_nir
 
 from . import lava_run
-from .export_dir import stream_sha256
+from .export_dir import reference_stream, stream_sha256
 from .parity import ParityReport, check_parity, lava_section
 
 DEFAULT_CALIB_SAMPLES = 64
@@ -180,7 +180,7 @@ def lava_parity(graph: IntegerGraph, pixels: torch.Tensor, *, timeout: float, pr
     ``Loihi2SimCfg('fixed_pt')`` (:func:`deploy.lava_run.run_lava`, a child process bounded by ``timeout``
     seconds) and compare every population, neuron and step (:func:`deploy.parity.check_parity`). A failed
     comparison is returned, not raised: the caller writes its failure file."""
-    reference = ReferenceSimulator(graph).run_stream(pixels.unsqueeze(0))
+    reference = reference_stream(graph, pixels)
     lava = lava_run.run_lava(graph, np.asarray(pixels), timeout=timeout, progress=progress)
     report = check_parity(graph, reference, lava)
     record = {**report.to_dict(), "summary": report.summary(), "lava_seconds": round(lava.seconds, 2),
