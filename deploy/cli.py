@@ -264,7 +264,7 @@ def load_inputs(args: argparse.Namespace, target):
     Checked before the dataset is read: the dataset fits the network (a mismatch named by ``--dataset``
     is a usage error, exit 2; one named by the checkpoint a bad checkpoint, exit 3), and the export's
     estimated memory fits this machine (:func:`deploy.memory.check_export_memory`, exit 2)."""
-    from deploy.memory import check_export_memory
+    from deploy.memory import check_export_memory, lif_neurons
     from xoresnet.checkpoint import load_model
     from xoresnet.data import DATASETS, load_dataset
     from xoresnet.training import require_dataset_fits
@@ -285,7 +285,8 @@ def load_inputs(args: argparse.Namespace, target):
     if args.calib_data and target.name != "onnx":
         calib_pixels = load_pixels_npy(args.calib_data, shape, cfg.input_levels)
     if target.name != "onnx":
-        check_export_memory(cfg, eval_images=args.eval_samples or 1 << 62, parity_images=args.parity_samples,
+        check_export_memory(cfg.timesteps, lif_neurons(cfg), eval_images=args.eval_samples or 1 << 62,
+                            parity_images=args.parity_samples,
                             calib_images=len(calib_pixels) if calib_pixels is not None else args.calib_samples)
     test = load_dataset(dataset, "test", args.data_dir)
     if tuple(test.pixels.shape[1:]) != shape:
@@ -453,7 +454,7 @@ class CheckpointSource:
     def float_stage(self, args, eval_set, artifacts: ArtifactDir, progress: bool) -> tuple[dict, dict]:
         """``(baseline, nir_check)``: the float accuracy the summary compares with, and the NIR interpreter,
         run on ``model.nir`` as written, against PyTorch (a mismatch is a bug: exit 4)."""
-        from deploy.memory import available_memory, nir_check_batch
+        from deploy.memory import available_memory, lif_neurons, nir_check_batch
         from xoresnet.nir.check import compare_nir_to_model
         from xoresnet.nir.dialects import dialect_graph
         from xoresnet.nir.export import read_nir, write_nir
@@ -463,7 +464,9 @@ class CheckpointSource:
         float_eval = evaluate(self.model, eval_set, progress=progress)
         baseline = float_baseline(args, self.ckpt, eval_set, float_eval["accuracy"], progress)
         write_nir(dialect_graph(self.nir_graph, args.nir_dialect), artifacts.path(NIR_FILE))
-        batch = nir_check_batch(self.model.config, eval_images=len(eval_set), available=available_memory())
+        config = self.model.config
+        batch = nir_check_batch(config.timesteps, lif_neurons(config), eval_images=len(eval_set),
+                                available=available_memory())
         nir_check = compare_nir_to_model(self.model, read_nir(artifacts.files[NIR_FILE]), eval_set.pixels,  # the file
                                          batch_size=batch)
         if not nir_check["passed"]:
@@ -539,8 +542,8 @@ def load_nir_inputs(args: argparse.Namespace):
     """Stage 1 for a NIR input: ``(NirSource, dataset name, test split, --calib-data pixels or None)``.
 
     The graph is read and imported before any data (refusals first, exit 3 or 4); the dataset's images
-    must fit its Input, and the estimated memory this machine (:func:`deploy.memory.check_memory`)."""
-    from deploy.memory import check_memory
+    must fit its Input, and the estimated memory this machine (:func:`deploy.memory.check_export_memory`)."""
+    from deploy.memory import check_export_memory
     from xoresnet.nir.frontend import ImportOptions
     from xoresnet.nir.inputs import load_nir_model, spiking_neurons
     from xoresnet.data import DATASETS, load_dataset
@@ -559,9 +562,9 @@ def load_nir_inputs(args: argparse.Namespace):
         say(f"      {note}")
     levels = imported.info["input_levels"]
     calib_pixels = load_pixels_npy(args.calib_data, shape, min(levels, info.input_levels)) if args.calib_data else None
-    check_memory(imported.info["timesteps"], spiking_neurons(nir_model.graph),
-                 eval_images=args.eval_samples or 1 << 62, parity_images=args.parity_samples,
-                 calib_images=len(calib_pixels) if calib_pixels is not None else args.calib_samples)
+    check_export_memory(imported.info["timesteps"], spiking_neurons(nir_model.graph),
+                        eval_images=args.eval_samples or 1 << 62, parity_images=args.parity_samples,
+                        calib_images=len(calib_pixels) if calib_pixels is not None else args.calib_samples)
     test = load_dataset(args.dataset, "test", args.data_dir)
     return NirSource(nir_model), args.dataset, test, calib_pixels
 

@@ -75,16 +75,12 @@ def lif_neurons(config: NetworkConfig) -> int:
     return total
 
 
-def nir_check_batch(config: NetworkConfig, *, eval_images: int, available: Optional[int]) -> int:
-    """Images the NIR check of ``config`` compares at once: ``min(eval_images, NIR_CHECK_MAX_BATCH)``, halved
-    while its estimated stage (:data:`BASE_BYTES` plus :data:`CHECK_BYTES` per LIF neuron-step-image) exceeds
-    ``available`` bytes (None: unknown, no halving); at least 1."""
-    return check_batch(config.timesteps, lif_neurons(config), eval_images=eval_images, available=available)
-
-
-def check_batch(timesteps: int, neurons: int, *, eval_images: int, available: Optional[int]) -> int:
-    """:func:`nir_check_batch` of a network of ``neurons`` spiking neurons per image and timestep (a NIR
-    input's neuron and threshold nodes: its interpreter run is the stage) run for ``timesteps``."""
+def nir_check_batch(timesteps: int, neurons: int, *, eval_images: int, available: Optional[int]) -> int:
+    """Images the NIR check of a network of ``neurons`` spiking neurons per image and timestep (a checkpoint's
+    :func:`lif_neurons`; a NIR input's neuron and threshold nodes) run for ``timesteps`` compares at once:
+    ``min(eval_images, NIR_CHECK_MAX_BATCH)``, halved while its estimated stage (:data:`BASE_BYTES` plus
+    :data:`CHECK_BYTES` per neuron-step-image) exceeds ``available`` bytes (None: unknown, no halving); at
+    least 1."""
     per_image = CHECK_BYTES * timesteps * neurons
     batch = max(1, min(eval_images, NIR_CHECK_MAX_BATCH))
     while batch > 1 and available is not None and BASE_BYTES + batch * per_image > available:
@@ -92,18 +88,11 @@ def check_batch(timesteps: int, neurons: int, *, eval_images: int, available: Op
     return batch
 
 
-def estimate_export_memory(config: NetworkConfig, *, check_batch: int, calib_images: int,
+def estimate_export_memory(timesteps: int, neurons: int, *, check_batch: int, calib_images: int,
                            parity_images: int) -> tuple[int, str]:
-    """``(bytes, what sets them)``: the peak memory an export of ``config`` (its ``timesteps``) is estimated
-    to need with the NIR check comparing ``check_batch`` images at once, and a phrase naming the stage that
-    sets it (see the module docstring)."""
-    return estimate_memory(config.timesteps, lif_neurons(config), check_batch=check_batch, calib_images=calib_images,
-                           parity_images=parity_images)
-
-
-def estimate_memory(timesteps: int, neurons: int, *, check_batch: int, calib_images: int,
-                    parity_images: int) -> tuple[int, str]:
-    """:func:`estimate_export_memory` of a network of ``neurons`` spiking neurons run for ``timesteps``."""
+    """``(bytes, what sets them)``: the peak memory an export of a network of ``neurons`` spiking neurons run for
+    ``timesteps`` is estimated to need with the NIR check comparing ``check_batch`` images at once, and a phrase
+    naming the stage that sets it (see the module docstring)."""
     T, n = timesteps, neurons
     stream_steps = 2 * T  # the reset interval: the next power of two above T plus the pipeline latency
     stages = {
@@ -134,23 +123,18 @@ def available_memory() -> Optional[int]:
     return min(found) if found else None
 
 
-def check_export_memory(config: NetworkConfig, *, eval_images: int, calib_images: int, parity_images: int) -> None:
-    """Raise :class:`~xoresnet.errors.UsageError` (exit 2) when the export is estimated to need more memory
-    than the machine has available (with the NIR check's batch :func:`nir_check_batch` fitted to it), with
-    both figures and the most timesteps that would fit."""
-    check_memory(config.timesteps, lif_neurons(config), eval_images=eval_images, calib_images=calib_images,
-                 parity_images=parity_images)
-
-
-def check_memory(timesteps: int, neurons: int, *, eval_images: int, calib_images: int, parity_images: int) -> None:
-    """:func:`check_export_memory` of a network of ``neurons`` spiking neurons run for ``timesteps``."""
+def check_export_memory(timesteps: int, neurons: int, *, eval_images: int, calib_images: int,
+                        parity_images: int) -> None:
+    """Raise :class:`~xoresnet.errors.UsageError` (exit 2) when the export of a network of ``neurons`` spiking
+    neurons run for ``timesteps`` is estimated to need more memory than the machine has available (with the NIR
+    check's batch :func:`nir_check_batch` fitted to it), with both figures and the most timesteps that would fit."""
     have = available_memory()
-    batch = check_batch(timesteps, neurons, eval_images=eval_images, available=have)
+    batch = nir_check_batch(timesteps, neurons, eval_images=eval_images, available=have)
     images = dict(check_batch=batch, calib_images=calib_images, parity_images=parity_images)
-    need, what = estimate_memory(timesteps, neurons, **images)
+    need, what = estimate_export_memory(timesteps, neurons, **images)
     if have is None or need <= have:
         return
-    per_step = estimate_memory(1, neurons, **images)[0] - BASE_BYTES
+    per_step = estimate_export_memory(1, neurons, **images)[0] - BASE_BYTES
     fits = max(0, (have - BASE_BYTES) // per_step)
     raise UsageError(
         f"T={timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "

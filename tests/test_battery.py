@@ -1029,21 +1029,21 @@ def test_memory_estimate_names_what_it_needs_and_what_fits(monkeypatch):
     from xoresnet.errors import UsageError
 
     config = load_checkpoint(QAT_MODEL).config
+    n = memory.lif_neurons(config)
     images = dict(check_batch=256, calib_images=64, parity_images=4)
-    need4, what = memory.estimate_export_memory(config, **images)
-    need64, _ = memory.estimate_export_memory(config.replace(timesteps=64), **images)
+    need4, what = memory.estimate_export_memory(4, n, **images)
+    need64, _ = memory.estimate_export_memory(64, n, **images)
     assert what == "the NIR check of 256 images at once x 4 timesteps x 7,168 LIF neurons"
     assert need64 - memory.BASE_BYTES == 16 * (need4 - memory.BASE_BYTES)
     assert 3.0 < need64 / 2**30 < 4.0  # measured: 3.8 GB peak RSS for the whole export at T=64
     four = 4 << 30
-    assert memory.nir_check_batch(config, eval_images=450, available=None) == 256
-    assert memory.nir_check_batch(config, eval_images=100, available=four) == 100
-    t128 = config.replace(timesteps=128)
-    batch = memory.nir_check_batch(t128, eval_images=450, available=four)
-    assert batch == 128 and memory.estimate_export_memory(t128, **{**images, "check_batch": batch})[0] <= four
+    assert memory.nir_check_batch(4, n, eval_images=450, available=None) == 256
+    assert memory.nir_check_batch(4, n, eval_images=100, available=four) == 100
+    batch = memory.nir_check_batch(128, n, eval_images=450, available=four)
+    assert batch == 128 and memory.estimate_export_memory(128, n, **{**images, "check_batch": batch})[0] <= four
     monkeypatch.setattr(memory, "available_memory", lambda: four)
     flags = dict(eval_images=450, calib_images=64, parity_images=4)
-    memory.check_export_memory(t128, **flags)
+    memory.check_export_memory(128, n, **flags)
     with pytest.raises(UsageError, match=r"T=1024: the export would need about 5\.\d GiB of memory \(calibration on 64 images.* "
                                          r"this machine has 4\.0 GiB available \(at most T=\d+ fits with these images\)"):
-        memory.check_export_memory(config.replace(timesteps=1024), **flags)
+        memory.check_export_memory(1024, n, **flags)
