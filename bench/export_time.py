@@ -21,8 +21,8 @@ simulations left out. The stages, timed one by one with the library functions th
 4. ``graph_write``: :func:`calibration.integer_graph.save_integer_graph` (``integer_graph.h5``)
    + ``calibration.json``; ``lava_describe``: :func:`deploy.lava_graph.describe_lava_network` +
    ``lava_graph.json``;
-5. ``connectivity``: :func:`hw_targets.resources.connectivity`; ``design_rules``:
-   :func:`hw_targets.resources.check_design_rules` (rules and core packing), target ``loihi2``. A
+5. ``connectivity``: :func:`hw_targets.connectivity.connectivity`; ``design_rules``:
+   :func:`hw_targets.design_rules.check_design_rules` (rules and core packing), target ``loihi2``. A
    network that violates a rule is timed all the same (the CLI would stop there with exit 4); the
    output gives the number of violations and the first.
 
@@ -223,7 +223,8 @@ def worker(args) -> int:
     from xoresnet.nir.export import export_nir, write_nir
     from calibration.schedule import schedule
     from hw_targets import get_target
-    from hw_targets.resources import check_design_rules, connectivity
+    from hw_targets.connectivity import connectivity
+    from hw_targets.design_rules import check_design_rules
     from xoresnet.checkpoint import load_model
 
     out = Path(args.out)
