@@ -56,7 +56,7 @@ difference moves the logits of most samples, and is not excused.
 does not describe an SNN run step by step; the figure reported is the MACs of the step model run
 ``T`` times (every conv and linear MAC at every step) x 4.6 pJ, with its assumptions.
 
-**Dispatch**: none; ``dispatch`` raises :class:`~hw_targets.base.NoHardwareError` with the
+**Dispatch**: none; :func:`deploy.dispatch.run_on_hardware` raises :class:`~hw_targets.base.NoHardwareError` with the
 target's ``no_dispatch`` line (run ``model.onnx`` with ONNX Runtime).
 """
 
