@@ -30,6 +30,17 @@ cuts there):
 * a synapse that reads a channel range of its source (:attr:`Synapse.src_channels`, a fan-in
   split part) needs the source cut at the range's ends.
 
+A plan also says which identity synapses are lowered as **depthwise 1x1 convolutions**
+(:attr:`CorePlan.depthwise`, :func:`depthwise_eligible`): a one-to-one synapse whose weight is the
+same at every position of a channel, without delay, is exactly a ``Conv`` with ``groups = C`` and
+one weight per channel (:func:`as_depthwise`). As a ``Sparse`` process lava-loihi stores it once
+per synapse and routes every source neuron (a 64-bit unit and an input axon per neuron); as a
+convolution it stores one weight per channel on each core and takes one or two input axons
+(``loihi2-resources.md`` section 2), so the populations it feeds fit full tiles. A depthwise
+convolution is a grouped conv: its destination is cut exactly as its source. The packer chooses
+the lowering that needs fewer cores; :func:`lowered_synapses` is the graph's synapses as the
+packer costs them and :mod:`deploy.lava_graph` builds them.
+
 The reference (:mod:`calibration.reference`) never reads the plan: it is the same integers cut
 differently, and parity reassembles the parts before comparing.
 """
@@ -37,7 +48,7 @@ differently, and parity reassembles the parts before comparing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -45,7 +56,8 @@ import numpy as np
 from xoresnet.errors import UnsupportedModelError
 
 PLAN_FORMAT = "xoresnet-core-plan"
-PLAN_VERSION = 1
+#: 2 added ``depthwise`` (a version-1 plan lowers every identity synapse as ``Sparse``).
+PLAN_VERSION = 2
 #: A conv's partial sums must stay below this in magnitude to add up exactly after Lava's 24-bit wrap.
 CONV_WRAP_LIMIT = 1 << 23
 
@@ -73,11 +85,13 @@ class PopulationPlan:
 
 @dataclass
 class CorePlan:
-    """Every population's :class:`PopulationPlan` (a population not listed is one part), and how
-    the plan was made (``method``)."""
+    """Every population's :class:`PopulationPlan` (a population not listed is one part), how the
+    plan was made (``method``), and the identity synapses lowered as depthwise convolutions
+    (``depthwise``, names; module docstring)."""
 
     populations: dict[str, PopulationPlan] = field(default_factory=dict)
     method: str = ""
+    depthwise: frozenset[str] = frozenset()
 
     def ranges(self, name: str, size: int) -> list[tuple[int, int]]:
         """The parts of population ``name`` (first axis of ``size``) as ``[(start, stop)]``."""
@@ -94,7 +108,8 @@ class CorePlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "method": self.method,
-                "populations": {name: p.to_dict() for name, p in self.populations.items()}}
+                "populations": {name: p.to_dict() for name, p in self.populations.items()},
+                "depthwise": sorted(self.depthwise)}
 
     @classmethod
     def from_dict(cls, d: Any) -> "CorePlan":
@@ -118,7 +133,60 @@ class CorePlan:
             if not parts or min(parts) < 1 or len(tiles) != len(parts) or len(cores) != len(parts):
                 raise UnsupportedModelError(f"core plan: population {name!r} has malformed parts {list(parts)}")
             out[str(name)] = PopulationPlan(str(name), parts, tiles, cores)
-        return cls(out, str(d.get("method", "")))
+        depthwise = d.get("depthwise", [])
+        if not isinstance(depthwise, list) or not all(isinstance(x, str) for x in depthwise):
+            raise UnsupportedModelError("core plan: 'depthwise' is not a list of synapse names")
+        return cls(out, str(d.get("method", "")), frozenset(depthwise))
+
+
+# ---------------------------------------------------------------------- identity as depthwise conv
+
+def depthwise_eligible(graph, syn) -> bool:
+    """Whether identity synapse ``syn`` of ``graph`` lowers exactly to a depthwise 1x1 ``Conv``:
+    from a spiking population (not the graded input or a partial sum) over all of its channels,
+    into a population of the same ``(C, H, W)`` shape, no delay (Lava's Conv has none), no weight
+    exponent (Lava's Conv ignores it), and one weight per channel (a conv shares its kernel over
+    positions)."""
+    if syn.kind != "identity" or syn.delay or syn.weight_exp or syn.src_channels is not None:
+        return False
+    src, dst = graph.populations.get(syn.src), graph.populations.get(syn.dst)
+    if src is None or dst is None or src.kind == "partial_sum" or len(dst.shape) != 3:
+        return False
+    w = np.asarray(syn.weight)
+    if w.shape != tuple(dst.shape) or tuple(src.shape) != tuple(dst.shape):
+        return False
+    per_channel = w.reshape(w.shape[0], -1)
+    return bool((per_channel == per_channel[:, :1]).all())
+
+
+def as_depthwise(syn):
+    """Identity synapse ``syn`` (:func:`depthwise_eligible`) as the convolution it lowers to: kind
+    ``conv``, weight ``[C, 1, 1, 1]`` (each channel's weight), ``groups = C``, stride 1, no padding."""
+    w = np.asarray(syn.weight)
+    return replace(syn, kind="conv", weight=w.reshape(w.shape[0], -1)[:, :1].reshape(-1, 1, 1, 1).copy(),
+                   groups=int(w.shape[0]), stride=(1, 1), padding=(0, 0))
+
+
+def depthwise_candidates(graph) -> frozenset[str]:
+    """The names of every identity synapse of ``graph`` that may be lowered as a depthwise conv."""
+    return frozenset(s.name for s in graph.synapses if depthwise_eligible(graph, s))
+
+
+def lowered_synapses(graph, depthwise: frozenset[str] = frozenset()) -> list:
+    """``graph.synapses`` as the Lava lowering builds them: those named in ``depthwise`` as
+    :func:`as_depthwise` convolutions, the others unchanged. Raises
+    :class:`~xoresnet.errors.UnsupportedModelError` for a name that is no eligible synapse."""
+    out = []
+    for s in graph.synapses:
+        if s.name in depthwise:
+            if not depthwise_eligible(graph, s):
+                raise UnsupportedModelError(f"core plan: synapse {s.name} cannot be lowered as a depthwise conv")
+            s = as_depthwise(s)
+        out.append(s)
+    unknown = set(depthwise) - {s.name for s in graph.synapses}
+    if unknown:
+        raise UnsupportedModelError(f"core plan: no synapse {sorted(unknown)[0]!r} in the graph")
+    return out
 
 
 # ---------------------------------------------------------------------- where a cut stays exact
@@ -151,14 +219,15 @@ def conv_worst_sum(weight: np.ndarray, x_max: int) -> int:
     return int(np.maximum(w.clip(min=0).sum(1), (-w).clip(min=0).sum(1)).max()) * int(x_max)
 
 
-def cut_rules(graph) -> CutRules:
-    """The :class:`CutRules` of ``graph`` (an :class:`~calibration.integer_graph.IntegerGraph`)."""
+def cut_rules(graph, depthwise: frozenset[str] = frozenset()) -> CutRules:
+    """The :class:`CutRules` of ``graph`` (an :class:`~calibration.integer_graph.IntegerGraph`)
+    with the identity synapses named in ``depthwise`` lowered as depthwise convolutions."""
     from .integer_graph import INPUT, READOUT
 
     rules = CutRules()
     pops = graph.populations
     grouped_in: dict[str, list] = {}
-    for s in graph.synapses:
+    for s in lowered_synapses(graph, depthwise):
         if s.src_channels is not None and s.src != INPUT:
             rules.cuts.setdefault(s.src, set()).update(int(c) for c in s.src_channels)
         if s.src == INPUT:
@@ -202,11 +271,12 @@ def followed_parts(plan_parts: tuple[int, ...], ipg: int, opg: int) -> tuple[int
 
 def check_plan(graph, plan: Optional[CorePlan]) -> None:
     """Raise :class:`~xoresnet.errors.UnsupportedModelError` naming the first population whose parts
-    in ``plan`` do not sum to its first axis or break a :func:`cut_rules` rule (the lowering would
-    not be exact)."""
+    in ``plan`` do not sum to its first axis or break a :func:`cut_rules` rule, or the first
+    synapse of ``plan.depthwise`` that is not :func:`depthwise_eligible` (the lowering would not be
+    exact)."""
     if plan is None:
         return
-    rules = cut_rules(graph)
+    rules = cut_rules(graph, plan.depthwise)
     for name, p in plan.populations.items():
         if name not in graph.populations:
             raise UnsupportedModelError(f"core plan: no population {name!r} in the graph")

@@ -16,7 +16,9 @@ integer graph                    Lava (lava-nc 0.10.0, ``Loihi2SimCfg(select_tag
                                  ``(C_out, kX, kY, C_in/groups)``; no weight_exp, no delay)
 ``identity`` synapse             ``sparse.process.Sparse`` with a diagonal CSR matrix
                                  (``DelaySparse`` with an int64 CSR ``delays`` if delayed),
-                                 ``src.s_out.flatten() -> s_in``, ``a_out.reshape(dst) -> a_in``
+                                 ``src.s_out.flatten() -> s_in``, ``a_out.reshape(dst) -> a_in``;
+                                 one named in ``core_plan.depthwise``: ``Conv`` with ``groups = C``
+                                 and a ``(C, 1, 1, 1)`` kernel (``core_plan.as_depthwise``)
 ``dense`` synapse                ``dense.process.Dense`` (``DelayDense`` if delayed), columns
                                  (and rows, into a population) permuted to Lava flatten order
 synapse between cut populations  one process per block of its weights between a source part
@@ -57,6 +59,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from calibration.core_plan import lowered_synapses
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
 from xoresnet.errors import UnsupportedModelError
 
@@ -302,6 +305,12 @@ def synapse_blocks(graph: IntegerGraph, syn: Synapse, parts: dict[str, list[PopP
                      proc_name("syn", syn.name) + (f"#{s.index}.{d.index}" if many else "")) for s, d in pairs]
 
 
+def graph_synapses(graph: IntegerGraph) -> list[Synapse]:
+    """``graph``'s synapses as they are lowered: those its core plan names ``depthwise`` as
+    depthwise convolutions (:func:`calibration.core_plan.lowered_synapses`)."""
+    return lowered_synapses(graph, graph.core_plan.depthwise if graph.core_plan is not None else frozenset())
+
+
 def _lava_index(shape: tuple[int, ...]) -> np.ndarray:
     """``index[t]`` = Lava flat index of the element at PyTorch flat index ``t`` (inverse of
     :func:`lava_flat_order`)."""
@@ -373,8 +382,12 @@ def _block_spec(graph: IntegerGraph, syn: Synapse, block: SynBlock, nblocks: int
     dst_shape = (graph.num_classes,) if syn.dst == READOUT else \
         (block.dst_channels[1] - block.dst_channels[0],) + tuple(graph.populations[syn.dst].shape[1:])
     w = np.asarray(syn.weight)
-    params = dict(graph_kind=syn.kind, src=syn.src, dst=syn.dst, weight_shape=list(w.shape), sign_mode=syn.sign_mode,
-                  num_message_bits=graph.message_bits(syn), delay=int(syn.delay), graded=bool(syn.graded))
+    depthwise = graph.core_plan is not None and syn.name in graph.core_plan.depthwise
+    params = dict(graph_kind="identity" if depthwise else syn.kind, src=syn.src, dst=syn.dst,
+                  weight_shape=list(w.shape), sign_mode=syn.sign_mode, num_message_bits=graph.message_bits(syn),
+                  delay=int(syn.delay), graded=bool(syn.graded))
+    if depthwise:
+        params["lowered_as"] = "depthwise conv (one weight per channel)"
     if syn.src_channels is not None:
         params["src_channels"] = list(syn.src_channels)
     if nblocks > 1:
@@ -438,7 +451,7 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
     if graph.readout:
         readout_probe = ProcSpec(proc_name("probe", READOUT_PROBE), "probe", "Extractor", (graph.num_classes,),
                                  dict(records="readout a_out sum (no readout_bias)"), READOUT)
-    for syn in graph.synapses:
+    for syn in graph_synapses(graph):
         blocks = synapse_blocks(graph, syn, parts)
         srcs = {s.index: s for s in _source_parts(graph, syn, parts)}
         for block in blocks:
@@ -635,7 +648,7 @@ def lowered_arrays(graph: IntegerGraph, pixels_stream: np.ndarray, steps: int,
         for part in parts[p.name]:
             a, b = part.channels
             out["bias"][part.name] = (to_lava(mant[a:b]).astype(np.int32), to_lava(exp[a:b]).astype(np.int32))
-    for syn in graph.synapses:
+    for syn in graph_synapses(graph):
         w = _perturbed_weight(syn, perturb)
         read = tuple(graph.read_shape(syn))
         if syn.kind == "identity" and w.shape != read:
@@ -656,7 +669,8 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
     ``steps``: stream length ``S`` (default :func:`calibration.reference.stream_steps`); ``buffer_size``:
     the extractors' channel depth (default ``S``; the caller must ``receive()`` at least every
     ``buffer_size`` steps, or the run blocks). ``perturb = {"synapse", "index", "delta"}`` adds
-    ``delta`` to one weight (PyTorch-layout index) before lowering (fault injection for tests).
+    ``delta`` to one weight (PyTorch-layout index into the weights as lowered: ``(C, 1, 1, 1)`` for
+    an identity synapse lowered as a depthwise conv) before lowering (fault injection for tests).
     """
     plan, _conns = lava_plan(graph)
     if steps is None:
@@ -700,7 +714,7 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
     readout_probe = Extractor(shape=(graph.num_classes,), buffer_size=depth, name=proc_name("probe", READOUT_PROBE)) \
         if graph.readout else None
     synapses: dict[str, list] = {}
-    for syn in graph.synapses:
+    for syn in graph_synapses(graph):
         bits = graph.message_bits(syn)
         extra = {"weight_exp": int(syn.weight_exp)} if syn.weight_exp else {}
         srcs = {s.index: s for s in _source_parts(graph, syn, parts)}

@@ -82,6 +82,7 @@ class SynapseResources:
     delay_bits: int
     bits_per_synapse: int  # sparse/dense: stored bits per synapse; conv: 0 (its kernel is shared)
     synmem_bits: int  # its distinct weights once (conv: one kernel, headers included)
+    lowered_as: str  # how the core plan lowers it: conv, depthwise conv, sparse or dense
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -367,16 +368,18 @@ def _is_warning(f: Finding, target: HwTarget) -> bool:
     return lim is not None and not lim.enforced
 
 
-def _synapse_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], weight_bits: dict[str, int]
-                       ) -> list[SynapseResources]:
-    whole = layer_specs(graph, weight_bits).values()
+def _synapse_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], weight_bits: dict[str, int],
+                       depthwise: frozenset[str]) -> list[SynapseResources]:
+    """Every synapse's :class:`SynapseResources`; ``depthwise``: the identity synapses the core plan
+    lowers as depthwise convolutions (costed as convolutions)."""
+    whole = layer_specs(graph, weight_bits, depthwise).values()
     specs = {c.synapse: c for spec in whole for c in spec.conv}
     points = {p.synapse: p for spec in whole for p in spec.point}
     out = []
     for s in graph.synapses:
         c = conns[s.name]
         bits = weight_bits[s.name]
-        if s.kind == "conv":
+        if s.kind == "conv" or s.name in depthwise:
             per, ibits, units = 0, 0, specs[s.name].distinct_units() if s.name in specs else 0.0
         else:
             per = sparse_synapse_bits(bits, bool(s.delay))
@@ -385,7 +388,9 @@ def _synapse_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], weigh
         out.append(SynapseResources(s.name, s.src, s.dst, s.kind, c.count, int(c.fan_in.max(initial=0)),
                                     int(c.fan_out.max(initial=0)), bits, s.sign_mode,
                                     int(np.abs(s.weight).max(initial=0)), int(s.delay), bool(s.graded), ibits,
-                                    L.DELAY_FIELD_BITS if s.delay else 0, per, int(round(units * UNIT_BITS))))
+                                    L.DELAY_FIELD_BITS if s.delay else 0, per, int(round(units * UNIT_BITS)),
+                                    "depthwise conv" if s.name in depthwise else
+                                    "sparse" if s.kind == "identity" else s.kind))
     return out
 
 
@@ -458,7 +463,7 @@ def check_design_rules(graph: IntegerGraph, target: HwTarget | str | None = None
     for f in warnings:
         if not f.warning:  # a violation of a limit the target does not enforce
             f.message = f"would not fit Loihi 2: {f.message}"
-    syn_res = _synapse_resources(graph, conns, bits)
+    syn_res = _synapse_resources(graph, conns, bits, packing.plan.depthwise)
     layers = _layer_resources(graph, conns, packing, syn_res)
     return DRCResult(target.name, sys_.key if system else None, violations, warnings, layers, syn_res, packing,
                      SYNMEM_MODEL)

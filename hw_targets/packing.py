@@ -55,9 +55,17 @@ and sent as graded spikes to the layer itself, which then has ``P`` inputs per n
 step of latency. Found here (:func:`split_fan_in`), built by :func:`calibration.fan_in.apply_fan_in_cuts`
 (``deploy.pipeline.map_to_cores``); a graph that holds it is packed as it stands (``built``).
 
-**Lower bound** (:func:`lower_bound`): per layer ``max(neurons / neurons_per_core, SynMem of its
-distinct weights / synmem_units_per_core)``, summed; a bound for any packing that keeps layers on
-cores of their own.
+**Identity synapses as depthwise convolutions**: an identity synapse whose weight is the same at
+every position of a channel may be lowered as a ``Conv`` with ``groups = C``
+(:func:`calibration.core_plan.depthwise_eligible`): one weight per channel on each core and one or
+two input axons instead of a 64-bit unit, an input axon and an output route per neuron, at the
+price of cutting its destination exactly as its source. :func:`pack` packs the graph both ways and
+keeps the one with fewer cores (``CorePlan.depthwise`` records it).
+
+**Lower bound** (:meth:`LayerSpec.lower_bound`): per layer ``max(neurons / neurons_per_core, SynMem of its
+distinct weights / synmem_units_per_core)``, summed, with the identity synapses that may be
+lowered as depthwise convolutions counted so (the cheaper lowering); a bound for any packing that
+keeps layers on cores of their own.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ from typing import Any, Optional
 import numpy as np
 
 from calibration import loihi2_limits as L
-from calibration.core_plan import CorePlan, PopulationPlan, check_plan, cut_rules, followed_parts
+from calibration.core_plan import (CorePlan, PopulationPlan, check_plan, cut_rules, depthwise_candidates, followed_parts,
+                                   lowered_synapses)
 from calibration.fan_in import (FanInCut, InputRange, part_name, partial_sum_bound, payload_bits, restrict, split_layers,
                                 splittable)
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Synapse
@@ -694,11 +703,13 @@ def weight_bits_of(s: Synapse) -> int:
     return stored_weight_bits(s.weight, s.sign_mode)
 
 
-def layer_specs(graph: IntegerGraph, weight_bits: Optional[dict[str, int]] = None) -> dict[str, LayerSpec]:
+def layer_specs(graph: IntegerGraph, weight_bits: Optional[dict[str, int]] = None,
+                depthwise: frozenset[str] = frozenset()) -> dict[str, LayerSpec]:
     """Every population (and the readout) of ``graph`` as a :class:`LayerSpec`, topological order;
-    ``weight_bits``: each synapse process's stored precision, when already known."""
+    ``weight_bits``: each synapse process's stored precision, when already known; ``depthwise``:
+    the identity synapses lowered as depthwise convolutions (:func:`calibration.core_plan.lowered_synapses`)."""
     specs = {name: LayerSpec(name, kind, shape) for name, kind, shape in _populations_and_readout(graph)}
-    for s in graph.synapses:
+    for s in lowered_synapses(graph, depthwise):
         spec = specs[s.dst]
         bits = weight_bits[s.name] if weight_bits is not None else weight_bits_of(s)
         w = np.asarray(s.weight)
@@ -829,7 +840,8 @@ class Packing:
                 "smallest_system": self.smallest_system, "fan_in_splits": [s.to_dict() for s in self.splits],
                 "cost_model": {k_: v.to_dict() for k_, v in COST_MODEL.items()},
                 "partitions": {"cut_populations": self.plan.cut_populations, "parts": self.plan.parts,
-                               "populations": len(self.plan.populations)}}
+                               "populations": len(self.plan.populations),
+                               "depthwise_identities": len(self.plan.depthwise)}}
 
 
 def _constraint(name: str, rules, plans: dict[str, tuple[int, ...]], optimize: bool,
@@ -895,17 +907,37 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
     described and packed; :func:`calibration.fan_in.apply_fan_in_cuts` builds it), then add the conv
     output routes of every tile (a few units per core; the design rules check the total).
     ``systems``: the :class:`~hw_targets.base.System` objects to report (fits or not);
-    ``weight_bits``: see :func:`layer_specs`. A graph that carries a core plan (``graph.core_plan``,
-    :func:`deploy.pipeline.map_to_cores` sets it) is cut exactly as the plan says, so that the cores
-    counted are those of the Lava processes the lowering builds (:func:`calibration.core_plan.check_plan`
-    refuses a plan that would not be exact); ``partition``: False ignores it and cuts populations
-    only where a synapse reads a channel range (the packing before channel partitions, for comparison)."""
-    specs = layer_specs(graph, weight_bits)
-    rules = cut_rules(graph)
+    ``weight_bits``: see :func:`layer_specs`. The identity synapses that may be lowered as depthwise
+    convolutions (:func:`calibration.core_plan.depthwise_candidates`) are packed both ways, all of
+    them as convolutions and all as ``Sparse``, and the packing with fewer cores is kept (a tie
+    keeps ``Sparse``). A graph that carries a core plan (``graph.core_plan``,
+    :func:`deploy.pipeline.map_to_cores` sets it) is cut and lowered exactly as the plan says, so
+    that the cores counted are those of the Lava processes the lowering builds
+    (:func:`calibration.core_plan.check_plan` refuses a plan that would not be exact);
+    ``partition``: False ignores it, cuts populations only where a synapse reads a channel range and
+    lowers every identity synapse as ``Sparse`` (the packing before channel partitions, for comparison)."""
+    given = graph.core_plan if partition else None
+    if given is not None or not partition:
+        return _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition,
+                             given.depthwise if given is not None else frozenset())
+    sparse = _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, frozenset())
+    candidates = depthwise_candidates(graph)
+    if not candidates:
+        return sparse
+    depthwise = _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, candidates)
+    return depthwise if depthwise.num_cores < sparse.num_cores else sparse
+
+
+def _pack_lowered(graph: IntegerGraph, systems, cores_per_chip: int, weight_bits: Optional[dict[str, int]],
+                  partition: bool, depthwise: frozenset[str]) -> Packing:
+    """:func:`pack` with the identity synapses named in ``depthwise`` lowered as depthwise convolutions."""
+    specs = layer_specs(graph, weight_bits, depthwise)
+    rules = cut_rules(graph, depthwise)
     given = graph.core_plan if partition else None
     check_plan(graph, given)
+    lowered = lowered_synapses(graph, depthwise)
     out_syn: dict[str, list[Synapse]] = {name: [] for name in specs}
-    for s in graph.synapses:
+    for s in lowered:
         if s.src != INPUT:
             out_syn[s.src].append(s)
     points = {p.synapse: p for spec in specs.values() for p in spec.point}
@@ -913,7 +945,7 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
     splits: list[FanInSplit] = []
     plans: dict[str, tuple[int, ...]] = {}
     plan = CorePlan(method=given.method if given is not None else "hw_targets.packing.partition_layer: the fewest "
-                    "cores under lava-loihi's logged tile rule, then the fewest parts")
+                    "cores under lava-loihi's logged tile rule, then the fewest parts", depthwise=depthwise)
     for name in specs:
         spec = specs[name]
         spec.routes = sum((synapse_routes(points[s.name], graph, s) for s in out_syn[name] if s.kind != "conv"),
@@ -936,7 +968,7 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
         splits.append(split)
         tilings[name] = ts
     splits = _built_splits(graph, tilings) + splits
-    for s in graph.synapses:  # conv output routes, per source tile
+    for s in lowered:  # conv output routes, per source tile
         if s.kind != "conv" or s.src == INPUT:
             continue
         for src in tilings[s.src]:
@@ -946,7 +978,9 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
                     continue
                 for tile, r in zip(src.tiles, conv_routes(s, src, d)):
                     tile.routes += float(r)
-    packing = Packing(tilings, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in specs.items()},
+    candidates = depthwise_candidates(graph)  # the bound is the cheapest lowering's, whichever is packed
+    cheapest = specs if depthwise == candidates else layer_specs(graph, weight_bits, candidates)
+    packing = Packing(tilings, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in cheapest.items()},
                       plan)
     packing.systems = [{"name": s.name, "key": s.key, "chips": s.chips, "cores": s.chips * cores_per_chip,
                         "fits": packing.num_cores <= s.chips * cores_per_chip, "chips_needed": packing.chips,

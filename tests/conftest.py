@@ -192,15 +192,16 @@ def run_in_own_session(argv: list[str], timeout: float, env: dict | None = None)
     return out
 
 
-def random_core_plan(graph, rng):
+def random_core_plan(graph, rng, depthwise=frozenset()):
     """A random :class:`~calibration.core_plan.CorePlan` of ``graph`` that keeps the lowering exact
     (every :func:`~calibration.core_plan.cut_rules` rule met): up to three random cuts per
     population where it may be cut, the required ones, grouped-conv destinations cut as their
-    sources. The lowering must be exact for any such plan, not only the packer's."""
+    sources, the identity synapses named in ``depthwise`` lowered as depthwise convolutions. The
+    lowering must be exact for any such plan, not only the packer's."""
     from calibration.core_plan import CorePlan, PopulationPlan, cut_rules, followed_parts
 
-    rules = cut_rules(graph)
-    plan = CorePlan(method="random (tests)")
+    rules = cut_rules(graph, depthwise)
+    plan = CorePlan(method="random (tests)", depthwise=frozenset(depthwise))
     for name, p in graph.populations.items():
         n = p.shape[0]
         if name in rules.whole:

@@ -1,6 +1,7 @@
 """Fan-in splits built into the integer graph (calibration.fan_in) and the core plan that cuts
-populations into Lava processes (calibration.core_plan), in the integer reference (no Lava: the
-Lava parity of both is tests/test_lava_lowering.py::test_fan_in_split_and_core_plan_parity)."""
+populations into Lava processes and lowers identity synapses as depthwise convolutions
+(calibration.core_plan), in the integer reference (no Lava: the Lava parity of all three is
+tests/test_lava_lowering.py::test_fan_in_split_and_core_plan_parity)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.core_plan import CorePlan, PopulationPlan, check_plan
+from calibration import fixed_point as fx
+from calibration.core_plan import (CorePlan, PopulationPlan, as_depthwise, check_plan, depthwise_candidates,
+                                   depthwise_eligible, lowered_synapses)
 from calibration.fan_in import FanInCut, InputRange, apply_fan_in_cuts, split_layers
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse, load_integer_graph, \
     save_integer_graph
@@ -93,3 +96,89 @@ def test_fan_in_cut_must_cover_the_inputs_exactly_once():
         apply_fan_in_cuts(graph, [FanInCut("last", ((InputRange("conv", 0, 1),), (InputRange("conv", 1, 3),)))])
     with pytest.raises(ValueError, match="before scheduling"):
         apply_fan_in_cuts(schedule(graph), [])
+
+
+# ---------------------------------------------------------------------- identity as depthwise conv
+
+def merge_graph(seed: int = 0) -> IntegerGraph:
+    """Two (8, 6, 6) populations fed by a 3x3 conv from the graded input, merged one-to-one into a
+    third (weights 1-3 and 2 per channel, threshold 3); a readout over the merge."""
+    rng = np.random.default_rng(seed)
+    z = np.zeros((8, 6, 6), np.int64)
+    pops = {n: Population(n, (8, 6, 6), 4095, 4095, v, z, z.copy()) for n, v in (("a", 3000), ("b", 3000), ("m", 3))}
+    w_id = np.broadcast_to(rng.integers(1, 4, (8, 1, 1)), (8, 6, 6)).copy()
+    syns = [Synapse("in_a", INPUT, "a", "conv", rng.integers(-20, 40, (8, 3, 3, 3)), padding=(1, 1), graded=True),
+            Synapse("in_b", INPUT, "b", "conv", rng.integers(-20, 40, (8, 3, 3, 3)), padding=(1, 1), graded=True),
+            Synapse("a->m", "a", "m", "identity", w_id),
+            Synapse("b->m", "b", "m", "identity", np.full((8, 6, 6), 2, np.int64)),
+            Synapse("out", "m", READOUT, "dense", rng.integers(-100, 100, (4, 8 * 36)))]
+    return IntegerGraph((3, 6, 6), 256, 3, pops, syns, np.zeros(4, np.int64), 1.0)
+
+
+def test_identity_lowered_as_depthwise_conv_gives_the_same_integers():
+    """A one-to-one synapse with one weight per channel is the depthwise 1x1 conv it lowers to: the
+    same currents from random spikes, and the same spikes and logits through the whole reference."""
+    graph = merge_graph()
+    assert depthwise_candidates(graph) == {"a->m", "b->m"}
+    spikes = torch.as_tensor(np.random.default_rng(2).random((5, 8, 6, 6)) < 0.4)
+    for s in graph.synapses:
+        if s.kind == "identity":
+            d = as_depthwise(s)
+            assert d.kind == "conv" and d.groups == 8 and d.weight.shape == (8, 1, 1, 1)
+            wd = torch.as_tensor(d.weight, dtype=torch.float64)
+            ws = torch.as_tensor(s.weight, dtype=torch.int64)
+            assert torch.equal(fx.synapse_current(d, spikes, wd, (8, 6, 6)).to(torch.int64),
+                               fx.synapse_current(s, spikes, ws, (8, 6, 6)).to(torch.int64)), s.name
+    lowered = IntegerGraph(graph.input_shape, graph.input_levels, graph.timesteps, graph.populations,
+                           lowered_synapses(graph, depthwise_candidates(graph)), graph.readout_bias, 1.0)
+    pixels = torch.as_tensor(np.random.default_rng(3).integers(0, 256, (4, 3, 6, 6)))
+    a, b = ReferenceSimulator(graph).run_zero_delay(pixels), ReferenceSimulator(lowered).run_zero_delay(pixels)
+    assert 0.05 < a.spikes["m"].float().mean().item() < 0.95  # the merge really fires, not always
+    assert all(torch.equal(a.spikes[n], b.spikes[n]) for n in graph.populations) and torch.equal(a.logits, b.logits)
+
+
+def test_depthwise_eligibility_and_the_plan_that_names_it():
+    """Only an undelayed one-to-one synapse between spiking populations of one shape, with one weight
+    per channel and no weight exponent, may be lowered as a depthwise conv; the plan keeps its names
+    through a save, refuses one that is not eligible, and reads a version-1 plan (none)."""
+    graph = merge_graph()
+    s = next(x for x in graph.synapses if x.name == "a->m")
+    assert depthwise_eligible(graph, s)
+    varying = s.weight.copy()
+    varying[0, 0, 0] += 1
+    for changed in (dict(delay=1), dict(weight_exp=1), dict(weight=varying), dict(src_channels=(0, 8))):
+        assert not depthwise_eligible(graph, Synapse(**{**s.__dict__, **changed})), changed
+    scheduled = schedule(graph)
+    plan = CorePlan({}, "test", frozenset({"a->m"}))
+    check_plan(scheduled, plan)
+    assert CorePlan.from_dict(plan.to_dict()).depthwise == {"a->m"}
+    old = plan.to_dict()
+    del old["depthwise"]
+    old["version"] = 1
+    assert CorePlan.from_dict(old).depthwise == frozenset()
+    with pytest.raises(UnsupportedModelError, match="cannot be lowered as a depthwise conv"):
+        check_plan(scheduled, CorePlan({}, "test", frozenset({"out"})))
+    with pytest.raises(UnsupportedModelError, match="no synapse 'nope'"):
+        check_plan(scheduled, CorePlan({}, "test", frozenset({"nope"})))
+    with pytest.raises(UnsupportedModelError, match="list of synapse names"):
+        CorePlan.from_dict({**plan.to_dict(), "depthwise": "a->m"})
+    # a depthwise conv is a grouped conv: its destination must be cut as its source
+    with pytest.raises(UnsupportedModelError, match="must stay whole|must be cut as"):
+        check_plan(scheduled, CorePlan({"m": PopulationPlan("m", (4, 4), (None, None), (1, 1))}, "test",
+                                       frozenset({"a->m"})))
+
+
+def test_packer_keeps_the_lowering_with_fewer_cores():
+    """The packer packs the identity synapses both ways and keeps the cheaper: here the merge's two
+    one-to-one inputs as convolutions (one weight per channel on a core instead of a 64-bit unit
+    per neuron); the bound is the cheaper lowering's either way."""
+    from hw_targets.packing import _pack_lowered, pack
+
+    graph = schedule(merge_graph())
+    both = {d: _pack_lowered(graph, [], 120, None, True, d) for d in (frozenset(), depthwise_candidates(graph))}
+    chosen = pack(graph, [])
+    best = min(both.values(), key=lambda p: p.num_cores)
+    assert chosen.num_cores == best.num_cores and chosen.plan.depthwise == best.plan.depthwise
+    assert both[frozenset()].lower_bound == both[depthwise_candidates(graph)].lower_bound
+    sparse, conv = (both[d].tilings["m"][0].tiles[0] for d in both)
+    assert conv.synmem_units < sparse.synmem_units and conv.axons_in < sparse.axons_in

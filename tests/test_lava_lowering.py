@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from calibration import fixed_point as fx
+from calibration.core_plan import depthwise_candidates
 from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, Synapse
 from calibration.quantize import calibrate_nir
 from conftest import REPO, firing_model, random_core_plan, random_pixels, run_in_own_session, small_config
@@ -625,6 +626,18 @@ def test_fan_in_split_and_core_plan_parity(monkeypatch, tmp_path):
     assert cut == {n: p.parts for n, p in graph.core_plan.populations.items()}  # and any plan it is given
     report = check_parity(graph, reference, run_lava(graph, pixels, timeout=TIMEOUT))
     assert report.passed, report.summary()
+    # every identity synapse that may be lowered as a depthwise conv lowered so (Conv, groups = C),
+    # under random cuts too: still exact
+    depthwise = depthwise_candidates(graph)
+    assert len(depthwise) >= 2
+    graph.core_plan = random_core_plan(graph, np.random.default_rng(6), depthwise)
+    assert pack(graph, []).plan.depthwise == depthwise
+    lowered = [p for p in lava_plan(graph)[0] if p.params.get("lowered_as")]
+    assert {p.source for p in lowered} == depthwise and {p.cls for p in lowered} == {"Conv"}
+    lava = run_lava(graph, pixels, timeout=TIMEOUT)
+    report = check_parity(graph, reference, lava)
+    assert report.passed, report.summary()
+    assert all(lava.spikes[graph_syn.dst].any() for graph_syn in graph.synapses if graph_syn.name in depthwise)
     graph.core_plan = packer_plan
 
     # the Lava network built from the graph has exactly the planned connections
