@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"xoresnet-export exit {run.returncode} in {seconds:.1f} s, largest process {peak_gib:.2f} GiB (peak RSS)")
         for line in stages + result["stdout"] + result["error"]:
             print("  " + line)
+        if manifest:
+            print("  core plan (manifest): " + json.dumps(manifest["verdict"]["core_plan"]))
     return result
 
 

@@ -6,9 +6,10 @@ graph, architecture graph at 8-bit weights, scheduling, connectivity, design rul
 the NIR export before it timed apart) and of the packing alone (:func:`hw_targets.packing.pack`),
 and what they find: cores, chips of 120 cores, the smallest system that fits, the lower bound
 (per layer ``max(neurons / 4096, distinct-weight SynMem / 12000)``), the ratio, fan-in splits, and
-the core plan (populations cut into channel parts, Lava processes); beside them the cores and ratio
-of the same graph packed without channel partitions (``pack(..., partition=False)``: every
-population one process, as before the core plan).
+the core plan (populations cut into channel parts, identity synapses lowered as depthwise
+convolutions, Lava processes); beside them the cores and ratio of the same graph packed without
+channel partitions (``pack(..., partition=False)``: every population one process, every identity
+synapse ``Sparse``, as before the core plan).
 
 The networks are untrained with every batch-norm scale set to 1 (a zero-initialised batch norm
 would make a conv kernel all zero, which the checks would rightly cost at 1 bit); nothing here
@@ -71,6 +72,8 @@ def measure(arch: str, size: int) -> dict:
             "lower_bound": round(p.lower_bound, 1), "ratio": round(p.bound_ratio, 3),
             "cores_unpartitioned": whole.num_cores, "ratio_unpartitioned": round(whole.bound_ratio, 3),
             "cut_populations": p.plan.cut_populations, "populations": len(graph.populations),
+            "depthwise_identities": len(p.plan.depthwise),
+            "identities": sum(s.kind == "identity" for s in graph.synapses),
             "lava_processes": counts["processes"], "population_processes": counts["population_processes"],
             "fan_in_splits": [{"layer": s.layer, "parts": len(s.parts), "cores": s.cores, "built": s.built}
                               for s in p.splits]}
@@ -87,8 +90,9 @@ def main() -> None:
         print(machine_line(machine))
         print(f"load at start: {machine['uptime_start']}")
         print("| model | input | neurons | NIR export | architecture check | packing | cores | chips | system | "
-              "lower bound | ratio | unpartitioned: cores, ratio | cut populations | Lava processes | fan-in splits |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+              "lower bound | ratio | unpartitioned: cores, ratio | cut populations | identities as depthwise conv | "
+              "Lava processes | fan-in splits |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for arch in args.archs.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
@@ -101,6 +105,7 @@ def main() -> None:
                       f"{r['architecture_check_s']:.1f} s | {r['pack_s']:.2f} s | {r['cores']:,} | {r['chips']} | "
                       f"{r['system']} | {r['lower_bound']:,.1f} | {r['ratio']:.2f} | {r['cores_unpartitioned']:,}, "
                       f"{r['ratio_unpartitioned']:.2f} | {r['cut_populations']} of {r['populations']} | "
+                      f"{r['depthwise_identities']} of {r['identities']} | "
                       f"{r['lava_processes']:,} | {splits or '-'} |", flush=True)
     emit_json({"machine": finish_machine_info(machine), "rows": rows}, args.json)
 

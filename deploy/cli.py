@@ -649,6 +649,7 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
         "coverage": coverage, "lava_process_models": lava.process_models,
         "core_plan": {"cut_populations": graph.core_plan.cut_populations if graph.core_plan else 0,
                       "lava_population_processes": sum(len(parts) for parts in population_parts(graph).values()),
+                      "identities_as_depthwise_conv": len(graph.core_plan.depthwise) if graph.core_plan else 0,
                       "fan_in_splits": sorted(split_layers(graph))},
         "predictions_equal": parity.predictions_equal,
         "nir_check": "passed" if nir_check.get("applicable", True) else "not applicable (NIR input)",
