@@ -5,7 +5,9 @@ of ``xoresnet-export``'s architecture check (:func:`deploy.pipeline.architecture
 graph, architecture graph at 8-bit weights, scheduling, connectivity, design rules and packing;
 the NIR export before it timed apart) and of the packing alone (:func:`hw_targets.packing.pack`),
 and what they find: cores, chips of 120 cores, the smallest system that fits, the lower bound
-(per layer ``max(neurons / 4096, distinct-weight SynMem / 12000)``), the ratio, fan-in splits, and
+(per layer ``max(neurons / 4096, distinct-weight SynMem / 12000)``), the ratio, the tile rule's
+minimum (per layer the fewest cores lava-loihi's rule gives it on its own,
+:func:`hw_targets.packing.rule_minimum`) and the cores' ratio to it, fan-in splits, and
 the core plan (populations cut into channel parts, identity synapses lowered as depthwise
 convolutions, Lava processes); beside them the cores and ratio of the same graph packed without
 channel partitions (``pack(..., partition=False)``: every population one process, every identity
@@ -70,6 +72,7 @@ def measure(arch: str, size: int) -> dict:
             "nir_export_s": round(t1 - t0, 2), "architecture_check_s": round(t2 - t1, 2), "pack_s": round(t4 - t3, 2),
             "passed": check.passed, "cores": p.num_cores, "chips": p.chips, "system": p.smallest_system,
             "lower_bound": round(p.lower_bound, 1), "ratio": round(p.bound_ratio, 3),
+            "rule_minimum": p.rule_minimum_cores, "rule_ratio": round(p.rule_ratio, 3),
             "cores_unpartitioned": whole.num_cores, "ratio_unpartitioned": round(whole.bound_ratio, 3),
             "cut_populations": p.plan.cut_populations, "populations": len(graph.populations),
             "depthwise_identities": len(p.plan.depthwise),
@@ -90,9 +93,9 @@ def main() -> None:
         print(machine_line(machine))
         print(f"load at start: {machine['uptime_start']}")
         print("| model | input | neurons | NIR export | architecture check | packing | cores | chips | system | "
-              "lower bound | ratio | unpartitioned: cores, ratio | cut populations | identities as depthwise conv | "
+              "lower bound | ratio | tile-rule minimum, / bound | cores / rule minimum | unpartitioned: cores, ratio | cut populations | identities as depthwise conv | "
               "Lava processes | fan-in splits |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for arch in args.archs.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
@@ -103,7 +106,8 @@ def main() -> None:
                                    + ("" if s["built"] else " (not built)") for s in r["fan_in_splits"])
                 print(f"| {arch} | {size} px | {r['neurons']:,} | {r['nir_export_s']:.1f} s | "
                       f"{r['architecture_check_s']:.1f} s | {r['pack_s']:.2f} s | {r['cores']:,} | {r['chips']} | "
-                      f"{r['system']} | {r['lower_bound']:,.1f} | {r['ratio']:.2f} | {r['cores_unpartitioned']:,}, "
+                      f"{r['system']} | {r['lower_bound']:,.1f} | {r['ratio']:.2f} | {r['rule_minimum']:,}, "
+                      f"{r['rule_minimum'] / r['lower_bound']:.2f} | {r['rule_ratio']:.3f} | {r['cores_unpartitioned']:,}, "
                       f"{r['ratio_unpartitioned']:.2f} | {r['cut_populations']} of {r['populations']} | "
                       f"{r['depthwise_identities']} of {r['identities']} | "
                       f"{r['lava_processes']:,} | {splits or '-'} |", flush=True)

@@ -590,7 +590,8 @@ def export_loihi(args, source, target, dataset, test, calib_pixels, energy_table
     arch = architecture_check(nir_graph, target, system=args.system)
     pk = arch.drc.packing
     say(f"      {pk.num_cores} neuro-cores on {pk.chips} chip(s) at 8-bit weights ({pk.bound_ratio:.2f}x the lower "
-        f"bound), smallest system {pk.smallest_system or 'none'} [{arch.seconds:.1f} s]"
+        f"bound, {pk.rule_ratio:.2f}x the tile rule's minimum of {pk.rule_minimum_cores}), smallest system "
+        f"{pk.smallest_system or 'none'} [{arch.seconds:.1f} s]"
         + ("" if arch.passed else "; fits only if calibration stores fewer bits per weight: decided after it"))
     baseline, nir_check = source.float_stage(args, eval_set, artifacts, progress)
     if calib_pixels is None:

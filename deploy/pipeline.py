@@ -99,6 +99,7 @@ class ArchitectureCheck:
         pk = self.drc.packing
         return {"passed": self.passed, "extreme": "widest", "cores": pk.num_cores, "chips": pk.chips,
                 "lower_bound": round(pk.lower_bound, 3), "bound_ratio": round(pk.bound_ratio, 4),
+                "rule_minimum": pk.rule_minimum_cores,
                 "smallest_system": pk.smallest_system, "fan_in_splits": len(pk.splits),
                 "cut_populations": pk.plan.cut_populations,
                 "seconds": round(self.seconds, 2), "violations": [f.message for f in self.drc.violations],

@@ -113,6 +113,7 @@ class LayerResources:
     synmem_units_max: float = 0.0
     core_memory_max: float = 0.0
     lower_bound: float = 0.0  # cores: max(neurons / 4096, distinct-weight SynMem / 12000)
+    rule_minimum: int = 0  # cores: the fewest lava-loihi's tile rule gives it on its own (packing.rule_minimum)
     fan_in_split: bool = False
     parts: int = 1  # Lava processes (channel parts) of the core plan
 
@@ -433,6 +434,7 @@ def _layer_resources(graph: IntegerGraph, conns: dict[str, SynapseConn], packing
         l.tile = list(main.tile_shape) if main.tile_shape else None
         l.parts = len(packing.tilings[name]) if name in packing.plan.populations else 1
         l.lower_bound = round(packing.bounds[name], 4)
+        l.rule_minimum = packing.rule_minimum[name]
         l.fan_in_split = name in split
     return list(layers.values())
 

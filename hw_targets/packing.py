@@ -66,12 +66,18 @@ keeps the one with fewer cores (``CorePlan.depthwise`` records it).
 distinct weights / synmem_units_per_core)``, summed, with the identity synapses that may be
 lowered as depthwise convolutions counted so (the cheaper lowering); a bound for any packing that
 keeps layers on cores of their own.
+
+**The tile rule's minimum** (:func:`rule_minimum`): per layer the fewest cores lava-loihi's tile rule
+gives it on its own, cut into whatever channel parts are cheapest (no exactness constraint from its
+neighbours; the cheaper identity lowering; its output routes left out), summed. No packing that
+keeps the rule and one layer per core can use fewer, so ``cores / rule minimum`` is what the packer
+loses and ``rule minimum / lower bound`` what the rule itself costs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -542,6 +548,19 @@ def partition_layer(spec: LayerSpec, constraint: PartitionConstraint = Partition
     return out
 
 
+def rule_minimum(spec: LayerSpec) -> Optional[int]:
+    """The fewest cores lava-loihi's tile rule gives layer ``spec`` on its own (module docstring):
+    a spatial layer cut into the channel parts that need the fewest cores (:func:`partition_layer`'s
+    search without constraints), a 1-D layer in its longest-fitting ranges; None when one neuron
+    alone overflows a core (a fan-in split is needed)."""
+    if not spec.spatial:
+        tiling = _range_tiling(spec)
+        return tiling.cores if tiling is not None else None
+    part_cores = _part_cores(_group_cores(spec))
+    parts = _best_parts(part_cores, spec.shape[0], 1)
+    return None if parts is None else int(sum(part_cores[p] for p in parts))
+
+
 # ---------------------------------------------------------------------- fan-in split
 
 @dataclass(frozen=True)
@@ -787,6 +806,7 @@ class Packing:
     splits: list[FanInSplit]
     cores_per_chip: int
     bounds: dict[str, float]  # layer -> lower bound in cores
+    rule_minimum: dict[str, int] = field(default_factory=dict)  # layer -> the tile rule's fewest cores (rule_minimum)
     plan: CorePlan = field(default_factory=CorePlan)
     systems: list[dict[str, Any]] = field(default_factory=list)
     method: str = ("lava-loihi tiling as logged: every population cut into the channel parts that need the fewest cores "
@@ -815,6 +835,16 @@ class Packing:
         return self.num_cores / self.lower_bound if self.lower_bound else 1.0
 
     @property
+    def rule_minimum_cores(self) -> int:
+        """The layers' :func:`rule_minimum` summed: the fewest cores the tile rule allows."""
+        return int(sum(self.rule_minimum.values()))
+
+    @property
+    def rule_ratio(self) -> float:
+        """Cores / :attr:`rule_minimum_cores`: what the packing loses to its exactness constraints."""
+        return self.num_cores / self.rule_minimum_cores if self.rule_minimum_cores else 1.0
+
+    @property
     def smallest_system(self) -> Optional[str]:
         fitting = [s for s in self.systems if s["fits"]]
         return min(fitting, key=lambda s: s["chips"])["name"] if fitting else None
@@ -837,6 +867,7 @@ class Packing:
                 "cores_per_chip": self.cores_per_chip, "cores_per_layer": self.cores_per_layer,
                 "systems": self.systems, "core_table": table, "core_table_truncated": k > max_cores,
                 "lower_bound": round(self.lower_bound, 3), "bound_ratio": round(self.bound_ratio, 4),
+                "rule_minimum": self.rule_minimum_cores, "rule_ratio": round(self.rule_ratio, 4),
                 "smallest_system": self.smallest_system, "fan_in_splits": [s.to_dict() for s in self.splits],
                 "cost_model": {k_: v.to_dict() for k_, v in COST_MODEL.items()},
                 "partitions": {"cut_populations": self.plan.cut_populations, "parts": self.plan.parts,
@@ -980,8 +1011,13 @@ def _pack_lowered(graph: IntegerGraph, systems, cores_per_chip: int, weight_bits
                     tile.routes += float(r)
     candidates = depthwise_candidates(graph)  # the bound is the cheapest lowering's, whichever is packed
     cheapest = specs if depthwise == candidates else layer_specs(graph, weight_bits, candidates)
+    rule_min = {}
+    for name, spec in cheapest.items():
+        least = rule_minimum(replace(spec, routes=None))
+        packed = sum(lt.cores for lt in tilings[name])
+        rule_min[name] = packed if least is None else least  # a fan-in split layer counts as packed
     packing = Packing(tilings, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in cheapest.items()},
-                      plan)
+                      rule_min, plan)
     packing.systems = [{"name": s.name, "key": s.key, "chips": s.chips, "cores": s.chips * cores_per_chip,
                         "fits": packing.num_cores <= s.chips * cores_per_chip, "chips_needed": packing.chips,
                         "core_utilization": packing.num_cores / (s.chips * cores_per_chip), "estimate": s.estimate}

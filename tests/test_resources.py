@@ -137,10 +137,16 @@ def _architecture(arch: str, size: int):
 def test_preset_packing_against_its_lower_bound(arch, size):
     graph = _architecture(arch, size)
     p = pack(graph, get_target("loihi2").systems)
-    # the bound is a bound: every layer takes at least max(neurons / 4096, SynMem / 12000) cores
+    # the bound is a bound: every layer takes at least max(neurons / 4096, SynMem / 12000) cores, and
+    # at least the tile rule's minimum for it alone, which is itself at least the bound
     for name, ts in p.tilings.items():
-        assert sum(t.cores for t in ts) >= math.ceil(p.bounds[name] - 1e-9), name
+        packed = sum(t.cores for t in ts)
+        assert packed >= p.rule_minimum[name] >= math.ceil(p.bounds[name] - 1e-9), name
     assert 1.0 <= p.bound_ratio and abs(p.bound_ratio - RATIO_RECORDED[(arch, size)]) <= 0.02, p.bound_ratio
+    # the packing loses at most 2 % to keeping the lowering exact (cut rules), and misses 1.3x only where
+    # lava-loihi's tile rule itself allows no packing within 1.3x of the bound
+    assert p.rule_ratio <= 1.02, p.rule_ratio
+    assert p.bound_ratio <= RATIO_TARGET or p.rule_minimum_cores > RATIO_TARGET * p.lower_bound
     if RATIO_RECORDED[(arch, size)] <= RATIO_TARGET:
         assert p.bound_ratio <= RATIO_TARGET
     assert p.chips == math.ceil(p.num_cores / 120)
@@ -158,8 +164,9 @@ def test_preset_packing_against_its_lower_bound(arch, size):
 
 @pytest.mark.xfail(strict=True, reason="not met for 5 of the 12 presets (cores / bound: XOResNet-18 1.91 and -34 "
                                        "1.99 at 84 px, XOResNet-34 1.35 at 28 px, XOResNet-50 1.48 and -101 1.44 at "
-                                       "84 px): lava-loihi's logged tile rule on 3-, 6-, 7-, 11- and 21-wide maps, "
-                                       "docs/resources.md; the parametrized test above pins each ratio")
+                                       "84 px): lava-loihi's logged tile rule on 3-, 6-, 7-, 11- and 21-wide maps "
+                                       "allows no packing within 1.3x there (its per-layer minimum is 1.34-1.96x the "
+                                       "bound), docs/resources.md; the parametrized test above checks both")
 def test_preset_packing_within_1_3x_of_the_bound():
     assert max(RATIO_RECORDED.values()) <= RATIO_TARGET
 
