@@ -77,7 +77,7 @@ loses and ``rule minimum / lower bound`` what the rule itself costs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -159,12 +159,16 @@ class ConvInput:
 
     def units(self, c0: int, c1: int) -> float:
         """SynMem units of the kernel rows that output channels ``[c0, c1)`` need on one core (each
-        group's rows hold the group's channels among them)."""
-        total = 0.0
-        for g in range(c0 // self.opg, (c1 - 1) // self.opg + 1):
-            overlap = min(c1, (g + 1) * self.opg) - max(c0, g * self.opg)
-            total += self.ipg * self.taps * conv_row_units(overlap, self.weight_bits)
-        return total
+        group's rows hold the group's channels among them: a first and a last group partly, the
+        groups between them whole)."""
+        g0, g1 = c0 // self.opg, (c1 - 1) // self.opg
+        if g0 == g1:
+            rows = conv_row_units(c1 - c0, self.weight_bits)
+        else:
+            rows = (conv_row_units((g0 + 1) * self.opg - c0, self.weight_bits)
+                    + conv_row_units(c1 - g1 * self.opg, self.weight_bits)
+                    + (g1 - g0 - 1) * conv_row_units(self.opg, self.weight_bits))
+        return self.ipg * self.taps * rows
 
     def distinct_units(self) -> float:
         """SynMem units of every distinct weight once: each kernel row once, holding all the output
@@ -930,7 +934,8 @@ def _built_splits(graph: IntegerGraph, tilings: dict[str, list[LayerTiling]]) ->
 
 
 def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.value,
-         weight_bits: Optional[dict[str, int]] = None, partition: bool = True) -> Packing:
+         weight_bits: Optional[dict[str, int]] = None, partition: bool = True,
+         depthwise: Optional[frozenset[str]] = None) -> Packing:
     """Cut and tile every layer of ``graph`` in topological order (:func:`partition_layer`: the
     channel parts that need the fewest cores, within what keeps the lowering exact,
     :func:`calibration.core_plan.cut_rules`; its sparse/dense output routes charged to its cores),
@@ -941,27 +946,33 @@ def pack(graph: IntegerGraph, systems, cores_per_chip: int = L.CORES_PER_CHIP.va
     ``weight_bits``: see :func:`layer_specs`. The identity synapses that may be lowered as depthwise
     convolutions (:func:`calibration.core_plan.depthwise_candidates`) are packed both ways, all of
     them as convolutions and all as ``Sparse``, and the packing with fewer cores is kept (a tie
-    keeps ``Sparse``). A graph that carries a core plan (``graph.core_plan``,
-    :func:`deploy.pipeline.map_to_cores` sets it) is cut and lowered exactly as the plan says, so
+    keeps ``Sparse``); ``depthwise``, when given, names the ones to lower so instead. A graph that
+    carries a core plan (``graph.core_plan``, :func:`deploy.pipeline.map_to_cores` sets it) is cut
+    and lowered exactly as the plan says, so
     that the cores counted are those of the Lava processes the lowering builds
     (:func:`calibration.core_plan.check_plan` refuses a plan that would not be exact);
     ``partition``: False ignores it, cuts populations only where a synapse reads a channel range and
     lowers every identity synapse as ``Sparse`` (the packing before channel partitions, for comparison)."""
-    given = graph.core_plan if partition else None
-    if given is not None or not partition:
-        return _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition,
-                             given.depthwise if given is not None else frozenset())
-    sparse = _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, frozenset())
     candidates = depthwise_candidates(graph)
+    cheapest = layer_specs(graph, weight_bits, candidates)  # the bound's lowering, whichever is packed
+    bounds = {name: spec.lower_bound() for name, spec in cheapest.items()}
+    least = {name: rule_minimum(spec) for name, spec in cheapest.items()}
+    given = graph.core_plan if partition else None
+    if given is not None or not partition or depthwise is not None:
+        chosen = given.depthwise if given is not None else frozenset(depthwise or ()) if partition else frozenset()
+        return _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, chosen, bounds, least)
+    sparse = _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, frozenset(), bounds, least)
     if not candidates:
         return sparse
-    depthwise = _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, candidates)
-    return depthwise if depthwise.num_cores < sparse.num_cores else sparse
+    as_conv = _pack_lowered(graph, systems, cores_per_chip, weight_bits, partition, candidates, bounds, least)
+    return as_conv if as_conv.num_cores < sparse.num_cores else sparse
 
 
 def _pack_lowered(graph: IntegerGraph, systems, cores_per_chip: int, weight_bits: Optional[dict[str, int]],
-                  partition: bool, depthwise: frozenset[str]) -> Packing:
-    """:func:`pack` with the identity synapses named in ``depthwise`` lowered as depthwise convolutions."""
+                  partition: bool, depthwise: frozenset[str], bounds: dict[str, float],
+                  least: dict[str, Optional[int]]) -> Packing:
+    """:func:`pack` with the identity synapses named in ``depthwise`` lowered as depthwise
+    convolutions; ``bounds`` and ``least``: each layer's lower bound and :func:`rule_minimum`."""
     specs = layer_specs(graph, weight_bits, depthwise)
     rules = cut_rules(graph, depthwise)
     given = graph.core_plan if partition else None
@@ -1009,15 +1020,9 @@ def _pack_lowered(graph: IntegerGraph, systems, cores_per_chip: int, weight_bits
                     continue
                 for tile, r in zip(src.tiles, conv_routes(s, src, d)):
                     tile.routes += float(r)
-    candidates = depthwise_candidates(graph)  # the bound is the cheapest lowering's, whichever is packed
-    cheapest = specs if depthwise == candidates else layer_specs(graph, weight_bits, candidates)
-    rule_min = {}
-    for name, spec in cheapest.items():
-        least = rule_minimum(replace(spec, routes=None))
-        packed = sum(lt.cores for lt in tilings[name])
-        rule_min[name] = packed if least is None else least  # a fan-in split layer counts as packed
-    packing = Packing(tilings, splits, cores_per_chip, {name: spec.lower_bound() for name, spec in cheapest.items()},
-                      rule_min, plan)
+    rule_min = {name: sum(lt.cores for lt in tilings[name]) if least[name] is None else least[name]
+                for name in specs}  # a fan-in split layer counts as packed
+    packing = Packing(tilings, splits, cores_per_chip, bounds, rule_min, plan)
     packing.systems = [{"name": s.name, "key": s.key, "chips": s.chips, "cores": s.chips * cores_per_chip,
                         "fits": packing.num_cores <= s.chips * cores_per_chip, "chips_needed": packing.chips,
                         "core_utilization": packing.num_cores / (s.chips * cores_per_chip), "estimate": s.estimate}

@@ -172,10 +172,10 @@ def test_packer_keeps_the_lowering_with_fewer_cores():
     """The packer packs the identity synapses both ways and keeps the cheaper: here the merge's two
     one-to-one inputs as convolutions (one weight per channel on a core instead of a 64-bit unit
     per neuron); the bound is the cheaper lowering's either way."""
-    from hw_targets.packing import _pack_lowered, pack
+    from hw_targets.packing import pack
 
     graph = schedule(merge_graph())
-    both = {d: _pack_lowered(graph, [], 120, None, True, d) for d in (frozenset(), depthwise_candidates(graph))}
+    both = {d: pack(graph, [], depthwise=d) for d in (frozenset(), depthwise_candidates(graph))}
     chosen = pack(graph, [])
     best = min(both.values(), key=lambda p: p.num_cores)
     assert chosen.num_cores == best.num_cores and chosen.plan.depthwise == best.plan.depthwise
