@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             ref = sim.run_stream(n["pixels"].unsqueeze(0))
             t1 = time.perf_counter()
-            lava = run_lava(g, n["pixels"].numpy(), timeout=args.timeout, models=args.models)
+            lava = run_lava(g, n["pixels"].numpy(), timeout=args.timeout, models=args.models, reference=ref)
             t2 = time.perf_counter()
             rep = check_parity(g, ref, lava)
             t3 = time.perf_counter()
@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
             n["parity"].append(rep.passed)
             n["coverage"] = {k: v for k, v in rep.coverage.items() if k != "spikes_by_population"}
             n["models"] = lava.process_models
-            log(f"round {r + 1}/{args.repeats} {n['label']}: Lava {lava.seconds:.1f} s ("
+            n["slices"] = lava.slices
+            log(f"round {r + 1}/{args.repeats} {n['label']}: Lava {lava.seconds:.1f} s in {len(lava.slices)} "
+                f"runtime(s) of at most {max(x['processes'] for x in lava.slices)} processes ("
                 + ", ".join(f"{k} {ph[k]:.1f}" for k in PHASES if k in ph)
                 + f"), reference stream {t1 - t0:.1f} s, check_parity {t3 - t2:.1f} s; " + rep.summary())
             del g, sim, ref, lava
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
             "run_ms_per_process_step": 1e3 * phases["run"]["median"] / (n["steps"] * c["processes"]),
             "start_ms_per_process": 1e3 * phases["start"]["median"] / c["processes"],
             "parity_passed_all_rounds": all(n["parity"]), "parity_rounds": n["parity"],
-            "coverage": n["coverage"], "process_models": n["models"],
+            "coverage": n["coverage"], "process_models": n["models"], "slices": n.get("slices"),
         }
     sweep = [r for label, r in results.items() if label != "digits"]
     growth = {}

@@ -33,6 +33,9 @@ input                            ``io.source.RingBuffer`` ``(W, H, C, S)`` int32
                                  n*P + T``, zeros otherwise), graded (8-bit) into its synapses
 recording                        one ``io.extractor.Extractor`` per population part's ``s_out``
                                  (spikes; a partial sum's payloads), parts put back together
+population replayed in a slice   ``io.source.RingBuffer`` per part read, sending the reference's
+                                 values (:class:`GraphSlice`; a slice that falls apart is joined
+                                 by synapse-less ``Sparse`` links from one ``RingBuffer`` of zeros)
 ===============================  ===========================================================
 
 Layout: our shapes are PyTorch ``(C, H, W)``; Lava's conv-shaped ports are ``(X=W, Y=H, C)``, so
@@ -82,6 +85,9 @@ FIXED_PT_MODELS = {
 READOUT_PROBE_KEY = "Extractor:readout"
 #: Model-table key of a partial sum's probe (an ``Extractor`` that records graded payloads).
 VALUES_PROBE_KEY = "Extractor:values"
+#: Model-table key of a ``RingBuffer`` that replays a population's spikes into a slice (:class:`GraphSlice`):
+#: it sends bool, as a spiking population does (Intel's Dense indexes its weights with what it receives).
+REPLAY_SPIKES_KEY = "RingBuffer:spikes"
 #: Our process models (:mod:`deploy.lava_models`): the same values as Intel's, computed fast or sent
 #: narrow (``tests/test_lava_models.py`` proves each equal to the Intel model it replaces).
 XORESNET_MODELS = {
@@ -92,12 +98,14 @@ XORESNET_MODELS = {
     "Extractor": "deploy.lava_models.extractor.PyExtractorModelSpikes",
     READOUT_PROBE_KEY: "deploy.lava_models.extractor.PyExtractorModelReadout",
     VALUES_PROBE_KEY: "deploy.lava_models.extractor.PyExtractorModelReadout",
+    REPLAY_SPIKES_KEY: "deploy.lava_models.source.PySendModelSpikes",
 }
 #: Model sets a Lava run can use: ``xoresnet`` (default): ours where we have one, Intel's
 #: elsewhere; ``lava``: Intel's fixed_pt models as lava-nc ships them. Keys: process class names,
 #: :data:`READOUT_PROBE_KEY` for the readout probe and :data:`VALUES_PROBE_KEY` for partial sums' probes.
 _INTEL = {**FIXED_PT_MODELS, READOUT_PROBE_KEY: FIXED_PT_MODELS["Extractor"],
-          VALUES_PROBE_KEY: FIXED_PT_MODELS["Extractor"]}
+          VALUES_PROBE_KEY: FIXED_PT_MODELS["Extractor"],
+          REPLAY_SPIKES_KEY: XORESNET_MODELS[REPLAY_SPIKES_KEY]}  # test harness, not the network: always ours
 MODEL_SETS = {"xoresnet": {**_INTEL, **XORESNET_MODELS}, "lava": _INTEL}
 #: The module of each process class.
 PROCESS_MODULES = {"RingBuffer": "lava.proc.io.source", "LIFReset": "lava.proc.lif.process",
@@ -311,6 +319,102 @@ def graph_synapses(graph: IntegerGraph) -> list[Synapse]:
     return lowered_synapses(graph, graph.core_plan.depthwise if graph.core_plan is not None else frozenset())
 
 
+@dataclass(frozen=True)
+class GraphSlice:
+    """A part of the graph that one Lava runtime simulates (:func:`deploy.lava_run.run_lava` runs a
+    graph with more Lava processes than one runtime holds as a chain of slices, in topological
+    order): ``populations`` are simulated (processes and probes as in the whole graph); every other
+    population their synapses read is **replayed**: one ``RingBuffer`` per part, named as the part,
+    sending at step ``t`` the values the integer reference computed for it at stream step ``t``
+    (spikes as bool, :data:`REPLAY_SPIKES_KEY`; a partial sum's payloads as int32), which is when the
+    population itself sends them. ``readout``: the readout synapses and probe are built."""
+
+    populations: frozenset[str]
+    readout: bool
+
+    @classmethod
+    def whole(cls, graph: IntegerGraph) -> "GraphSlice":
+        """The whole graph: every population, the readout; nothing replayed."""
+        return cls(frozenset(graph.populations), bool(graph.readout))
+
+    def synapses(self, graph: IntegerGraph) -> list[Synapse]:
+        """The lowered synapses (:func:`graph_synapses`) into the slice's populations and, with the
+        readout, into it."""
+        return [s for s in graph_synapses(graph) if s.dst in self.populations or (self.readout and s.dst == READOUT)]
+
+    def replayed(self, graph: IntegerGraph) -> list[str]:
+        """The populations outside the slice that its synapses read, in topological order."""
+        read = {s.src for s in self.synapses(graph)}
+        return [name for name in graph.populations if name in read and name not in self.populations]
+
+    def replayed_parts(self, graph: IntegerGraph) -> list[PopPart]:
+        """The parts of :meth:`replayed` populations that its synapses read (a synapse reading a
+        channel range reads only the parts in it): one replaying ``RingBuffer`` each."""
+        parts = population_parts(graph)
+        replayed = set(self.replayed(graph))
+        read = {part.name for s in self.synapses(graph) if s.src in replayed
+                for part in _source_parts(graph, s, parts)}
+        return [part for name in self.replayed(graph) for part in parts[name] if part.name in read]
+
+
+def plan_slices(graph: IntegerGraph, max_processes: int) -> list[GraphSlice]:
+    """``graph`` as a chain of :class:`GraphSlice` s of at most ``max_processes`` Lava processes each
+    (population parts, their probes, the synapse blocks into them, the replaying ``RingBuffer`` s and
+    the input): populations in topological order, each slice as many as fit (a population that
+    alone needs more is a slice of its own), the readout with the last or after it; one slice,
+    the whole graph, when it fits."""
+    parts = population_parts(graph)
+    lowered = graph_synapses(graph)
+    blocks = {s.name: len(synapse_blocks(graph, s, parts)) for s in lowered}
+
+    def processes(populations: list[str], readout: bool) -> int:
+        piece = GraphSlice(frozenset(populations), readout)
+        syns = piece.synapses(graph)
+        return (sum(2 * len(parts[p]) for p in populations) + sum(blocks[s.name] for s in syns)
+                + len(piece.replayed_parts(graph)) + any(s.src == INPUT for s in syns)
+                + int(readout and bool(graph.readout)))
+
+    whole = GraphSlice.whole(graph)
+    if processes(list(graph.populations), whole.readout) <= max_processes:
+        return [whole]
+    chunks: list[list[str]] = [[]]
+    for name in graph.populations:
+        if chunks[-1] and processes(chunks[-1] + [name], False) > max_processes:
+            chunks.append([])
+        chunks[-1].append(name)
+    out = [GraphSlice(frozenset(c), False) for c in chunks]
+    if graph.readout:
+        if processes(chunks[-1], True) <= max_processes:
+            out[-1] = GraphSlice(out[-1].populations, True)
+        else:
+            out.append(GraphSlice(frozenset(), True))
+    return [part for piece in out for part in _connected(graph, piece)]
+
+
+def _connected(graph: IntegerGraph, piece: GraphSlice) -> list[GraphSlice]:
+    """``piece`` as its connected parts, in topological order: Lava compiles and runs the processes
+    connected to one root, so every slice must be connected (through its synapses, the input and
+    the populations it replays)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for s in piece.synapses(graph):
+        parent[find(s.src)] = find(s.dst)
+    for name in piece.populations:
+        find(name)
+    groups: dict[str, set[str]] = {}
+    for name in piece.populations | ({READOUT} if piece.readout else set()):
+        groups.setdefault(find(name), set()).add(name)
+    parts = [GraphSlice(frozenset(g - {READOUT}), READOUT in g) for g in groups.values()]
+    order = {name: i for i, name in enumerate(graph.populations)}
+    return sorted(parts, key=lambda p: (p.readout, min((order[n] for n in p.populations), default=len(order))))
+
+
 def _lava_index(shape: tuple[int, ...]) -> np.ndarray:
     """``index[t]`` = Lava flat index of the element at PyTorch flat index ``t`` (inverse of
     :func:`lava_flat_order`)."""
@@ -419,21 +523,33 @@ def _probe_key(graph: IntegerGraph, population: str) -> str:
     return VALUES_PROBE_KEY if graph.populations[population].kind == "partial_sum" else "Extractor"
 
 
-def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
+def lava_plan(graph: IntegerGraph, graph_slice: Optional[GraphSlice] = None) -> tuple[list[ProcSpec], list[ConnSpec]]:
     """Every Lava process and connection of the lowered graph, as plain data (no Lava import): one
     process per population part and per synapse block (:func:`population_parts`,
-    :func:`synapse_blocks`), one probe per population part."""
+    :func:`synapse_blocks`), one probe per population part; of ``graph_slice`` only (default: the whole
+    graph), with a replaying ``RingBuffer`` per part of each population it reads but does not simulate."""
     if not graph.scheduled:
         raise ValueError("the Lava lowering needs a scheduled graph (calibration.schedule.schedule)")
     from calibration.core_plan import check_plan
 
     check_plan(graph, graph.core_plan)
+    graph_slice = graph_slice or GraphSlice.whole(graph)
+    synapses = graph_slice.synapses(graph)
     P = graph.reset_interval
-    procs: list[ProcSpec] = [ProcSpec(proc_name("in", INPUT), "input", "RingBuffer",
-                                      lava_shape(graph.input_shape), dict(dtype="int32", graded=True))]
+    procs: list[ProcSpec] = []
+    if any(s.src == INPUT for s in synapses):
+        procs.append(ProcSpec(proc_name("in", INPUT), "input", "RingBuffer", lava_shape(graph.input_shape),
+                              dict(dtype="int32", graded=True)))
     conns: list[ConnSpec] = []
     parts = population_parts(graph)
+    for part in graph_slice.replayed_parts(graph):
+        values = "payloads" if graph.populations[part.population].kind == "partial_sum" else "spikes"
+        procs.append(ProcSpec(part.name, "replay", "RingBuffer", lava_shape(part.shape),
+                              dict(replays=part.population, values=values, channels=list(part.channels)),
+                              part.population))
     for p in graph.populations.values():
+        if p.name not in graph_slice.populations:
+            continue
         for part in parts[p.name]:
             bias = p.bias_exp[part.channels[0]:part.channels[1]]
             common = dict(latency=int(p.latency), kind=p.kind, op=p.op, block=p.block)
@@ -448,10 +564,10 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
                 reset_offset=int((1 + p.latency) % P), has_bias=p.has_bias,
                 bias_exp_range=[int(np.min(bias)), int(np.max(bias))] if bias.size else [0, 0], **common), p.name))
     readout_probe = None
-    if graph.readout:
+    if graph.readout and graph_slice.readout:
         readout_probe = ProcSpec(proc_name("probe", READOUT_PROBE), "probe", "Extractor", (graph.num_classes,),
                                  dict(records="readout a_out sum (no readout_bias)"), READOUT)
-    for syn in graph_synapses(graph):
+    for syn in synapses:
         blocks = synapse_blocks(graph, syn, parts)
         srcs = {s.index: s for s in _source_parts(graph, syn, parts)}
         for block in blocks:
@@ -468,6 +584,8 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
                 conns.append(ConnSpec(spec.name, "a_out", dst.name, "a_in",
                                       f"reshape{lava_shape(dst.shape)}" if reshape else None))
     for p in graph.populations.values():
+        if p.name not in graph_slice.populations:
+            continue
         values = p.kind == "partial_sum"
         for part in parts[p.name]:
             probe = ProcSpec(proc_name("probe", part.name.split(":", 1)[1]), "probe", "Extractor",
@@ -477,6 +595,45 @@ def lava_plan(graph: IntegerGraph) -> tuple[list[ProcSpec], list[ConnSpec]]:
             conns.append(ConnSpec(part.name, "s_out", probe.name, "in_port", None))
     if readout_probe is not None:
         procs.append(readout_probe)
+    return _linked(procs, conns)
+
+
+#: Name of the ``RingBuffer`` that links the parts of a disconnected slice (:func:`_linked`).
+LINK_HUB = "link:hub"
+
+
+def _linked(procs: list[ProcSpec], conns: list[ConnSpec]) -> tuple[list[ProcSpec], list[ConnSpec]]:
+    """``procs`` and ``conns``, made one connected graph: Lava compiles and runs only the processes
+    connected to one root, and a slice can fall apart (parts of a population fed one-to-one by
+    replayed parts). Each connected part then gets a ``Sparse`` with no synapse (it adds 0) from one
+    shared ``RingBuffer`` of zeros (:data:`LINK_HUB`) into its first population part (or probe). A
+    whole graph is connected through its input and gets nothing."""
+    parent = {p.name: p.name for p in procs}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for c in conns:
+        parent[find(c.src)] = find(c.dst)
+    groups: dict[str, list[ProcSpec]] = {}
+    for p in procs:
+        groups.setdefault(find(p.name), []).append(p)
+    if len(groups) <= 1:
+        return procs, conns
+    procs, conns = list(procs), list(conns)
+    procs.append(ProcSpec(LINK_HUB, "link", "RingBuffer", (1,), dict(dtype="int32", sends="zeros")))
+    for members in groups.values():
+        target = next((m for m in members if m.role == "population"), None) or \
+            next(m for m in members if m.role == "probe")
+        n = int(np.prod(target.shape))
+        link = ProcSpec(f"link:{target.name}", "link", "Sparse", (n,), dict(matrix=[n, 1], nonzero=0))
+        procs.append(link)
+        conns.append(ConnSpec(LINK_HUB, "s_out", link.name, "s_in", None))
+        conns.append(ConnSpec(link.name, "a_out", target.name, "a_in" if target.role == "population" else "in_port",
+                              f"reshape{tuple(target.shape)}" if len(target.shape) != 1 else None))
     return procs, conns
 
 
@@ -524,9 +681,12 @@ def describe_lava_network(graph: IntegerGraph, models: str = "xoresnet") -> dict
 
 @dataclass
 class LavaNetwork:
-    """The instantiated Lava processes. ``neurons[p]``, ``probes[p]``: the processes of population
+    """The instantiated Lava processes (of a :class:`GraphSlice`). ``source``: the input ``RingBuffer``
+    (None when the slice reads no input); ``neurons[p]``, ``probes[p]``: the processes of population
     ``p``'s parts, in order (one for an uncut population); ``synapses[s]``: the blocks of synapse
-    ``s``; ``readout_probe`` records the summed readout synapse outputs."""
+    ``s``; ``readout_probe`` records the summed readout synapse outputs; ``replays``: the
+    ``RingBuffer`` of each replayed population part; ``links``: what joins a slice that fell apart
+    (:func:`_linked`)."""
 
     graph: IntegerGraph
     steps: int
@@ -536,15 +696,17 @@ class LavaNetwork:
     probes: dict[str, list]
     readout_probe: Any
     plan: list[ProcSpec]
+    replays: list = field(default_factory=list)
+    links: list = field(default_factory=list)
 
     @property
     def root(self):
         """Any process of the (connected) network: ``run``/``stop`` go through it."""
-        return self.source
+        return self.processes()[0]
 
     def processes(self) -> list:
         """Every Lava process of the network."""
-        procs = [self.source]
+        procs = ([self.source] if self.source is not None else []) + list(self.replays) + list(self.links)
         for group in (self.neurons, self.synapses, self.probes):
             procs += [p for ps in group.values() for p in ps]
         return procs + ([self.readout_probe] if self.readout_probe is not None else [])
@@ -565,9 +727,11 @@ class LavaNetwork:
         pinned: dict = {proc_cls: model for key, (proc_cls, model) in chosen.items() if ":" not in key}
         values = {id(p) for name, ps in self.probes.items() for p in ps
                   if self.graph.populations[name].kind == "partial_sum"}
+        replayed_spikes = {id(p) for p in self.replays if p.data.init.dtype == np.bool_}
         for proc in self.processes():
             key = READOUT_PROBE_KEY if proc is self.readout_probe else \
-                VALUES_PROBE_KEY if id(proc) in values else type(proc).__name__
+                VALUES_PROBE_KEY if id(proc) in values else \
+                REPLAY_SPIKES_KEY if id(proc) in replayed_spikes else type(proc).__name__
             pinned[proc] = chosen[key][1]
         return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=pinned)
 
@@ -630,25 +794,53 @@ def _perturbed_weight(syn: Synapse, perturb: Optional[dict]) -> np.ndarray:
     return w
 
 
+def replay_data(values: np.ndarray, part: PopPart, steps: int, spikes: bool) -> np.ndarray:
+    """The ``RingBuffer`` data replaying population part ``part`` (:class:`GraphSlice`): ``values``
+    ``[S', *population shape]`` (the reference's values at stream steps 1..S', S' >= ``steps``) cut to
+    the part's channels and the first ``steps`` steps, in Lava layout ``(W, H, C, steps)`` (or
+    ``(N, steps)``): bool spikes, or int32 payloads."""
+    values = np.asarray(values)
+    a, b = part.channels
+    if (values.ndim != 1 + len(part.shape) or values.shape[0] < steps or values.shape[1] < b
+            or tuple(values.shape[2:]) != tuple(part.shape[1:])):
+        raise ValueError(f"replay of {part.population}: values {list(values.shape)} do not cover {steps} steps of "
+                         f"a population part {list(part.shape)}")
+    cut = values[:steps, a:b]
+    data = cut.transpose(*range(cut.ndim - 1, 0, -1), 0) if cut.ndim == 4 else cut.T
+    return np.ascontiguousarray(data != 0 if spikes else data.astype(np.int32))
+
+
 def lowered_arrays(graph: IntegerGraph, pixels_stream: np.ndarray, steps: int,
-                   perturb: Optional[dict] = None) -> dict[str, Any]:
+                   perturb: Optional[dict] = None, graph_slice: Optional[GraphSlice] = None,
+                   replay: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
     """Every array the Lava processes get, in Lava layout (pure numpy, no Lava import), so that
     a malformed graph fails here, before Lava starts: ``input`` ``(W, H, C, S)``,
     ``bias[process] = (bias_mant, bias_exp)`` per LIF process (a population part),
     ``weights[process]`` per synapse block (:func:`block_weights`: conv kernel and groups, CSR
-    diagonal block + delays, or dense matrix)."""
+    diagonal block + delays, or dense matrix), of ``graph_slice`` only (default: the whole graph), and
+    ``replay[process]`` per part of each population the slice replays (:func:`replay_data` of
+    ``replay[population]``, the reference's values ``[S, *shape]``)."""
     if perturb and perturb.get("synapse") not in {s.name for s in graph.synapses}:
         raise ValueError(f"perturb: no synapse named {perturb.get('synapse')!r}")
-    out: dict[str, Any] = {"input": input_stream(graph, pixels_stream, steps), "bias": {}, "weights": {}}
+    graph_slice = graph_slice or GraphSlice.whole(graph)
+    out: dict[str, Any] = {"input": input_stream(graph, pixels_stream, steps), "bias": {}, "weights": {},
+                           "replay": {}}
     parts = population_parts(graph)
+    for part in graph_slice.replayed_parts(graph):
+        name = part.population
+        if replay is None or name not in replay:
+            raise ValueError(f"the graph slice reads population {name}, but no values to replay it were given")
+        out["replay"][part.name] = replay_data(replay[name], part, steps, graph.populations[name].kind != "partial_sum")
     for p in graph.populations.values():
+        if p.name not in graph_slice.populations:
+            continue
         mant, exp = np.asarray(p.bias_mant, dtype=np.int64), np.asarray(p.bias_exp, dtype=np.int64)
         if mant.shape != tuple(p.shape) or exp.shape != tuple(p.shape):
             raise ValueError(f"population {p.name}: bias arrays {mant.shape}/{exp.shape} do not match {p.shape}")
         for part in parts[p.name]:
             a, b = part.channels
             out["bias"][part.name] = (to_lava(mant[a:b]).astype(np.int32), to_lava(exp[a:b]).astype(np.int32))
-    for syn in graph_synapses(graph):
+    for syn in graph_slice.synapses(graph):
         w = _perturbed_weight(syn, perturb)
         read = tuple(graph.read_shape(syn))
         if syn.kind == "identity" and w.shape != read:
@@ -663,8 +855,12 @@ def lowered_arrays(graph: IntegerGraph, pixels_stream: np.ndarray, steps: int,
 
 
 def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, perturb: Optional[dict] = None,
-                       steps: Optional[int] = None, buffer_size: Optional[int] = None) -> LavaNetwork:
-    """Instantiate the Lava processes for ``graph`` fed with ``pixels_stream [N, C, H, W]`` (ints).
+                       steps: Optional[int] = None, buffer_size: Optional[int] = None,
+                       graph_slice: Optional[GraphSlice] = None,
+                       replay: Optional[dict[str, np.ndarray]] = None) -> LavaNetwork:
+    """Instantiate the Lava processes for ``graph`` fed with ``pixels_stream [N, C, H, W]`` (ints);
+    of ``graph_slice`` only (default: the whole graph), the populations it reads but does not simulate
+    replayed from ``replay[population]`` (the reference's values ``[S, *shape]``, :class:`GraphSlice`).
 
     ``steps``: stream length ``S`` (default :func:`calibration.reference.stream_steps`); ``buffer_size``:
     the extractors' channel depth (default ``S``; the caller must ``receive()`` at least every
@@ -672,11 +868,12 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
     ``delta`` to one weight (PyTorch-layout index into the weights as lowered: ``(C, 1, 1, 1)`` for
     an identity synapse lowered as a depthwise conv) before lowering (fault injection for tests).
     """
-    plan, _conns = lava_plan(graph)
+    graph_slice = graph_slice or GraphSlice.whole(graph)
+    plan, _conns = lava_plan(graph, graph_slice)
     if steps is None:
         steps = graph.stream_steps(int(np.asarray(pixels_stream).shape[0]))
     S = int(steps)
-    arrays = lowered_arrays(graph, pixels_stream, S, perturb)
+    arrays = lowered_arrays(graph, pixels_stream, S, perturb, graph_slice, replay)
     depth = int(buffer_size or S)
     P = graph.reset_interval
 
@@ -690,14 +887,27 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIFReset
     from lava.proc.sparse.process import DelaySparse, Sparse
+    import scipy.sparse as sp
 
-    source = RingBuffer(data=arrays["input"])
-    source.name = proc_name("in", INPUT)  # RingBuffer takes no name argument
+    synapse_list = graph_slice.synapses(graph)
+    source = None
+    out_port: dict[str, Any] = {}
+    if any(s.src == INPUT for s in synapse_list):
+        source = RingBuffer(data=arrays["input"])
+        source.name = proc_name("in", INPUT)  # RingBuffer takes no name argument
+        out_port[source.name] = source.s_out
     parts = population_parts(graph)
-    out_port = {proc_name("in", INPUT): source.s_out}
+    replays: list = []
+    for part in graph_slice.replayed_parts(graph):
+        proc = RingBuffer(data=arrays["replay"][part.name])
+        proc.name = part.name
+        replays.append(proc)
+        out_port[part.name] = proc.s_out
     in_port: dict[str, Any] = {}
     neurons: dict[str, list] = {}
     for p in graph.populations.values():
+        if p.name not in graph_slice.populations:
+            continue
         neurons[p.name] = []
         for part in parts[p.name]:
             if p.kind == "partial_sum":
@@ -712,9 +922,9 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
             out_port[part.name], in_port[part.name] = proc.s_out, proc.a_in
 
     readout_probe = Extractor(shape=(graph.num_classes,), buffer_size=depth, name=proc_name("probe", READOUT_PROBE)) \
-        if graph.readout else None
+        if graph.readout and graph_slice.readout else None
     synapses: dict[str, list] = {}
-    for syn in graph_synapses(graph):
+    for syn in synapse_list:
         bits = graph.message_bits(syn)
         extra = {"weight_exp": int(syn.weight_exp)} if syn.weight_exp else {}
         srcs = {s.index: s for s in _source_parts(graph, syn, parts)}
@@ -753,11 +963,31 @@ def build_lava_network(graph: IntegerGraph, pixels_stream: np.ndarray, *, pertur
                 a_out.connect(in_port[dst.name])
 
     probes: dict[str, list] = {}
+    probe_in: dict[str, Any] = {}
     for p in graph.populations.values():
+        if p.name not in graph_slice.populations:
+            continue
         probes[p.name] = []
         for part, proc in zip(parts[p.name], neurons[p.name]):
             probe = Extractor(shape=lava_shape(part.shape), buffer_size=depth,
                               name=proc_name("probe", part.name.split(":", 1)[1]))
             proc.s_out.connect(probe.in_port)
             probes[p.name].append(probe)
-    return LavaNetwork(graph, S, source, neurons, synapses, probes, readout_probe, plan)
+            probe_in[probe.name] = probe.in_port
+    if readout_probe is not None:
+        probe_in[readout_probe.name] = readout_probe.in_port
+    links: list = []
+    for spec in (q for q in plan if q.role == "link"):  # a slice that fell apart, made one graph (_linked)
+        if spec.name == LINK_HUB:
+            hub = RingBuffer(data=np.zeros((1, 1), dtype=np.int32))
+            hub.name = LINK_HUB
+            links.append(hub)
+            continue
+        target = spec.name.split(":", 1)[1]
+        link = Sparse(weights=sp.csr_matrix((spec.shape[0], 1), dtype=np.int32), name=spec.name)
+        hub.s_out.connect(link.s_in)
+        port = in_port.get(target) or probe_in[target]
+        a_out = link.a_out.reshape(tuple(port.shape)) if len(port.shape) != 1 else link.a_out
+        a_out.connect(port)
+        links.append(link)
+    return LavaNetwork(graph, S, source, neurons, synapses, probes, readout_probe, plan, replays, links)

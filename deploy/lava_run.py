@@ -65,6 +65,8 @@ from calibration.integer_graph import IntegerGraph, save_integer_graph
 from calibration.readout import readout_time_weights, scores
 from deploy import lava_worker
 from calibration.integer_graph import StreamWindows
+from deploy.lava_graph import GraphSlice, lava_plan, plan_slices
+from deploy.memory import available_memory, lava_process_budget
 from xoresnet.errors import LavaRunError
 
 SHM_DIR = Path("/dev/shm")
@@ -105,7 +107,9 @@ class LavaRunResult(StreamWindows):
     "origin": "xoresnet" (ours, :mod:`deploy.lava_models`) | "lava" (Intel's), "processes": n}}``
     (:func:`deploy.lava_worker.models_that_ran`; empty for a hardware run); ``cpu_seconds``: CPU
     seconds of Lava's actor processes per process class, of its runtime service and of the host side
-    (:func:`deploy.lava_worker.cpu_by_class`).
+    (:func:`deploy.lava_worker.cpu_by_class`); ``slices``: the Lava runtimes it took, one per slice
+    of the graph (:func:`run_lava`): populations simulated and replayed, readout, processes, seconds
+    (one entry for an unsliced run). ``seconds``, ``phases`` and ``cpu_seconds`` are summed over them.
     """
 
     spikes: dict[str, np.ndarray]
@@ -123,6 +127,7 @@ class LavaRunResult(StreamWindows):
     run_config: str = "fixed_pt"
     process_models: dict[str, dict[str, Any]] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    slices: list[dict[str, Any]] = field(default_factory=list)
     time_weights: Optional[np.ndarray] = None  # the readout rule's [T, K] (calibration.readout), None: a sum
 
     def predictions(self) -> np.ndarray:
@@ -282,7 +287,8 @@ def default_chunk(graph: IntegerGraph) -> int:
 def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb: Optional[dict] = None,
              progress: bool = False, chunk: Optional[int] = None, validate: bool = True,
              run_config: str = "fixed_pt", models: str = "xoresnet",
-             model_overrides: Optional[dict[str, str]] = None) -> LavaRunResult:
+             model_overrides: Optional[dict[str, str]] = None, reference: Optional[StreamWindows] = None,
+             max_processes: Optional[int] = None) -> LavaRunResult:
     """Run ``graph`` in Lava on one stream of ``pixels [N, C, H, W]`` (integers), in a child
     process, for ``graph.stream_steps(N)`` steps.
 
@@ -300,6 +306,16 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     ``chunk``: steps per ``run()`` call in the child (the extractors' depth; default
     :func:`default_chunk`). ``validate``: check the graph against Loihi's ranges first (an out-of-range delay would make
     Lava hang rather than fail); only tests turn it off.
+
+    **Slices.** A ``fixed_pt`` graph of more Lava processes than one runtime holds (``max_processes``;
+    default :func:`deploy.memory.lava_process_budget` of the memory available: lava-nc forks one
+    Python process of about 30 MiB per Lava process) runs as a chain of slices
+    (:func:`deploy.lava_graph.plan_slices`), one child each, in topological order: each simulates its
+    populations and replays the populations it reads from the integer reference's values at the
+    same steps (``reference``: the reference stream of the same ``pixels``, required then). If every
+    slice equals the reference on its populations, so does the whole graph (by induction over the
+    slices, each fed exactly what the previous ones computed); a divergence stays in the slice
+    where it arises. ``LavaRunResult.slices`` lists them. Hardware runs are never sliced.
     """
     if not graph.scheduled:
         raise ValueError("run_lava needs a scheduled graph (calibration.schedule.schedule)")
@@ -329,6 +345,78 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     N = int(pixels.shape[0])
     S = graph.stream_steps(N)
 
+    chunk = default_chunk(graph) if chunk is None else chunk
+    budget = lava_process_budget(available_memory()) if max_processes is None else int(max_processes)
+    slices = plan_slices(graph, budget) if run_config == "fixed_pt" else [GraphSlice.whole(graph)]
+    if len(slices) > 1 and reference is None:
+        raise ValueError(f"the graph needs {len(slices)} Lava runtimes of at most {budget} processes; running it in "
+                         "slices needs the reference stream of the same pixels (reference=...)")
+    deadline = time.monotonic() + timeout
+    runs, described = [], []
+    for k, piece in enumerate(slices):
+        if time.monotonic() >= deadline:
+            raise LavaRunError(f"{what} did not finish within {timeout:g} s ({k} of {len(slices)} slices done); "
+                               "a longer stream needs a longer timeout.")
+        sliced = len(slices) > 1
+        replay = {name: np.asarray(reference.spikes[name])[:, 0] for name in piece.replayed(graph)} if sliced else None
+        try:
+            run = _run_child(graph, pixels, steps=S, chunk=chunk, perturb=perturb, progress=progress,
+                             run_config=run_config, models=models, model_overrides=model_overrides, timeout=timeout,
+                             deadline=deadline, what=what, graph_slice=piece if sliced else None, replay=replay)
+        except LavaRunError as e:
+            if sliced:
+                e.args = (f"{e.args[0]} (slice {k + 1} of {len(slices)})",) + e.args[1:]
+            raise
+        runs.append(run)
+        described.append({"populations": len(piece.populations), "replayed": len(piece.replayed(graph)),
+                          "readout": piece.readout, "processes": len(lava_plan(graph, piece)[0]),
+                          "seconds": round(run["seconds"], 2)})
+    return LavaRunResult(spikes={k: v for run in runs for k, v in run["spikes"].items()},
+                         readout=next(run["readout"] for run, piece in zip(runs, slices) if piece.readout)
+                         if graph.readout else runs[-1]["readout"],
+                         steps=S, seconds=sum(run["seconds"] for run in runs), samples=N,
+                         reset_interval=graph.reset_interval, timesteps=graph.timesteps,
+                         readout_latency=graph.readout_latency(),
+                         readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=runs[-1]["cleanup"],
+                         phases=_summed(run["phases"] for run in runs), pixels=pixels, run_config=run_config,
+                         process_models=_merged_models(run["ran"] for run in runs),
+                         cpu_seconds=_summed(run["cpu"] for run in runs), time_weights=readout_time_weights(graph),
+                         slices=described)
+
+
+def _summed(dicts) -> dict[str, float]:
+    """Per key, the sum over ``dicts`` of numbers."""
+    out: dict[str, float] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def _merged_models(tables) -> dict[str, dict[str, Any]]:
+    """The process models that ran in several runtimes: per process class, its model and origin and
+    the processes summed."""
+    out: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for cls, entry in table.items():
+            if cls in out:
+                out[cls] = {**out[cls], "processes": out[cls]["processes"] + entry["processes"]}
+            else:
+                out[cls] = dict(entry)
+    return out
+
+
+def _run_child(graph: IntegerGraph, pixels: np.ndarray, *, steps: int, chunk: int, perturb: Optional[dict],
+               progress: bool, run_config: str, models: str, model_overrides: Optional[dict[str, str]],
+               timeout: float, deadline: float, what: str, graph_slice: Optional[GraphSlice] = None,
+               replay: Optional[dict[str, np.ndarray]] = None) -> dict[str, Any]:
+    """One child (:mod:`deploy.lava_worker`) running ``graph`` (or its ``graph_slice``, replaying
+    ``replay``) for ``steps`` steps until ``deadline`` (``time.monotonic()``; ``timeout``: the
+    seconds the caller allowed the whole run, for the message): ``spikes``, ``readout``,
+    ``phases``, ``ran``, ``cpu``, ``seconds``, ``cleanup`` (see :class:`LavaRunResult`). Raises
+    :class:`LavaRunError`."""
+    N = int(pixels.shape[0])
+    S = steps
     remove_stale_scratch()
     work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
     child: Optional[subprocess.Popen] = None
@@ -338,10 +426,14 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
     try:
         save_integer_graph(graph, work / "graph.h5")
         np.save(work / "pixels.npy", pixels)
-        chunk = default_chunk(graph) if chunk is None else chunk
-        (work / "job.json").write_text(json.dumps({"steps": S, "chunk": int(max(1, chunk)), "perturb": perturb,
-                                                   "parent_pid": os.getpid(), "run_config": run_config,
-                                                   "models": models, "model_overrides": model_overrides}))
+        job = {"steps": S, "chunk": int(max(1, chunk)), "perturb": perturb, "parent_pid": os.getpid(),
+               "run_config": run_config, "models": models, "model_overrides": model_overrides, "graph_slice": None}
+        if graph_slice is not None:
+            job["graph_slice"] = {"populations": sorted(graph_slice.populations), "readout": graph_slice.readout}
+            names = list(replay or {})
+            np.savez(work / lava_worker.REPLAY, names=np.array(json.dumps(names)),
+                     **{f"replay_{i}": replay[n] for i, n in enumerate(names)})
+        (work / "job.json").write_text(json.dumps(job))
         (work / "tmp").mkdir()
         env = dict(os.environ)
         repo = str(Path(__file__).resolve().parent.parent)
@@ -364,7 +456,7 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
                     pass
                 if progress:
                     _report_progress(work, shown, start)
-                if time.monotonic() - start > timeout:
+                if time.monotonic() > deadline:
                     raise TimeoutError
         except TimeoutError:
             killed, held = stop_session(child.pid)
@@ -412,12 +504,8 @@ def run_lava(graph: IntegerGraph, pixels: np.ndarray, *, timeout: float, perturb
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return LavaRunResult(spikes=spikes, readout=readout, steps=S, seconds=seconds, samples=N,
-                         reset_interval=graph.reset_interval, timesteps=graph.timesteps,
-                         readout_latency=graph.readout_latency(),
-                         readout_bias=np.asarray(graph.readout_bias, dtype=np.int64), cleanup=cleanup,
-                         phases=phases, pixels=pixels, run_config=run_config, process_models=ran,
-                         cpu_seconds=cpu, time_weights=readout_time_weights(graph))
+    return {"spikes": spikes, "readout": readout, "phases": phases, "ran": ran, "cpu": cpu, "seconds": seconds,
+            "cleanup": cleanup}
 
 
 def remove_stale_scratch() -> list[str]:

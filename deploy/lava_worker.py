@@ -5,9 +5,13 @@
 * ``graph.h5``: the integer graph (:func:`calibration.integer_graph.save_integer_graph`);
 * ``pixels.npy``: the input stream ``[N, C, H, W]`` (integers);
 * ``job.json``: ``{"steps": S, "chunk": int, "perturb": dict | null, "parent_pid": int,
-  "run_config": "fixed_pt" | "hw", "models": "xoresnet" | "lava", "model_overrides": dict | null}``
+  "run_config": "fixed_pt" | "hw", "models": "xoresnet" | "lava", "model_overrides": dict | null,
+  "graph_slice": {"populations": [names], "readout": bool} | null}``
   (``run_config``: a key of :data:`RUN_CONFIGS`; ``models``, ``model_overrides``: the process
-  models of the ``fixed_pt`` run, :func:`deploy.lava_graph.model_table`);
+  models of the ``fixed_pt`` run, :func:`deploy.lava_graph.model_table`; ``graph_slice``: run
+  only these populations, :class:`deploy.lava_graph.GraphSlice`);
+* ``replay.npz`` (with a graph slice): ``names`` (JSON list) and ``replay_<i>``, the reference's
+  values ``[S, *shape]`` of each population the slice reads but does not simulate;
 
 builds the Lava network (:func:`deploy.lava_graph.build_lava_network`), runs ``S`` steps with the
 run configuration (``fixed_pt``: Lava's CPU simulator ``Loihi2SimCfg(select_tag="fixed_pt")``
@@ -63,6 +67,7 @@ from xoresnet.files import atomic_write
 
 SHM_LOG = "shm.log"
 RESULT = "result.npz"
+REPLAY = "replay.npz"
 PROGRESS = "progress"
 ERROR = "error.txt"
 #: Run configurations: name -> (what runs, for messages; the Lava run-config class).
@@ -323,9 +328,10 @@ def simulate(graph, pixels, *, steps: int, chunk: int, perturb: Optional[dict] =
              on_progress: Optional[Callable[[int, int], None]] = None, phases: Optional[dict] = None,
              run_config: str = "fixed_pt", models: str = "xoresnet", model_overrides: Optional[dict] = None,
              on_failure: Optional[Callable[[str, Any], None]] = None, ran: Optional[dict] = None,
-             cpu: Optional[dict] = None):
-    """Run the Lava network for ``steps`` steps with the run configuration ``run_config``
-    (:func:`make_run_config`): ``(spikes {p: bool [S, *shape]}, readout [S, K])``.
+             cpu: Optional[dict] = None, graph_slice=None, replay: Optional[dict] = None):
+    """Run the Lava network (of ``graph_slice``, the populations it reads replayed from ``replay``:
+    :class:`deploy.lava_graph.GraphSlice`; default the whole graph) for ``steps`` steps with the run
+    configuration ``run_config`` (:func:`make_run_config`): ``(spikes {p: bool [S, *shape]}, readout [S, K])``.
 
     ``graph``'s synapse weights are released once the Lava processes are built (:func:`release_memory`).
     ``phases`` (if given) receives the seconds spent building, starting, running and stopping;
@@ -344,7 +350,9 @@ def simulate(graph, pixels, *, steps: int, chunk: int, perturb: Optional[dict] =
 
     phases = {} if phases is None else phases
     t = time.monotonic()
-    net = build_lava_network(graph, pixels, perturb=perturb, steps=steps, buffer_size=min(chunk, steps))
+    net = build_lava_network(graph, pixels, perturb=perturb, steps=steps, buffer_size=min(chunk, steps),
+                             graph_slice=graph_slice, replay=replay)
+    del replay  # the RingBuffers hold their copies
     from lava.magma.core.run_conditions import RunSteps
 
     release_memory(graph)
@@ -460,9 +468,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         import numpy as np  # the worker never imports torch: it would double the cost of Lava's fork()s
 
         from calibration.integer_graph import load_integer_graph
+        from deploy.lava_graph import GraphSlice
 
         graph = load_integer_graph(work / "graph.h5")
         pixels = np.load(work / "pixels.npy")
+        graph_slice, replay = None, None
+        if job.get("graph_slice") is not None:
+            graph_slice = GraphSlice(frozenset(job["graph_slice"]["populations"]), bool(job["graph_slice"]["readout"]))
+            with np.load(work / REPLAY) as z:
+                replay = {name: z[f"replay_{i}"] for i, name in enumerate(json.loads(str(z["names"])))}
         phases = {"load": time.monotonic() - t}
         ran: dict = {}
         cpu: dict = {}
@@ -470,7 +484,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    perturb=job.get("perturb"), on_progress=progress, phases=phases,
                                    run_config=job["run_config"], models=job.get("models", "xoresnet"),
                                    model_overrides=job.get("model_overrides"), on_failure=fail, ran=ran,
-                                   cpu=cpu)
+                                   cpu=cpu, graph_slice=graph_slice, replay=replay)
         names = list(spikes)
         arrays = {f"spike_{i}": spikes[n] for i, n in enumerate(names)}
         result = io.BytesIO()

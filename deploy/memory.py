@@ -140,3 +140,23 @@ def check_export_memory(timesteps: int, neurons: int, *, eval_images: int, calib
         f"T={timesteps}: the export would need about {size_text(need)} of memory ({what}; an estimate), and "
         f"this machine has {size_text(have)} available (at most T={fits} fits with these images): lower --timesteps, "
         "--eval-samples, --calib-samples or --parity-samples")
+
+
+#: Memory of one Lava actor: lava-nc forks one Python process per Lava process, each with its own
+#: interpreter state and buffers. Measured: XOResNet-50 at width 1.0 (752 processes) held 22 of the
+#: machine's 23.5 GiB during its run (2026-12-05, ``bench/parity_time.py``), about 30 MiB each.
+LAVA_ACTOR_BYTES = 32 * 2**20
+#: Lava processes one runtime may hold: lava-nc 0.10's compiler raised ``RecursionError`` on
+#: XOResNet-101's 1,681 processes (XOResNet-50's 752 ran).
+LAVA_MAX_PROCESSES = 800
+#: A runtime always gets at least this many processes (one population with its synapses and probes).
+LAVA_MIN_PROCESSES = 32
+
+
+def lava_process_budget(available: Optional[int]) -> int:
+    """The Lava processes one runtime may hold (:func:`deploy.lava_run.run_lava` runs a larger graph
+    as a chain of segments): half of ``available`` bytes at :data:`LAVA_ACTOR_BYTES` each, within
+    :data:`LAVA_MIN_PROCESSES` .. :data:`LAVA_MAX_PROCESSES` (the maximum when unknown)."""
+    if available is None:
+        return LAVA_MAX_PROCESSES
+    return max(LAVA_MIN_PROCESSES, min(LAVA_MAX_PROCESSES, int(available // 2 // LAVA_ACTOR_BYTES)))

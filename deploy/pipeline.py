@@ -182,9 +182,10 @@ def lava_parity(graph: IntegerGraph, pixels: torch.Tensor, *, timeout: float, pr
     seconds) and compare every population, neuron and step (:func:`deploy.parity.check_parity`). A failed
     comparison is returned, not raised: the caller writes its failure file."""
     reference = reference_stream(graph, pixels)
-    lava = lava_run.run_lava(graph, np.asarray(pixels), timeout=timeout, progress=progress)
+    lava = lava_run.run_lava(graph, np.asarray(pixels), timeout=timeout, progress=progress, reference=reference)
     report = check_parity(graph, reference, lava)
     record = {**report.to_dict(), "summary": report.summary(), "lava_seconds": round(lava.seconds, 2),
+              "lava_runtimes": len(lava.slices),
               "reference_sha256": stream_sha256(reference), "lava_process_models": lava.process_models}
     return LavaParity(reference, lava, report, record)
 

@@ -26,7 +26,8 @@ from calibration.integer_graph import INPUT, READOUT, IntegerGraph, Population, 
 from calibration.quantize import calibrate_nir
 from conftest import REPO, firing_model, random_core_plan, random_pixels, run_in_own_session, small_config
 from deploy import lava_run
-from deploy.lava_graph import (describe_lava_network, from_lava, lava_flat_order, lava_plan, lava_shape,
+from deploy.lava_graph import (GraphSlice, describe_lava_network, from_lava, lava_flat_order, lava_plan, lava_shape,
+                               plan_slices,
                                to_lava)
 from deploy.lava_run import run_lava, session_members
 from xoresnet.nir.export import export_nir
@@ -361,6 +362,14 @@ def test_perturbed_weight_fails_parity_and_is_localized():
     assert all(step["equal"] for step in perturbed_in["steps"])  # the inputs agreed: the synapse is at fault
     assert fd["population"] in report.summary()
     assert report.summary().startswith("parity FAILED: first divergence at sample")
+    # run in slices (each replaying the reference at its inputs), the divergence is found at the same
+    # place and stays in the slice of the perturbed synapse's destination
+    sliced = run_lava(graph, pixels, timeout=TIMEOUT, perturb=perturb, reference=reference, max_processes=8)
+    assert len(sliced.slices) >= 3
+    cut = check_parity(graph, reference, sliced)
+    assert not cut.passed and (cut.first_divergence["population"], cut.first_divergence["step"]) == expected
+    home = next(piece for piece in plan_slices(graph, 8) if expected[0] in piece.populations)
+    assert {p for p, n in cut.mismatches_by_population.items() if n} <= home.populations
     json.dumps(report.to_dict())
     with pytest.raises(ParityError) as e:
         require_parity(report)
@@ -638,7 +647,26 @@ def test_fan_in_split_and_core_plan_parity(monkeypatch, tmp_path):
     report = check_parity(graph, reference, lava)
     assert report.passed, report.summary()
     assert all(lava.spikes[graph_syn.dst].any() for graph_syn in graph.synapses if graph_syn.name in depthwise)
+    # in slices of at most 8 processes: some slices fall apart (parts of a population fed one-to-one by
+    # replayed parts) and are joined by synapse-less links; still exact
+    graph.core_plan = random_core_plan(graph, np.random.default_rng(4), depthwise)
+    assert any(p.role == "link" for piece in plan_slices(graph, 8) for p in lava_plan(graph, piece)[0])
+    assert check_parity(graph, reference, run_lava(graph, pixels, timeout=TIMEOUT, reference=reference,
+                                                   max_processes=8)).passed
     graph.core_plan = packer_plan
+
+    # in slices of at most 12 Lava processes (the partial sums' payloads, spikes and the readout's
+    # sources replayed from the reference): every population, step and logit as in one runtime
+    lava = run_lava(graph, pixels, timeout=TIMEOUT)
+    sliced = run_lava(graph, pixels, timeout=TIMEOUT, reference=reference, max_processes=12)
+    replayed = {name for piece in plan_slices(graph, 12) for name in piece.replayed(graph)}
+    assert len(sliced.slices) >= 3 and any(graph.populations[p].kind == "partial_sum" for p in replayed)
+    assert sliced.spikes.keys() == lava.spikes.keys()
+    assert all(np.array_equal(sliced.spikes[p], lava.spikes[p]) for p in lava.spikes)
+    assert np.array_equal(sliced.readout, lava.readout)
+    assert check_parity(graph, reference, sliced).passed
+    with pytest.raises(ValueError, match="needs the reference stream"):
+        run_lava(graph, pixels, timeout=TIMEOUT, max_processes=12)
 
     # the Lava network built from the graph has exactly the planned connections
     path = tmp_path / "graph.h5"
@@ -679,3 +707,30 @@ def test_fan_in_split_and_core_plan_parity(monkeypatch, tmp_path):
     assert len({p.name for p in procs}) == len(procs)
     blocks = [p for p in procs if p.role == "synapse" and "#" in p.name]
     assert blocks, "the plan cuts some synapse into blocks"
+
+
+def test_slices_cover_the_graph_once_within_the_budget():
+    """plan_slices: every population in exactly one slice, the readout in the last; each slice's
+    Lava processes within the budget unless it is a single population; a slice replays only
+    populations of earlier slices (topological order); the whole graph in one slice when it fits."""
+    graph = map_to_cores_graph()
+    whole = len(lava_plan(graph)[0])
+    assert plan_slices(graph, whole) == [GraphSlice.whole(graph)]
+    for budget in (6, 10, 25):
+        slices = plan_slices(graph, budget)
+        assert len(slices) > 1
+        order = [name for piece in slices for name in piece.populations]
+        assert sorted(order) == sorted(graph.populations)  # each exactly once
+        assert [piece.readout for piece in slices] == [False] * (len(slices) - 1) + [True]
+        seen: set[str] = set()
+        for piece in slices:
+            assert set(piece.replayed(graph)) <= seen
+            n = len(lava_plan(graph, piece)[0])
+            assert n <= budget or len(piece.populations) == 1, (budget, n)
+            seen |= piece.populations
+
+
+def map_to_cores_graph() -> IntegerGraph:
+    from deploy.pipeline import map_to_cores
+
+    return map_to_cores(integer_graph(small_config(timesteps=3, blocks_per_stage=(1, 1)), 11), "loihi2").graph
