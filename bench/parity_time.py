@@ -15,7 +15,9 @@ times the three exactly as the CLI calls them and reports, per network:
 * ``parity_s_per_image`` = (Lava wall + reference stream + check_parity) / images, against the
   targets of issue 9 at width 1.0, 32x32, T = 4: XOResNet-18 <= 180 s, XOResNet-101 <= 900 s;
 * Lava's stream steps, processes, populations and neurons; Lava's phases (``load``/``build``/
-  ``start``/``run``/``stop``) and the CPU seconds of its actor processes per process class;
+  ``start``/``run``/``stop``, summed over the runtimes of a graph run in slices: ``run_lava``
+  slices a graph with more Lava processes than one runtime holds, each slice fed the reference's
+  values at its inputs) and the CPU seconds of its actor processes per process class;
 * the parity verdict and its coverage (populations that spiked, spikes compared).
 
 Networks: ``firing_model`` networks (untrained, trained-like firing rates, random images) of
