@@ -162,5 +162,20 @@ def test_a_corrupted_weight_in_the_file_is_caught(exported):
     conv = graph.nodes["layer2.0.convs.1"]
     conv.weight = np.asarray(conv.weight) * -3.0
     r = compare_nir_to_model(model, graph, pixels)
-    assert not r["passed"] and r["near_threshold_flips"] == 0
+    # (a mismatch may happen to sit within the tolerance of the threshold: it is excused, the rest is not)
+    assert not r["passed"] and r["unexplained_mismatches"] > 100 * max(1, r["near_threshold_flips"]), r
     assert r["first_unexplained"]["node"] == "layer2.0.neurons.1"
+
+
+def test_the_tolerance_grows_with_the_membranes():
+    """float32 rounding grows with the size of the sums: a node whose membranes reach 10 excuses a
+    flip 3e-4 from its threshold under the relative tolerance (2^-13 x 10 = 1.2e-3), not under the
+    absolute one alone; a flip beyond the relative tolerance stays unexplained."""
+    t = trace(flips=[(0, 0, 0)])
+    t.h_model[1, 1, 1] = t.h_nir[1, 1, 1] = 10.0
+    t.h_model[0, 0, 0] = t.h_nir[0, 0, 0] = 1.0 + 3e-4
+    graph = {"A": set(), "output": {"A"}}
+    assert explain({"A": t}, graph, TOL).unexplained.tolist() == [1, 0]
+    assert explain({"A": t}, graph, TOL, 2.0 ** -13).near_threshold_flips.tolist() == [1, 0]
+    t.h_model[0, 0, 0] = t.h_nir[0, 0, 0] = 1.0 + 2e-3
+    assert explain({"A": t}, graph, TOL, 2.0 ** -13).unexplained.tolist() == [1, 0]
