@@ -366,13 +366,18 @@ def plan_slices(graph: IntegerGraph, max_processes: int) -> list[GraphSlice]:
     parts = population_parts(graph)
     lowered = graph_synapses(graph)
     blocks = {s.name: len(synapse_blocks(graph, s, parts)) for s in lowered}
+    reads = {s.name: {p.name for p in _source_parts(graph, s, parts)} for s in lowered if s.src != INPUT}
+    into: dict[str, list[Synapse]] = {}
+    for s in lowered:
+        into.setdefault(s.dst, []).append(s)
 
     def processes(populations: list[str], readout: bool) -> int:
-        piece = GraphSlice(frozenset(populations), readout)
-        syns = piece.synapses(graph)
-        return (sum(2 * len(parts[p]) for p in populations) + sum(blocks[s.name] for s in syns)
-                + len(piece.replayed_parts(graph)) + any(s.src == INPUT for s in syns)
-                + int(readout and bool(graph.readout)))
+        """What :func:`lava_plan` builds for the slice (links aside), from the sums above."""
+        members = set(populations)
+        syns = [s for dst in members | ({READOUT} if readout else set()) for s in into.get(dst, [])]
+        replayed = {part for s in syns if s.src != INPUT and s.src not in members for part in reads[s.name]}
+        return (sum(2 * len(parts[p]) for p in populations) + sum(blocks[s.name] for s in syns) + len(replayed)
+                + any(s.src == INPUT for s in syns) + int(readout and bool(graph.readout)))
 
     whole = GraphSlice.whole(graph)
     if processes(list(graph.populations), whole.readout) <= max_processes:
